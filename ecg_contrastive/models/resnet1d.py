@@ -1,0 +1,80 @@
+"""ResNet1d ECG tower (MERL-compatible ResNet1d-18/34) in Flax linen.
+
+Input: float ECG in millivolts, (B, T, 12) channels-last, sampled at 500 Hz (T = 5000 for
+10 s). Output: globally average-pooled features (B, features[-1] * ... ) = (B, 512 * width / 64).
+
+Architecture (arXiv 2504.09302 / MERL): stem Conv(k=7, stride 2, no bias) + BN + ReLU,
+no max-pool; BasicBlocks [2, 2, 2, 2] (ResNet-18) or [3, 4, 6, 3] (ResNet-34), widths
+w, 2w, 4w, 8w (w = 64 by default), strides 1/2/2/2, kernel 3; a 1x1 conv + BN shortcut
+where the shape changes. 5000 samples -> 2500 after the stem -> 313 steps at the end.
+
+`downsample` > 1 average-pools the input in time first (window = stride = downsample), so
+small CPU configs keep the 500 Hz x 5000 input contract while computing at e.g. 100 Hz.
+Parameters and BatchNorm statistics are float32; `dtype` sets the compute dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+
+def conv1d(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+  """A bias-free Conv1d with PyTorch-style symmetric padding (kernel // 2)."""
+  pad = kernel // 2
+  return nn.Conv(features, (kernel,), strides=(stride,), padding=[(pad, pad)], use_bias=False,
+                 dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+  """BatchNorm matching PyTorch defaults (momentum 0.1 there = 0.9 here, eps 1e-5)."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                      param_dtype=jnp.float32, name=name)
+
+
+class BasicBlock(nn.Module):
+  """Two k=3 convs with BN; 1x1 conv + BN shortcut when stride or width changes."""
+  features: int
+  stride: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    y = conv1d(self.features, 3, self.stride, self.dtype, "conv1")(x)
+    y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
+    y = conv1d(self.features, 3, 1, self.dtype, "conv2")(y)
+    y = batch_norm(train, self.dtype, "bn2")(y)
+    if self.stride != 1 or x.shape[-1] != self.features:
+      x = conv1d(self.features, 1, self.stride, self.dtype, "shortcut_conv")(x)
+      x = batch_norm(train, self.dtype, "shortcut_bn")(x)
+    return nn.relu(x + y)
+
+
+class ResNet1d(nn.Module):
+  """ECG ResNet1d. __call__(ecg (B, T, leads) mV, train) -> features (B, 8 * width)."""
+  depth: int = 18
+  width: int = 64
+  downsample: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, ecg: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    if self.depth not in STAGE_SIZES:
+      raise ValueError(f"ResNet1d depth {self.depth} is not supported; use one of {sorted(STAGE_SIZES)}")
+    dtype = jnp.dtype(self.dtype)
+    x = ecg.astype(jnp.float32)
+    if self.downsample > 1:
+      x = nn.avg_pool(x, (self.downsample,), strides=(self.downsample,))
+    x = x.astype(dtype)
+    x = conv1d(self.width, 7, 2, dtype, "stem_conv")(x)
+    x = nn.relu(batch_norm(train, dtype, "stem_bn")(x))
+    for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
+      for block in range(num_blocks):
+        stride = 2 if stage > 0 and block == 0 else 1
+        x = BasicBlock(self.width * 2**stage, stride, dtype, name=f"stage{stage + 1}_block{block + 1}")(x, train)
+    return jnp.mean(x.astype(jnp.float32), axis=1)
+

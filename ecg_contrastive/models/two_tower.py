@@ -1,0 +1,56 @@
+"""ECG tower + projection heads into the joint space shared with frozen text embeddings.
+
+Parameter tree (names double as the interface for freezing, loading and export):
+  ecg/...       ResNet1d backbone
+  ecg_head/     Dense(features -> embed_dim)
+  txt_head/     Dense(text_dim -> embed_dim) on the frozen text embeddings
+  logit_scale   scalar log(1 / temperature) (trained only when `learn_temperature`)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from ecg_contrastive.models.resnet1d import ResNet1d
+
+MAX_LOGIT_SCALE = float(np.log(100.0))  # CLIP's clamp: temperature never below 0.01
+
+
+def l2_normalize(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+class TwoTower(nn.Module):
+  """Contrastive model. The text tower itself is frozen and precomputed; only its head lives here."""
+  depth: int = 18
+  width: int = 64
+  downsample: int = 1
+  embed_dim: int = 256
+  temperature: float = 0.07
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.ecg = ResNet1d(self.depth, self.width, self.downsample, self.dtype)
+    self.ecg_head = nn.Dense(self.embed_dim, dtype=jnp.float32)
+    self.txt_head = nn.Dense(self.embed_dim, dtype=jnp.float32)
+    self.logit_scale = self.param("logit_scale", lambda _: jnp.asarray(np.log(1.0 / self.temperature), jnp.float32))
+
+  def encode_ecg(self, ecg_mv: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """(B, T, 12) float mV -> (B, embed_dim) unit-norm embeddings."""
+    return l2_normalize(self.ecg_head(self.ecg(ecg_mv, train)))
+
+  def encode_text(self, text_emb: jnp.ndarray) -> jnp.ndarray:
+    """(N, text_dim) frozen text-tower embeddings -> (N, embed_dim) unit-norm embeddings."""
+    return l2_normalize(self.txt_head(text_emb.astype(jnp.float32)))
+
+  def scale(self) -> jnp.ndarray:
+    """exp(logit_scale), clamped to at most 100."""
+    return jnp.exp(jnp.minimum(self.logit_scale, MAX_LOGIT_SCALE))
+
+  def __call__(self, ecg_mv: jnp.ndarray, text_emb: jnp.ndarray, train: bool = False):
+    """Returns (ecg embeddings (B, E), text embeddings (B, E), logit scale ())."""
+    return self.encode_ecg(ecg_mv, train), self.encode_text(text_emb), self.scale()
