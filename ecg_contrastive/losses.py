@@ -1,0 +1,66 @@
+"""Contrastive losses computed across the device mesh.
+
+Each device holds its b = B / n rows of ECG and text embeddings. It all-gathers the
+other side's embeddings (B rows) and computes only its own (b, B) logit blocks, so memory
+per device is O(b x B), not O(B^2). The target of local row i is global column
+offset + i with offset = device index x b (or, with `positive_ids`, every column whose
+text is the same report: duplicates in a batch are positives, not negatives). Gradients
+flow through the all-gather (its transpose is a reduce-scatter), so the result equals
+the single-device full-batch loss.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+
+from ecg_contrastive.sharding import DATA_AXIS
+
+
+def _targets(local_ids: jnp.ndarray | None, global_ids: jnp.ndarray | None, b: int, B: int) -> jnp.ndarray:
+  """(b, B) target distribution over columns for the local rows."""
+  if local_ids is None:
+    offset = jax.lax.axis_index(DATA_AXIS) * b
+    return jax.nn.one_hot(offset + jnp.arange(b), B, dtype=jnp.float32)
+  same = (local_ids[:, None] == global_ids[None, :]).astype(jnp.float32)
+  return same / jnp.sum(same, axis=1, keepdims=True)
+
+
+def _local_softmax_loss(ecg, txt, scale, ids):
+  """Per-device body: ecg, txt (b, E) unit-norm, scale (), ids (b,) or None -> (loss, accuracy)."""
+  b = ecg.shape[0]
+  ecg_all = jax.lax.all_gather(ecg, DATA_AXIS, tiled=True)  # (B, E)
+  txt_all = jax.lax.all_gather(txt, DATA_AXIS, tiled=True)
+  B = ecg_all.shape[0]
+  ids_all = None if ids is None else jax.lax.all_gather(ids, DATA_AXIS, tiled=True)
+  targets = _targets(ids, ids_all, b, B)
+  logits_e2t = scale * jnp.dot(ecg, txt_all.T, preferred_element_type=jnp.float32)  # (b, B)
+  logits_t2e = scale * jnp.dot(txt, ecg_all.T, preferred_element_type=jnp.float32)  # (b, B)
+  loss_e2t = -jnp.sum(targets * jax.nn.log_softmax(logits_e2t, axis=-1), axis=-1)
+  loss_t2e = -jnp.sum(targets * jax.nn.log_softmax(logits_t2e, axis=-1), axis=-1)
+  loss = jax.lax.psum(jnp.sum(loss_e2t) + jnp.sum(loss_t2e), DATA_AXIS) / (2 * B)
+  hit = jnp.take_along_axis(targets, jnp.argmax(logits_e2t, axis=-1)[:, None], axis=1)[:, 0] > 0
+  accuracy = jax.lax.psum(jnp.sum(hit.astype(jnp.float32)), DATA_AXIS) / B
+  return loss, accuracy
+
+
+def softmax_loss(ecg: jax.Array, txt: jax.Array, scale: jax.Array, mesh: Mesh,
+                 positive_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Symmetric InfoNCE (CLIP) loss over the global batch.
+
+  Args:
+    ecg, txt: (B, E) L2-normalised embeddings, rows sharded over mesh axis 'data'.
+    scale: () logit scale, 1 / temperature.
+    mesh: the device mesh.
+    positive_ids: optional (B,) int ids (e.g. report-table rows); equal ids are positives.
+  Returns:
+    (loss (), e->t top-1 accuracy ()) replicated; loss = (l(e->t) + l(t->e)) / 2, mean over rows.
+  """
+  if positive_ids is None:
+    body = lambda e, t, s: _local_softmax_loss(e, t, s, None)
+    specs, args = (P(DATA_AXIS), P(DATA_AXIS), P()), (ecg, txt, scale)
+  else:
+    body = _local_softmax_loss
+    specs, args = (P(DATA_AXIS), P(DATA_AXIS), P(), P(DATA_AXIS)), (ecg, txt, scale, positive_ids)
+  return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=(P(), P()))(*args)

@@ -1,0 +1,53 @@
+"""Device mesh and batch-size bookkeeping. One mesh axis, 'data': the batch is split over it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices: list | None = None) -> Mesh:
+  """A 1-D mesh over all devices (all processes). Auto axis types: plain jit works on it."""
+  return Mesh(np.array(devices if devices is not None else jax.devices()), (DATA_AXIS,))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over 'data'."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSizes:
+  global_: int
+  per_process: int
+  per_device: int
+  processes: int
+  devices: int
+
+  def describe(self) -> str:
+    return (f"global batch {self.global_} = {self.processes} process(es) x {self.per_process} "
+            f"= {self.devices} device(s) x {self.per_device}")
+
+
+def batch_sizes(global_batch: int, mesh: Mesh) -> BatchSizes:
+  """Splits a global batch over processes and devices; a ValueError names the numbers if it cannot."""
+  devices = mesh.devices.size
+  processes = jax.process_count()
+  if global_batch <= 0:
+    raise ValueError(f"batch_size must be positive, got {global_batch}")
+  if global_batch % devices:
+    lo, hi = global_batch // devices * devices, (global_batch // devices + 1) * devices
+    raise ValueError(f"batch_size {global_batch} does not divide over the {devices} devices of the mesh; "
+                     f"use a multiple of {devices} (e.g. {lo or hi} or {hi})")
+  if global_batch % processes:
+    raise ValueError(f"batch_size {global_batch} does not divide over {processes} processes")
+  return BatchSizes(global_batch, global_batch // processes, global_batch // devices, processes, devices)
