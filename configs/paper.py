@@ -1,0 +1,34 @@
+r"""The paper's setup (arXiv 2504.09302): ResNet1d-18 on (5000, 12) at 500 Hz, 256-d joint space,
+symmetric InfoNCE at a fixed tau 0.07, a frozen Japanese (medical) BERT-family text tower.
+
+  python -m ecg_contrastive.main --config configs/paper.py:synthetic_ecg_ja/large,/models/bert-base-japanese-v3 \
+      --workdir runs/paper --config.batch_size=1024
+
+arg = "DATASET,TEXT_MODEL_DIR" (either may be empty: defaults synthetic_ecg_ja/large and the stand-in).
+Sweep batch sizes with launch/sweep_batch_size.sh.
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  dataset, _, model_dir = (arg or "").partition(",")
+  c = default.get_config()
+  c.dataset = dataset or "synthetic_ecg_ja/large"
+  c.text.model_dir = model_dir
+  c.text.standin = dict(hidden_size=768, num_layers=12, num_heads=12, seed=0)
+  c.text.pooling = "mean"
+  c.text.max_length = 256
+  c.model = dict(depth=18, width=64, downsample=1, embed_dim=256, temperature=0.07, dtype="bfloat16")
+  c.learn_temperature = False
+  c.loss.duplicate_reports_positive = False  # plain InfoNCE, as in the paper
+  c.batch_size = 256
+  c.eval_batch_size = 1024
+  c.num_epochs = 50
+  c.optimizer.update(lr=1e-3, weight_decay=1e-2, warmup_steps=500)
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  c.prefetch = 4
+  return c

@@ -1,0 +1,282 @@
+"""train_and_evaluate(config, workdir): the main job, in visible phases.
+
+1. check the config (fails before any work with a message that says what to change)
+2. mesh and batch sizes
+3. data: open the splits (built on first use)
+4. text: the frozen text tower embeds every distinct report and the label prompts once
+5. model, optimizer and state; resume from the latest checkpoint in `workdir`
+6. the loop: jit step over the mesh, metrics.jsonl + TensorBoard, NaN guard, checkpoints
+7. evaluation: zero-shot + retrieval on each eval split -> workdir/eval/<split>.json + PNG
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from ecg_contrastive import checkpoints, terms
+from ecg_contrastive.config_check import check_config
+from ecg_contrastive.data import pipeline
+from ecg_contrastive.data.signal import MV_PER_UNIT
+from ecg_contrastive.evals import plots
+from ecg_contrastive.evals.retrieval import retrieval_metrics
+from ecg_contrastive.evals.zeroshot import zero_shot_metrics
+from ecg_contrastive.losses import softmax_loss
+from ecg_contrastive.metric_writer import MetricWriter
+from ecg_contrastive.models.two_tower import TwoTower
+from ecg_contrastive.sharding import batch_sizes, make_mesh, replicated
+from ecg_contrastive.text import precompute, standin
+
+log = logging.getLogger("ecg_contrastive")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or Inf."""
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def text_model_dir(config: ml_collections.ConfigDict) -> str:
+  """The configured text model directory, or the stand-in (written on first use)."""
+  if config.text.model_dir:
+    return config.text.model_dir
+  root = config.text.cache_dir or precompute.default_cache_dir()
+  return standin.write_standin_model(os.path.join(root, "standin_bert_ja"), **config.text.standin.to_dict())
+
+
+def embed_texts(config, sources: dict[str, pipeline.EcgSource], labels: list[terms.Term]):
+  """Embeds every distinct report of the used splits and the label prompts.
+
+  Returns (TextTable of reports, (num_labels, text_dim) label prompt embeddings).
+  """
+  model_dir = text_model_dir(config)
+  kw = dict(pooling=config.text.pooling, max_length=config.text.max_length, batch_size=config.text.batch_size,
+            dtype=config.text.dtype, cache_dir=config.text.cache_dir or None, progress=jax.process_index() == 0)
+  reports = sorted({r for src in sources.values() for r in src.meta.reports})
+  table = precompute.embed_texts(reports, model_dir, **kw)
+  log.info("report table: %s", json.dumps(table.summary, ensure_ascii=False))
+  label_emb = precompute.embed_label_prompts([t.ja for t in labels], list(config.text.templates), model_dir, **kw)
+  return table, label_emb
+
+
+# ----------------------------------------------------------------------------- model and state
+
+
+def make_model(config) -> TwoTower:
+  return TwoTower(**config.model.to_dict())
+
+
+def make_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with linear warm-up and cosine decay. Frozen parts (by parameter name) get no update:
+  `txt_head` unless config.text_head_trainable, `logit_scale` unless config.learn_temperature.
+  Weight decay applies to matrices and kernels only (not to BatchNorm, biases or the scale)."""
+  opt = config.optimizer
+  schedule = optax.warmup_cosine_decay_schedule(0.0, opt.lr, min(opt.warmup_steps, max(num_steps - 1, 1)),
+                                                max(num_steps, 2), end_value=opt.lr * opt.final_lr_fraction)
+  adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
+                      mask=lambda params: jax.tree_util.tree_map(lambda p: p.ndim > 1, params))
+  if opt.grad_clip_norm:
+    adamw = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adamw)
+
+  def label(params):
+    def one(path, _):
+      top = path[0].key
+      frozen = (top == "txt_head" and not config.text_head_trainable) or (top == "logit_scale" and not config.learn_temperature)
+      return "frozen" if frozen else "train"
+    return jax.tree_util.tree_map_with_path(one, params)
+
+  return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, label), schedule
+
+
+def init_state(config, model: TwoTower, tx, text_dim: int, mesh) -> dict:
+  """Replicated {step, params, batch_stats, opt_state} on the mesh."""
+  ecg = jnp.zeros((2, config.ecg_length, config.ecg_leads), jnp.float32)
+
+  @jax.jit
+  def init(rng):
+    variables = model.init(rng, ecg, jnp.zeros((2, text_dim), jnp.float32), train=False)
+    return {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
+            "batch_stats": variables["batch_stats"], "opt_state": tx.init(variables["params"])}
+
+  return jax.jit(init, out_shardings=replicated(mesh))(jax.random.PRNGKey(config.seed))
+
+
+def make_train_step(config, model: TwoTower, tx, schedule, mesh):
+  """jit(state, batch, table) -> (state, metrics). batch: 'ecg' int16 (B, T, 12), 'report_row' (B,)."""
+  positives_by_report = config.loss.duplicate_reports_positive
+
+  def step(state, batch, table):
+    ecg = batch["ecg"].astype(jnp.float32) * MV_PER_UNIT
+    rows = batch["report_row"]
+    txt = table[rows]
+
+    def loss_fn(params):
+      (z_ecg, z_txt, scale), updates = model.apply(
+          {"params": params, "batch_stats": state["batch_stats"]}, ecg, txt, train=True, mutable=["batch_stats"])
+      loss, acc = softmax_loss(z_ecg, z_txt, scale, mesh, rows if positives_by_report else None)
+      return loss, (acc, scale, updates["batch_stats"])
+
+    (loss, (acc, scale, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+                 "batch_stats": batch_stats, "opt_state": opt_state}
+    metrics = {"loss": loss, "batch_accuracy": acc, "temperature": 1.0 / scale,
+               "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"])}
+    return new_state, metrics
+
+  rep = replicated(mesh)
+  return jax.jit(step, out_shardings=(rep, rep), donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def embed_split(model: TwoTower, state: dict, source: pipeline.EcgSource, batch_size: int, mesh) -> np.ndarray:
+  """(N, E) unit-norm ECG embeddings of every record of a split, in record order (eval-mode BN)."""
+  encode = jax.jit(lambda v, ecg: model.apply(v, ecg.astype(jnp.float32) * MV_PER_UNIT, method=TwoTower.encode_ecg),
+                   out_shardings=replicated(mesh))
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  out = np.zeros((len(source), model.embed_dim), np.float32)
+  batches = pipeline.BatchIterator(source, global_batch_size=batch_size, mesh=mesh, seed=0, shuffle=False,
+                                   drop_remainder=False, num_epochs=1)
+  for batch in batches:
+    emb = np.asarray(encode(variables, batch["ecg"]))
+    index, mask = np.asarray(jax.device_get(batch["index"])), np.asarray(jax.device_get(batch["mask"]))
+    out[index[mask]] = emb[mask]
+  return out
+
+
+def evaluate(config, model, state, sources, table, label_emb, labels, mesh, workdir) -> dict[str, dict]:
+  """Zero-shot + retrieval metrics of each eval split; writes eval/<split>.json and a PNG."""
+  params = state["params"]
+  project = jax.jit(lambda p, x: model.apply({"params": p}, x, method=TwoTower.encode_text))
+  z_labels = np.asarray(project(params, jnp.asarray(label_emb)))
+  os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+  results = {}
+  for split in config.eval_splits:
+    source = sources[split]
+    z_ecg = embed_split(model, state, source, config.eval_batch_size, mesh)
+    meta = source.meta
+    metrics = zero_shot_metrics(z_ecg, z_labels, [t.ja for t in labels], [t.group_ja for t in labels],
+                                meta.primary_label, meta.labels)
+    split_reports = sorted(set(meta.reports))
+    z_reports = np.asarray(project(params, jnp.asarray(table.embeddings[table.rows(split_reports)])))
+    local_row = {r: i for i, r in enumerate(split_reports)}
+    metrics.update(retrieval_metrics(z_ecg, z_reports, np.array([local_row[r] for r in meta.reports])))
+    metrics["step"] = int(state["step"])
+    results[split] = metrics
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "eval", f"{split}.json"), "w", encoding="utf-8") as f:
+        json.dump(metrics, f, ensure_ascii=False, indent=1)
+      plots.plot_per_label(metrics, os.path.join(workdir, "eval", f"{split}_per_label.png"),
+                           f"{config.dataset} {split} @ step {metrics['step']}")
+      print(plots.format_summary(split, metrics), flush=True)
+  return results
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+  """Trains, checkpoints and evaluates; returns {split: metrics} of the final evaluation."""
+  # 1. config
+  check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  labels = list(terms.load_terms())
+
+  # 2. mesh and batch sizes
+  mesh = make_mesh()
+  sizes = batch_sizes(config.batch_size, mesh)
+  batch_sizes(config.eval_batch_size, mesh)
+  log.info("mesh %s over %d device(s) (%s); %s", dict(mesh.shape), mesh.devices.size, jax.devices()[0].platform,
+           sizes.describe())
+
+  # 3. data
+  splits = [config.train_split] + [s for s in config.eval_splits if s != config.train_split]
+  sources = {s: pipeline.open_source(config.dataset, s, config.data_dir or None) for s in splits}
+  train_source = sources[config.train_split]
+  steps_per_epoch = len(train_source) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size {config.batch_size} exceeds the {len(train_source)} records of split "
+                     f"{config.train_split!r}; lower batch_size")
+  num_steps = config.num_steps or config.num_epochs * steps_per_epoch
+  log.info("%s: %s; %d steps (%.1f epochs)", config.dataset,
+           ", ".join(f"{s}={len(src)}" for s, src in sources.items()), num_steps, num_steps / steps_per_epoch)
+
+  # 4. text
+  table, label_emb = embed_texts(config, sources, labels)
+  if jax.process_index() == 0:
+    _write_run_files(workdir, config, labels, label_emb)
+  report_rows = table.rows(train_source.meta.reports)
+  table_on_device = jax.device_put(jnp.asarray(table.embeddings), replicated(mesh))
+
+  # 5. model, optimizer, state (resumed if a checkpoint exists)
+  model = make_model(config)
+  tx, schedule = make_optimizer(config, num_steps)
+  state = init_state(config, model, tx, table.embeddings.shape[1], mesh)
+  batches = pipeline.BatchIterator(train_source, global_batch_size=config.batch_size, mesh=mesh, seed=config.seed,
+                                   columns={"report_row": report_rows}, prefetch=config.prefetch)
+  manager = checkpoints.make_manager(workdir, keep=config.keep_checkpoints)
+  if manager.latest_step() is not None:
+    state, data_state = checkpoints.restore(manager, manager.latest_step(), state)
+    batches.set_state(data_state)
+    log.info("resumed from step %d", int(state["step"]))
+  first_step = int(state["step"])
+
+  # 6. the loop
+  train_step = make_train_step(config, model, tx, schedule, mesh)
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  bar = tqdm.tqdm(total=num_steps, initial=first_step, desc="train", disable=jax.process_index() != 0,
+                  dynamic_ncols=True)
+  window_start, window_steps = time.perf_counter(), 0
+  for step in range(first_step + 1, num_steps + 1):
+    state, metrics = train_step(state, next(batches), table_on_device)
+    window_steps += 1
+    if step % config.log_every == 0 or step == num_steps:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not np.isfinite(metrics["loss"]):
+        raise NonFiniteLossError(f"loss is {metrics['loss']} at step {step} (learning rate "
+                                 f"{metrics['learning_rate']:.3g}); lower optimizer.lr or set optimizer.grad_clip_norm")
+      elapsed = time.perf_counter() - window_start
+      metrics.update(step_time=elapsed / window_steps, ecg_per_s=window_steps * config.batch_size / elapsed,
+                     epoch=step / steps_per_epoch)
+      writer.write(step, metrics)
+      bar.set_postfix(loss=f"{metrics['loss']:.3f}", ecg_s=f"{metrics['ecg_per_s']:.0f}")
+      window_start, window_steps = time.perf_counter(), 0
+    bar.update(1)
+    if step % config.checkpoint_every == 0 or step == num_steps:
+      checkpoints.save(manager, step, state, batches.get_state())
+    if config.eval_every and step % config.eval_every == 0 and step != num_steps:
+      writer.write(step, _headline(evaluate(config, model, state, sources, table, label_emb, labels, mesh, workdir)))
+  bar.close()
+
+  # 7. evaluation
+  results = evaluate(config, model, state, sources, table, label_emb, labels, mesh, workdir)
+  writer.write(num_steps, _headline(results))
+  writer.close()
+  return results
+
+
+def _headline(results: dict[str, dict]) -> dict[str, float]:
+  keys = ("top1", "top5", "superset_top1", "macro_auroc", "ecg_to_report_r@1")
+  return {f"eval/{split}/{k}": m[k] for split, m in results.items() for k in keys}
+
+
+def _write_run_files(workdir: str, config, labels: list[terms.Term], label_emb: np.ndarray) -> None:
+  """config.json, labels.json and label_text_embeddings.npy: what export and inference read."""
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    f.write(config.to_json_best_effort(indent=1, ensure_ascii=False))
+  with open(os.path.join(workdir, "labels.json"), "w", encoding="utf-8") as f:
+    json.dump([{"ja": t.ja, "en": t.en, "group_ja": t.group_ja, "group_en": t.group_en} for t in labels], f,
+              ensure_ascii=False, indent=1)
+  np.save(os.path.join(workdir, "label_text_embeddings.npy"), label_emb.astype(np.float32))
+
