@@ -26,13 +26,26 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first
 flags.mark_flag_as_required("workdir")
 
 
+def init_distributed() -> None:
+  """jax.distributed.initialize(); cluster environments (TPU pods, SLURM) are detected by JAX.
+  Elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID
+  (launch/local_multiprocess.sh does). CPU processes talk through gloo."""
+  import jax
+  if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kw = {}
+  if "JAX_NUM_PROCESSES" in os.environ:
+    kw = dict(num_processes=int(os.environ["JAX_NUM_PROCESSES"]), process_id=int(os.environ["JAX_PROCESS_ID"]))
+  jax.distributed.initialize(**kw)
+
+
 def main(argv):
   del argv
   logging.getLogger("ecg_contrastive").setLevel(logging.INFO)
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
   import jax
   if FLAGS.distributed:
-    jax.distributed.initialize()
+    init_distributed()
   if FLAGS.mode == "export":
     from ecg_contrastive.export.to_torch import export
     out = export(FLAGS.workdir, FLAGS.export_dir or os.path.join(FLAGS.workdir, "torch"), step=FLAGS.step)
