@@ -1,0 +1,154 @@
+"""Standalone PyTorch ECG encoder exported from an `ecg_contrastive` (JAX/Flax) checkpoint.
+
+Needs only torch and safetensors (plus the standard library); this file is copied verbatim into every export folder:
+  model.safetensors             ECG tower (`ecg.*`), projection head (`ecg_head.*`), `logit_scale`
+  label_embeddings.safetensors  `label_embeddings` float32 (num_labels, embed_dim), unit-norm
+  labels.json                   [{"ja", "en", "group_ja", "group_en"}, ...] in embedding row order
+  config.json                   architecture and input contract
+
+Usage:
+  import importlib.util, sys
+  spec = importlib.util.spec_from_file_location("modeling_ecg", "EXPORT/modeling_ecg.py")
+  modeling_ecg = importlib.util.module_from_spec(spec); spec.loader.exec_module(modeling_ecg)
+  model = modeling_ecg.load("EXPORT")            # eval mode, float32
+  emb = model(ecg)                               # ecg: float32 (B, 12, 5000) mV -> (B, embed_dim)
+  top = model.zero_shot(ecg, k=5)                # per record: [{"ja", "en", ..., "score", "probability"}]
+
+Input contract: 12 leads in the order of config.json "input.lead_order", 500 Hz, 10 s, millivolts,
+channels-first. The network is ResNet1d (MERL): optional average-pool of the input in time, stem
+Conv1d(k=7, stride 2, pad 3, no bias) + BatchNorm + ReLU, BasicBlock stages, global average pool.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn import functional as F
+
+STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+NUM_LEADS = 12
+NUM_SAMPLES = 5000
+BN_EPS = 1e-5
+L2_EPS = 1e-6
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def _conv(in_ch: int, out_ch: int, kernel: int, stride: int) -> nn.Conv1d:
+  """Bias-free Conv1d with symmetric padding kernel // 2 (as the Flax tower)."""
+  return nn.Conv1d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False)
+
+
+class BasicBlock(nn.Module):
+  """Two k=3 convs with BN; 1x1 conv + BN shortcut when stride or width changes."""
+
+  def __init__(self, in_ch: int, out_ch: int, stride: int):
+    super().__init__()
+    self.conv1 = _conv(in_ch, out_ch, 3, stride)
+    self.bn1 = nn.BatchNorm1d(out_ch, eps=BN_EPS)
+    self.conv2 = _conv(out_ch, out_ch, 3, 1)
+    self.bn2 = nn.BatchNorm1d(out_ch, eps=BN_EPS)
+    self.has_shortcut = stride != 1 or in_ch != out_ch
+    if self.has_shortcut:
+      self.shortcut_conv = _conv(in_ch, out_ch, 1, stride)
+      self.shortcut_bn = nn.BatchNorm1d(out_ch, eps=BN_EPS)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    """(B, in_ch, T) -> (B, out_ch, T / stride)."""
+    y = F.relu(self.bn1(self.conv1(x)))
+    y = self.bn2(self.conv2(y))
+    if self.has_shortcut:
+      x = self.shortcut_bn(self.shortcut_conv(x))
+    return F.relu(x + y)
+
+
+class ResNet1d(nn.Module):
+  """(B, 12, T) mV -> (B, 8 * width) time-averaged features."""
+
+  def __init__(self, depth: int, width: int, downsample: int):
+    super().__init__()
+    if depth not in STAGE_SIZES:
+      raise ValueError(f"ResNet1d depth {depth} is not supported; use one of {sorted(STAGE_SIZES)}")
+    self.pool = nn.AvgPool1d(downsample, stride=downsample) if downsample > 1 else nn.Identity()
+    self.stem_conv = _conv(NUM_LEADS, width, 7, 2)
+    self.stem_bn = nn.BatchNorm1d(width, eps=BN_EPS)
+    self.block_names = []
+    in_ch = width
+    for stage, num_blocks in enumerate(STAGE_SIZES[depth]):
+      for block in range(num_blocks):
+        stride = 2 if stage > 0 and block == 0 else 1
+        name = f"stage{stage + 1}_block{block + 1}"
+        self.add_module(name, BasicBlock(in_ch, width * 2**stage, stride))
+        self.block_names.append(name)
+        in_ch = width * 2**stage
+
+  def forward(self, ecg: torch.Tensor) -> torch.Tensor:
+    x = F.relu(self.stem_bn(self.stem_conv(self.pool(ecg))))
+    for name in self.block_names:
+      x = getattr(self, name)(x)
+    return x.mean(dim=2)
+
+
+class ECGEncoder(nn.Module):
+  """ECG tower + projection head; forward gives unit-norm embeddings; zero_shot ranks labels."""
+
+  def __init__(self, config: dict, labels: list[dict]):
+    super().__init__()
+    arch = config["architecture"]
+    self.config = config
+    self.labels = labels
+    self.ecg = ResNet1d(arch["depth"], arch["width"], arch["downsample"])
+    self.ecg_head = nn.Linear(8 * arch["width"], arch["embed_dim"])
+    self.logit_scale = nn.Parameter(torch.zeros(()))
+    self.register_buffer("label_embeddings", torch.zeros(len(labels), arch["embed_dim"]), persistent=False)
+
+  def forward(self, ecg: torch.Tensor) -> torch.Tensor:
+    """float32 (B, 12, 5000) millivolts -> float32 (B, embed_dim) L2-normalised embeddings."""
+    if ecg.dim() != 3 or ecg.shape[1] != NUM_LEADS or ecg.shape[2] != NUM_SAMPLES:
+      hint = "; channels-last input? pass ecg.transpose(1, 2)" if ecg.shape[1:] == (NUM_SAMPLES, NUM_LEADS) else ""
+      raise ValueError(f"expected an ECG batch of shape (B, {NUM_LEADS}, {NUM_SAMPLES}) (batch, leads, "
+                       f"samples at 500 Hz), got {tuple(ecg.shape)}{hint}")
+    if not ecg.is_floating_point():
+      raise ValueError(f"expected float millivolts, got dtype {ecg.dtype} (int16 microvolts: divide by 1000)")
+    features = self.ecg(ecg.to(torch.float32))
+    return F.normalize(self.ecg_head(features), dim=-1, eps=L2_EPS)
+
+  def scale(self) -> torch.Tensor:
+    """exp(logit_scale), clamped to at most 100 (as in training)."""
+    return torch.exp(torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE))
+
+  def scores(self, ecg: torch.Tensor) -> torch.Tensor:
+    """float32 (B, 12, 5000) mV -> zero-shot scores (B, num_labels) = scale * cosine similarity."""
+    return self.scale() * self(ecg) @ self.label_embeddings.T
+
+  @torch.no_grad()
+  def zero_shot(self, ecg: torch.Tensor, k: int = 5) -> list[list[dict]]:
+    """Top-k labels per record: [{"ja", "en", "group_ja", "group_en", "score", "probability"}] * k.
+
+    score is scale * cosine similarity; probability is the softmax of the scores over all labels.
+    """
+    scores = self.scores(ecg)
+    probs = torch.softmax(scores, dim=-1)
+    top = torch.topk(scores, k, dim=-1)
+    return [[dict(self.labels[j], score=float(scores[i, j]), probability=float(probs[i, j]))
+             for j in top.indices[i].tolist()] for i in range(scores.shape[0])]
+
+
+def load(folder: str) -> ECGEncoder:
+  """Loads an export folder into an ECGEncoder in eval mode (BatchNorm uses running statistics)."""
+  with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+    config = json.load(f)
+  with open(os.path.join(folder, "labels.json"), encoding="utf-8") as f:
+    labels = json.load(f)
+  model = ECGEncoder(config, labels)
+  model.load_state_dict(load_file(os.path.join(folder, "model.safetensors")), strict=True)
+  label_emb = load_file(os.path.join(folder, "label_embeddings.safetensors"))["label_embeddings"]
+  if label_emb.shape != model.label_embeddings.shape:
+    raise ValueError(f"label_embeddings.safetensors has shape {tuple(label_emb.shape)}; labels.json and "
+                     f"config.json expect {tuple(model.label_embeddings.shape)}")
+  model.label_embeddings.copy_(label_emb)
+  return model.eval()

@@ -1,0 +1,231 @@
+"""Export a training workdir's checkpoint to a standalone PyTorch folder, and prove parity.
+
+  python -m ecg_contrastive.export.to_torch --workdir DIR [--step N] --out DIR [--no-verify]
+
+Writes model.safetensors, label_embeddings.safetensors, labels.json, config.json and a verbatim
+copy of modeling_ecg.py (see its docstring). Unless --no-verify, the written folder is loaded back
+(strict=True) and its embeddings and zero-shot scores on random ECGs are compared with the Flax
+model's; more than 1e-5 relative error fails the export. The measured errors go into config.json.
+
+The name/layout map (`layout_map`) is the single place where Flax names meet PyTorch names:
+  Flax params/<path>/kernel      Conv  (width, in, out) -> <path>.weight (out, in, width)
+  Flax params/<path>/kernel      Dense (in, out)        -> <path>.weight (out, in)
+  Flax params/<path>/bias        Dense                  -> <path>.bias
+  Flax params/<path>/scale, bias BatchNorm              -> <path>.weight, <path>.bias
+  Flax batch_stats/<path>/mean, var                     -> <path>.running_mean, <path>.running_var
+  (no Flax counterpart)                                 -> <path>.num_batches_tracked = 0
+  Flax params/logit_scale        ()                     -> logit_scale
+where <path> is the Flax module path with '/' -> '.', e.g. ecg/stage2_block1/conv1 -> ecg.stage2_block1.conv1.
+params/txt_head/* is not exported: it projects the label prompts into label_embeddings.safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from safetensors.numpy import save_file
+
+from ecg_contrastive import checkpoints
+from ecg_contrastive.data import signal
+from ecg_contrastive.export.flax_scorer import FlaxScorer
+from ecg_contrastive.models.resnet1d import STAGE_SIZES
+from ecg_contrastive.models.two_tower import MAX_LOGIT_SCALE, TwoTower
+
+MODELING_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "modeling_ecg.py")
+MODEL_KEYS = ("depth", "width", "downsample", "embed_dim", "temperature", "dtype")
+TEXT_HEAD = ("params/txt_head/kernel", "params/txt_head/bias")
+TOLERANCE = 1e-5
+LAYOUTS = {
+    "conv": lambda a: np.transpose(a, (2, 1, 0)),  # (width, in, out) -> (out, in, width)
+    "dense": lambda a: a.T,                         # (in, out) -> (out, in)
+    "same": lambda a: a,
+}
+
+
+class ExportError(ValueError):
+  """The workdir cannot be exported (no checkpoint, unknown architecture, failed parity)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  flax: str    # "params/ecg/stem_conv/kernel"
+  torch: str   # "ecg.stem_conv.weight"
+  layout: str  # key of LAYOUTS
+
+
+def _conv(path: str) -> list[Entry]:
+  return [Entry(f"params/{path}/kernel", f"{path.replace('/', '.')}.weight", "conv")]
+
+
+def _dense(path: str) -> list[Entry]:
+  name = path.replace("/", ".")
+  return [Entry(f"params/{path}/kernel", f"{name}.weight", "dense"), Entry(f"params/{path}/bias", f"{name}.bias", "same")]
+
+
+def _batch_norm(path: str) -> list[Entry]:
+  name = path.replace("/", ".")
+  return [Entry(f"params/{path}/scale", f"{name}.weight", "same"),
+          Entry(f"params/{path}/bias", f"{name}.bias", "same"),
+          Entry(f"batch_stats/{path}/mean", f"{name}.running_mean", "same"),
+          Entry(f"batch_stats/{path}/var", f"{name}.running_var", "same")]
+
+
+def layout_map(depth: int) -> list[Entry]:
+  """Every exported tensor of a TwoTower with a ResNet1d-`depth` ECG tower, Flax -> PyTorch."""
+  entries = _conv("ecg/stem_conv") + _batch_norm("ecg/stem_bn")
+  for stage, num_blocks in enumerate(STAGE_SIZES[depth]):
+    for block in range(num_blocks):
+      path = f"ecg/stage{stage + 1}_block{block + 1}"
+      entries += _conv(f"{path}/conv1") + _batch_norm(f"{path}/bn1") + _conv(f"{path}/conv2") + _batch_norm(f"{path}/bn2")
+      if stage > 0 and block == 0:  # stride 2 and a wider output: the 1x1 conv + BN shortcut
+        entries += _conv(f"{path}/shortcut_conv") + _batch_norm(f"{path}/shortcut_bn")
+  return entries + _dense("ecg_head") + [Entry("params/logit_scale", "logit_scale", "same")]
+
+
+def architecture(config: Any) -> dict:
+  """The TwoTower kwargs of a workdir config, checked to be an architecture this exporter knows."""
+  if "model" not in config:
+    raise ExportError("cannot export: the workdir config has no 'model' section")
+  model = config.model.to_dict()
+  unknown = sorted(set(model) - set(MODEL_KEYS))
+  if unknown:
+    raise ExportError(f"cannot export: unknown model option(s) {unknown} in config.model; the exporter "
+                      f"knows TwoTower({', '.join(MODEL_KEYS)})")
+  tower = TwoTower(**model)
+  if tower.depth not in STAGE_SIZES:
+    raise ExportError(f"cannot export: ResNet1d depth {tower.depth} is unknown to the exporter; "
+                      f"known depths: {sorted(STAGE_SIZES)}")
+  return {key: getattr(tower, key) for key in MODEL_KEYS}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}/"))
+    else:
+      out[f"{prefix}{key}"] = np.asarray(value)
+  return out
+
+
+def to_state_dict(variables: dict, depth: int) -> dict[str, np.ndarray]:
+  """Flax {"params", "batch_stats"} -> PyTorch state dict (numpy) of modeling_ecg.ECGEncoder."""
+  flat = _flatten(variables)
+  entries = layout_map(depth)
+  expected = {e.flax for e in entries} | set(TEXT_HEAD)
+  missing, unexpected = sorted(expected - set(flat)), sorted(set(flat) - expected)
+  if missing or unexpected:
+    raise ExportError(f"cannot export: the checkpoint is not a TwoTower with a ResNet1d-{depth} ECG tower; "
+                      f"unexpected variables: {unexpected or 'none'}; missing variables: {missing or 'none'}")
+  state = {e.torch: np.ascontiguousarray(LAYOUTS[e.layout](flat[e.flax]), np.float32) for e in entries}
+  for e in entries:
+    if e.torch.endswith(".running_mean"):
+      state[e.torch.replace(".running_mean", ".num_batches_tracked")] = np.zeros((), np.int64)
+  return state
+
+
+def export_config(arch: dict, num_labels: int, workdir: str, step: int) -> dict:
+  """config.json of the export folder: architecture, input contract, zero-shot head, provenance."""
+  return {
+      "format_version": 1,
+      "architecture": {"name": "ResNet1d", "depth": arch["depth"], "width": arch["width"],
+                       "downsample": arch["downsample"], "embed_dim": arch["embed_dim"],
+                       "stage_sizes": list(STAGE_SIZES[arch["depth"]]), "batchnorm_eps": 1e-5,
+                       "l2_normalize_eps": 1e-6, "compute_dtype": "float32"},
+      "input": {"shape": f"(B, {signal.NUM_LEADS}, {signal.NUM_SAMPLES})",
+                "layout": "channels-first: (batch, lead, sample)", "dtype": "float32",
+                "sampling_rate_hz": signal.SAMPLE_RATE, "num_samples": signal.NUM_SAMPLES,
+                "duration_s": signal.DURATION_S, "lead_order": list(signal.LEADS), "units": "mV",
+                "scaling": "raw millivolts, no filtering or per-record normalisation; training data is "
+                           "int16 microvolts, so mV = int16 / 1000"},
+      "zero_shot": {"num_labels": num_labels, "labels": "labels.json", "embeddings": "label_embeddings.safetensors",
+                    "score": f"exp(min(logit_scale, {MAX_LOGIT_SCALE:.6f})) * cosine(ecg, label)"},
+      "source": {"workdir": os.path.abspath(workdir), "step": step,
+                 "training_compute_dtype": jnp.dtype(arch["dtype"]).name, "temperature": arch["temperature"]},
+  }
+
+
+def load_exported(folder: str) -> Any:
+  """Loads `folder` with its own modeling_ecg.py (not the package's): modeling_ecg.load(folder)."""
+  spec = importlib.util.spec_from_file_location("modeling_ecg", os.path.join(folder, "modeling_ecg.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.load(folder)
+
+
+def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
+  """max |actual - reference| / max |reference| over the whole array."""
+  return float(np.max(np.abs(actual - reference)) / np.max(np.abs(reference)))
+
+
+def measure_parity(scorer: FlaxScorer, folder: str, ecg_mv: np.ndarray) -> dict[str, float]:
+  """Relative errors of the exported module vs Flax on float32 (B, 5000, 12) mV ECGs."""
+  import torch  # only the verification needs torch
+  module = load_exported(folder)
+  with torch.no_grad():
+    ecg = torch.from_numpy(np.ascontiguousarray(ecg_mv.transpose(0, 2, 1), np.float32))
+    embeddings, scores = module(ecg).numpy(), module.scores(ecg).numpy()
+  return {"embeddings": relative_error(embeddings, scorer.embed(ecg_mv)),
+          "scores": relative_error(scores, scorer.scores(ecg_mv))}
+
+
+def export(workdir: str, out: str, step: int | None = None, verify: bool = True) -> str:
+  """Exports checkpoint `step` (default: latest) of `workdir` into folder `out`; returns `out`."""
+  try:
+    arch = architecture(checkpoints.read_config(workdir))
+    inference = checkpoints.restore_inference(workdir, step)
+  except ExportError:
+    raise
+  except (FileNotFoundError, ValueError) as e:
+    raise ExportError(f"cannot export {workdir!r}: {e}") from e
+  state = to_state_dict(inference.variables, arch["depth"])
+  scorer = FlaxScorer(inference)
+  os.makedirs(out, exist_ok=True)
+  save_file(state, os.path.join(out, "model.safetensors"), metadata={"source_step": str(inference.step)})
+  save_file({"label_embeddings": scorer.label_embeddings}, os.path.join(out, "label_embeddings.safetensors"))
+  with open(os.path.join(out, "labels.json"), "w", encoding="utf-8") as f:
+    json.dump(inference.labels, f, ensure_ascii=False, indent=1)
+  shutil.copyfile(MODELING_FILE, os.path.join(out, "modeling_ecg.py"))
+  config = export_config(arch, len(inference.labels), workdir, inference.step)
+  _write_config(out, config)
+  if verify:
+    ecg = np.random.default_rng(0).normal(0.0, 0.5, (2, signal.NUM_SAMPLES, signal.NUM_LEADS))
+    errors = measure_parity(scorer, out, ecg.astype(np.float32))
+    if max(errors.values()) > TOLERANCE:
+      raise ExportError(f"export to {out!r} failed verification: relative errors {errors} exceed {TOLERANCE}")
+    config["verified_parity"] = {"inputs": "2 random ECGs, N(0, 0.5 mV)", "tolerance": TOLERANCE,
+                                 "max_relative_error": errors}
+    _write_config(out, config)
+  return out
+
+
+def _write_config(out: str, config: dict) -> None:
+  with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(config, f, ensure_ascii=False, indent=1)
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--workdir", required=True, help="training workdir (config.json + checkpoints/)")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  parser.add_argument("--out", required=True, help="export folder to write")
+  parser.add_argument("--no-verify", action="store_true", help="skip the PyTorch parity check (no torch needed)")
+  args = parser.parse_args(argv)
+  try:
+    out = export(args.workdir, args.out, args.step, verify=not args.no_verify)
+  except ExportError as e:
+    sys.exit(f"error: {e}")
+  print(f"exported {args.workdir} -> {out}")
+
+
+if __name__ == "__main__":
+  main()
