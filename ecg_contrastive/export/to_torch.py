@@ -181,10 +181,12 @@ def measure_parity(scorer: FlaxScorer, folder: str, ecg_mv: np.ndarray) -> dict[
 def export(workdir: str, out: str, step: int | None = None, verify: bool = True) -> str:
   """Exports checkpoint `step` (default: latest) of `workdir` into folder `out`; returns `out`."""
   try:
-    arch = architecture(checkpoints.read_config(workdir))
+    run_config = checkpoints.read_config(workdir)
+  except FileNotFoundError as e:
+    raise ExportError(f"cannot export: {e}") from e
+  arch = architecture(run_config)  # before restoring: an unknown architecture fails fast
+  try:
     inference = checkpoints.restore_inference(workdir, step)
-  except ExportError:
-    raise
   except (FileNotFoundError, ValueError) as e:
     raise ExportError(f"cannot export {workdir!r}: {e}") from e
   state = to_state_dict(inference.variables, arch["depth"])
