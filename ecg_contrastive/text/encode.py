@@ -1,0 +1,115 @@
+"""Batched, data-parallel forward of the frozen text encoder over length buckets.
+
+Texts are sorted by token count and cut into batches of `batch_size`; each batch is
+padded to a bucketed length (at most ~25% padding, see `bucket_length`) so the number
+of distinct shapes, hence of XLA compilations, stays small. Rows are padded to a
+multiple of the local device count and sharded over a 1-D mesh ('data',) of all local
+devices; the parameters are replicated. Dispatch is asynchronous: the host packs the
+next batch while the devices run the current one.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ecg_contrastive.models.bert import pool
+
+
+def bucket_length(longest: int, max_length: int) -> int:
+  """Padded length for a batch whose longest text has `longest` tokens.
+
+  Rounds up to a multiple of max(8, 2**(floor(log2(longest)) - 2)): 8 up to 63 tokens,
+  16 up to 127, 32 up to 255, ...; never beyond max_length.
+  """
+  step = max(8, 1 << max(longest.bit_length() - 3, 0))
+  return min(-(-longest // step) * step, max_length)
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+  indices: np.ndarray  # (n,) positions in the token-id list, n <= rows
+  rows: int            # padded batch rows, a multiple of the device count
+  length: int          # padded sequence length
+
+
+def plan_batches(lengths: np.ndarray, batch_size: int, num_devices: int, max_length: int) -> list[Batch]:
+  """lengths (N,) token counts -> batches in increasing length order covering every index once.
+
+  Full batches have `batch_size` rows rounded up to a multiple of `num_devices`; the last
+  one has the next power of two above its size (same rounding), to bound its waste.
+  """
+  order = np.argsort(lengths, kind="stable")
+  round_up = lambda n: -(-n // num_devices) * num_devices
+  batches = []
+  for start in range(0, len(order), batch_size):
+    idx = order[start:start + batch_size]
+    rows = round_up(min(batch_size, 1 << (len(idx) - 1).bit_length()))
+    batches.append(Batch(idx, rows, bucket_length(int(lengths[idx].max()), max_length)))
+  return batches
+
+
+def pack(ids: list[np.ndarray], batch: Batch, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """-> input_ids, attention_mask, both (rows, length) int32; padding uses the pad token."""
+  input_ids = np.full((batch.rows, batch.length), pad_id, np.int32)
+  mask = np.zeros((batch.rows, batch.length), np.int32)
+  for row, i in enumerate(batch.indices):
+    input_ids[row, :len(ids[i])] = ids[i]
+    mask[row, :len(ids[i])] = 1
+  return input_ids, mask
+
+
+class Encoder:
+  """Pooled embeddings of padded batches on all local devices (one process)."""
+
+  def __init__(self, module: nn.Module, params: dict, pooling: str):
+    def embed(params, input_ids, mask):
+      hidden, pooled = module.apply({"params": params}, input_ids, mask)
+      return pool(hidden, pooled, mask, pooling)
+
+    dummy = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    self.dim = jax.eval_shape(partial(embed, params), dummy, dummy).shape[1]  # validates pooling
+    devices = jax.local_devices()
+    self.num_devices = len(devices)
+    mesh = Mesh(np.array(devices), ("data",))
+    self._rows = NamedSharding(mesh, P("data"))
+    self._params = jax.device_put(params, NamedSharding(mesh, P()))
+    self._embed = jax.jit(embed, out_shardings=self._rows)
+
+  def __call__(self, input_ids: np.ndarray, mask: np.ndarray) -> jax.Array:
+    """(rows, L) int32 each -> (rows, D) float32, computed asynchronously."""
+    return self._embed(self._params, jax.device_put(input_ids, self._rows),
+                       jax.device_put(mask, self._rows))
+
+
+def embed_token_ids(encoder: Encoder, ids: list[np.ndarray], *, batch_size: int, max_length: int,
+                    pad_id: int, progress: bool) -> tuple[np.ndarray, dict[str, int]]:
+  """N token-id arrays -> (N, D) float32 embeddings in input order, and batching counts
+  (tokens, padded_tokens, batches, shapes)."""
+  from tqdm.auto import tqdm
+
+  lengths = np.array([len(i) for i in ids], np.int64)
+  batches = plan_batches(lengths, batch_size, encoder.num_devices, max_length)
+  out = np.zeros((len(ids), encoder.dim), np.float32)
+  pending = collections.deque()
+  with tqdm(total=len(ids), desc="embedding texts", unit="text", disable=not progress) as bar:
+    def finish() -> None:
+      batch, result = pending.popleft()
+      out[batch.indices] = np.asarray(result)[:len(batch.indices)]
+      bar.update(len(batch.indices))
+
+    for batch in batches:
+      pending.append((batch, encoder(*pack(ids, batch, pad_id))))
+      if len(pending) > 1:
+        finish()
+    while pending:
+      finish()
+  return out, {"tokens": int(lengths.sum()), "padded_tokens": sum(b.rows * b.length for b in batches),
+               "batches": len(batches), "shapes": len({(b.rows, b.length) for b in batches})}

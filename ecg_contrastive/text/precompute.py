@@ -1,0 +1,171 @@
+"""Precompute of the frozen text tower: texts -> embedding table (one row per unique text).
+
+The text tower is locked, so each distinct report and label prompt is embedded once and
+training reads rows of the table. `embed_texts` dedupes, tokenises, embeds in length
+buckets on all local devices (each process its contiguous share of the unique texts,
+assembled afterwards) and caches the table on disk (`cache.py`). Its summary counts
+everything a caller must hear about: empty texts, truncated texts, [UNK] tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ecg_contrastive.models.bert import POOLINGS, load_hf_encoder, require_model_files
+from ecg_contrastive.text import cache
+from ecg_contrastive.text.encode import Encoder, embed_token_ids
+from ecg_contrastive.text.tokenizer import check_texts, load_tokenizer, tokenize
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Japanese prompt templates for the 98 labels; '{}' is replaced by the label.
+DEFAULT_LABEL_TEMPLATES = ("{}", "{}を認める。", "{}の所見。", "心電図所見：{}")
+_COUNTS = ("empty", "truncated", "unk_tokens", "texts_with_unk", "tokens", "padded_tokens", "batches")
+
+
+@dataclasses.dataclass
+class TextTable:
+  """Embedding table of unique texts, in sorted (code point) order."""
+  texts: list[str]         # N unique texts
+  embeddings: np.ndarray   # float32 (N, D), raw pooled output (not normalised)
+  summary: dict            # counts and settings, see docs/text.md
+  _index: dict[str, int] = dataclasses.field(init=False, repr=False)
+
+  def __post_init__(self):
+    if self.embeddings.shape[0] != len(self.texts):
+      raise ValueError(f"{len(self.texts)} texts but {self.embeddings.shape[0]} embedding rows")
+    self._index = {t: i for i, t in enumerate(self.texts)}
+
+  def rows(self, texts: Sequence[str]) -> np.ndarray:
+    """(len(texts),) int32 row of each text; KeyError naming the first text not in the table."""
+    out = np.empty(len(texts), np.int32)
+    for i, t in enumerate(texts):
+      try:
+        out[i] = self._index[t]
+      except KeyError:
+        raise KeyError(f"text {i} ({t[:60]!r}) is not in the embedding table of {len(self.texts)} "
+                       "texts; include it in the texts passed to embed_texts") from None
+    return out
+
+
+def _check_options(pooling: str, max_length: int, batch_size: int, dtype: str) -> None:
+  if pooling not in POOLINGS:
+    raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+  if max_length < 2 or batch_size < 1:
+    raise ValueError(f"max_length ({max_length}) must be >= 2 and batch_size ({batch_size}) >= 1")
+
+
+def _all_processes(value: np.ndarray) -> np.ndarray:
+  """(P, ...) the value from every process, stacked in process order."""
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(value))
+
+
+def _embed_share(unique: list[str], model_dir: str, pooling: str, max_length: int, batch_size: int,
+                 dtype: str, progress: bool) -> tuple[np.ndarray, dict]:
+  """Embeds this process's contiguous share of `unique` -> (N, D) table (all processes) and counts."""
+  module, params, config = load_hf_encoder(model_dir, dtype=DTYPES[dtype])
+  positions = config.max_position_embeddings - (config.pad_token_id + 1 if config.family == "roberta" else 0)
+  if max_length > positions:
+    raise ValueError(f"max_length {max_length} exceeds the {positions} positions of {model_dir!r}")
+  encoder = Encoder(module, params, pooling)
+  tokenizer = load_tokenizer(model_dir)
+  count, index = jax.process_count(), jax.process_index()
+  share = -(-len(unique) // count)
+  tokenized = tokenize(unique[index * share:(index + 1) * share], tokenizer, max_length)
+  local, batching = embed_token_ids(encoder, tokenized.ids, batch_size=batch_size, max_length=max_length,
+                                    pad_id=tokenizer.pad_token_id, progress=progress and index == 0)
+  counts = {**tokenized.counts(), **batching}
+  if count == 1:
+    return local, {**counts, "unk_examples": tokenized.unk_examples}
+  padded = np.zeros((share, encoder.dim), np.float32)
+  padded[:len(local)] = local
+  table = _all_processes(padded).reshape(-1, encoder.dim)[:len(unique)]
+  summed = _all_processes(np.array([counts[k] for k in _COUNTS], np.int64)).sum(0)
+  return table, {**dict(zip(_COUNTS, summed.tolist())), "shapes": batching["shapes"],
+                 "unk_examples": tokenized.unk_examples}
+
+
+def embed_texts(texts: Sequence[str], model_dir: str, *, pooling: str = "mean", max_length: int = 128,
+                batch_size: int = 256, dtype: str = "float32", cache_dir: str | None = None,
+                progress: bool = True) -> TextTable:
+  """Embeds every distinct text once -> TextTable; duplicates share a row.
+
+  texts: report texts or prompts (str; '' is allowed and counted as empty).
+  model_dir: local Hugging Face BERT/RoBERTa directory (config.json, model.safetensors, tokenizer).
+  pooling: 'mean' (mask-aware), 'cls' or 'pooler'. max_length: tokens kept per text,
+  special tokens included; longer texts are cut at the end and counted. batch_size: rows
+  per forward pass (rounded up to a multiple of the local device count). dtype: compute
+  dtype, 'float32' or 'bfloat16'. cache_dir: default $ECG_CONTRASTIVE_CACHE or
+  ~/.cache/ecg_contrastive/text.
+  """
+  start = time.perf_counter()
+  texts = check_texts(texts)
+  _check_options(pooling, max_length, batch_size, dtype)
+  require_model_files(model_dir)
+  unique = sorted(set(texts))
+  text_fp = cache.text_fingerprint(unique)
+  multi = jax.process_count() > 1
+  if multi:
+    digests = _all_processes(np.frombuffer(bytes.fromhex(text_fp), np.uint8))
+    if not (digests == digests[0]).all():
+      raise ValueError("processes passed different text sets to embed_texts; every process must "
+                       "pass the same texts (each embeds its share)")
+  cache_dir = cache_dir or cache.default_cache_dir()
+  key = cache.cache_key(cache.model_fingerprint(model_dir), text_fp, pooling, max_length, dtype)
+  hit = cache.load(cache_dir, key, len(unique))
+  if multi and not _all_processes(np.array(hit is not None)).all():
+    hit = None  # every process must take the same path: the miss path has collectives
+  settings = {"model_dir": model_dir, "pooling": pooling, "max_length": max_length, "dtype": dtype}
+  if hit is not None:
+    embeddings, meta = hit
+    counts = meta["summary"]
+  else:
+    embeddings, counts = _embed_share(unique, model_dir, pooling, max_length, batch_size, dtype, progress)
+    counts = {**counts, "devices": jax.local_device_count(), "processes": jax.process_count(),
+              "embed_seconds": round(time.perf_counter() - start, 3)}
+    cache.save(cache_dir, key, embeddings, {**settings, "texts": len(unique), "summary": counts})
+  summary = {"texts": len(texts), "unique": len(unique), **counts, **settings, "dim": embeddings.shape[1],
+             "seconds": round(time.perf_counter() - start, 3), "from_cache": hit is not None}
+  _log(summary)
+  return TextTable(unique, embeddings, summary)
+
+
+def _log(summary: dict) -> None:
+  logging.info("text precompute: %d texts, %d unique, %.1f s%s", summary["texts"], summary["unique"],
+               summary["seconds"], " (from cache)" if summary["from_cache"] else "")
+  if summary["empty"] or summary["truncated"] or summary["unk_tokens"]:
+    logging.warning("text precompute: %d empty texts, %d truncated to %d tokens, %d [UNK] tokens in %d "
+                    "texts (e.g. %s)", summary["empty"], summary["truncated"], summary["max_length"],
+                    summary["unk_tokens"], summary["texts_with_unk"], summary["unk_examples"])
+
+
+def embed_label_prompts(labels: Sequence[str], templates: Sequence[str], model_dir: str, **kw) -> np.ndarray:
+  """-> float32 (num_labels, D) label embeddings averaged over prompt templates.
+
+  Each template contains '{}' once, replaced by the label. Each prompt embedding is
+  L2-normalised before averaging over templates, so every template weighs the same
+  whatever its norm; the average is returned unnormalised (its norm shrinks when
+  templates disagree; normalise it where cosine similarity is wanted). `kw` goes to
+  embed_texts.
+  """
+  labels, templates = list(labels), list(templates)
+  if not labels or not templates:
+    raise ValueError(f"need at least one label and one template (got {len(labels)} and {len(templates)})")
+  for t in templates:
+    if not isinstance(t, str) or t.count("{}") != 1:
+      raise ValueError(f"template {t!r} must contain the placeholder '{{}}' exactly once")
+  prompts = [t.replace("{}", label) for label in check_texts(labels) for t in templates]
+  table = embed_texts(prompts, model_dir, **kw)
+  e = table.embeddings[table.rows(prompts)].reshape(len(labels), len(templates), -1)
+  e = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+  return e.mean(axis=1).astype(np.float32)
