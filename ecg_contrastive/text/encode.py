@@ -66,27 +66,34 @@ def pack(ids: list[np.ndarray], batch: Batch, pad_id: int) -> tuple[np.ndarray, 
   return input_ids, mask
 
 
+@partial(jax.jit, static_argnums=(0, 1))
+def _embed(module: nn.Module, pooling: str, params: dict, input_ids: jax.Array, mask: jax.Array) -> jax.Array:
+  """(rows, L) ids and mask -> (rows, D) float32 pooled embeddings; sharded like the inputs.
+
+  Module-level with the module as a static argument, so calls with the same architecture
+  and shapes (e.g. reports, then label prompts) share compilations.
+  """
+  hidden, pooled = module.apply({"params": params}, input_ids, mask)
+  return pool(hidden, pooled, mask, pooling)
+
+
 class Encoder:
   """Pooled embeddings of padded batches on all local devices (one process)."""
 
   def __init__(self, module: nn.Module, params: dict, pooling: str):
-    def embed(params, input_ids, mask):
-      hidden, pooled = module.apply({"params": params}, input_ids, mask)
-      return pool(hidden, pooled, mask, pooling)
-
     dummy = jax.ShapeDtypeStruct((1, 1), jnp.int32)
-    self.dim = jax.eval_shape(partial(embed, params), dummy, dummy).shape[1]  # validates pooling
+    self.dim = jax.eval_shape(partial(_embed.__wrapped__, module, pooling, params), dummy, dummy).shape[1]
+    self._module, self._pooling = module, pooling  # the eval_shape above validated the pooling
     devices = jax.local_devices()
     self.num_devices = len(devices)
     mesh = Mesh(np.array(devices), ("data",))
     self._rows = NamedSharding(mesh, P("data"))
     self._params = jax.device_put(params, NamedSharding(mesh, P()))
-    self._embed = jax.jit(embed, out_shardings=self._rows)
 
   def __call__(self, input_ids: np.ndarray, mask: np.ndarray) -> jax.Array:
     """(rows, L) int32 each -> (rows, D) float32, computed asynchronously."""
-    return self._embed(self._params, jax.device_put(input_ids, self._rows),
-                       jax.device_put(mask, self._rows))
+    return _embed(self._module, self._pooling, self._params, jax.device_put(input_ids, self._rows),
+                  jax.device_put(mask, self._rows))
 
 
 def embed_token_ids(encoder: Encoder, ids: list[np.ndarray], *, batch_size: int, max_length: int,
