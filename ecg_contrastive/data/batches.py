@@ -1,0 +1,185 @@
+"""BatchIterator: seeded per-epoch shuffle -> rows of this process -> global jax.Array batches, prefetched.
+
+Every process computes the same order (seed, epoch) and reads only the rows of the global batch
+that its devices hold; `jax.make_array_from_process_local_data` assembles the global array,
+sharded over the mesh axis 'data'. Within a process's rows, indices are read in ascending order
+(one sorted fancy-index of the memmap); the batch's 'index' says which record each row is.
+A background thread reads and places batches ahead (`prefetch`); the state is the position of
+the next batch to be returned, so a restored iterator continues at exactly that batch.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import TYPE_CHECKING
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+if TYPE_CHECKING:
+  from ecg_contrastive.data.pipeline import EcgSource
+
+DATA_AXIS = "data"
+_END = object()
+
+
+class BatchIterator:
+  """Global batches of one split: dict of jax.Arrays sharded over the mesh axis 'data'.
+
+  'ecg': int16 (B, 5000, 12); 'index': int32 (B,) record rows (-1 on padding); each name in
+  `columns`: columns[name][index]; 'mask': bool (B,), only with drop_remainder=False (False on the
+  padded rows of the last batch, whose ecg and columns are zeros).
+  """
+
+  def __init__(self, source: EcgSource, *, global_batch_size: int, mesh: Mesh, seed: int, shuffle: bool = True,
+               drop_remainder: bool = True, columns: dict[str, np.ndarray] | None = None, prefetch: int = 2,
+               num_epochs: int | None = None):
+    if DATA_AXIS not in mesh.axis_names:
+      raise ValueError(f"the mesh needs an axis named {DATA_AXIS!r} to shard batches over; it has {mesh.axis_names}")
+    processes, shards = jax.process_count(), mesh.shape[DATA_AXIS]
+    if global_batch_size <= 0 or global_batch_size % processes:
+      raise ValueError(f"global_batch_size {global_batch_size} does not divide over {processes} JAX processes; "
+                       f"use a positive multiple of {processes}")
+    if global_batch_size % shards:
+      raise ValueError(f"global_batch_size {global_batch_size} does not divide over the {shards} shards of mesh "
+                       f"axis {DATA_AXIS!r}; use a multiple of {shards}")
+    n = len(source)
+    if n == 0 or (drop_remainder and n < global_batch_size):
+      raise ValueError(f"{source.name} has {n} records, fewer than one batch of {global_batch_size}; lower "
+                       f"global_batch_size or set drop_remainder=False")
+    self.columns = {k: np.asarray(v) for k, v in (columns or {}).items()}
+    for name, column in self.columns.items():
+      if len(column) != n or name in ("ecg", "index", "mask"):
+        raise ValueError(f"column {name!r}: needs one row per record ({n}) and a name other than ecg/index/mask; "
+                         f"got {len(column)} rows")
+    if prefetch < 1:
+      raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+    self.source, self.batch_size, self.seed, self.shuffle = source, global_batch_size, seed, shuffle
+    self.drop_remainder, self.prefetch, self.num_epochs = drop_remainder, prefetch, num_epochs
+    self.sharding = NamedSharding(mesh, P(DATA_AXIS))
+    self._rows = _process_rows(self.sharding, global_batch_size)
+    self._position = (0, 0)  # (epoch, batch) of the next batch __next__ returns
+    self._thread: threading.Thread | None = None
+
+  def __len__(self) -> int:
+    """Batches per epoch."""
+    n = len(self.source)
+    return n // self.batch_size if self.drop_remainder else -(-n // self.batch_size)
+
+  def __iter__(self) -> BatchIterator:
+    return self
+
+  def __next__(self) -> dict[str, jax.Array]:
+    if self._thread is None:
+      self._start()
+    item = self._queue.get()
+    if item is _END:
+      self._queue.put(_END)
+      raise StopIteration
+    if isinstance(item, BaseException):
+      raise item
+    position, batch = item
+    self._position = self._after(position)
+    return batch
+
+  def get_state(self) -> dict:
+    """JSON-serialisable position of the next batch (plus what must match on restore)."""
+    epoch, batch = self._position
+    return {"epoch": epoch, "batch": batch, "seed": self.seed, "global_batch_size": self.batch_size,
+            "num_records": len(self.source), "shuffle": self.shuffle}
+
+  def set_state(self, state: dict) -> None:
+    """Continues at the batch `state` points to; the order (seed, sizes, shuffle) must be the one saved."""
+    mine = self.get_state()
+    different = {k: (state.get(k), mine[k]) for k in ("seed", "global_batch_size", "num_records", "shuffle")
+                 if state.get(k) != mine[k]}
+    if different:
+      raise ValueError(f"cannot resume the data order: saved vs current {different}; restore with the same "
+                       "seed, batch size, dataset and shuffle setting")
+    self.close()
+    self._position = (int(state["epoch"]), int(state["batch"]))
+
+  def close(self) -> None:
+    """Stops the reader thread (a later next() restarts it at the current position)."""
+    if self._thread is not None:
+      self._stop.set()
+      while self._thread.is_alive():
+        try:
+          self._queue.get_nowait()
+        except queue.Empty:
+          self._thread.join(timeout=0.05)
+      self._thread = None
+
+  def __del__(self):
+    self.close()
+
+  # ------------------------------------------------------------------ reader thread
+
+  def _after(self, position: tuple[int, int]) -> tuple[int, int]:
+    epoch, batch = position
+    return (epoch + 1, 0) if batch + 1 >= len(self) else (epoch, batch + 1)
+
+  def _order(self, epoch: int) -> np.ndarray:
+    n = len(self.source)
+    return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+
+  def _start(self) -> None:
+    self._queue: queue.Queue = queue.Queue(maxsize=self.prefetch)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, args=(self._position, self._queue, self._stop), daemon=True)
+    self._thread.start()
+
+  def _put(self, q: queue.Queue, stop: threading.Event, item) -> bool:
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _run(self, position: tuple[int, int], q: queue.Queue, stop: threading.Event) -> None:
+    try:
+      epoch, batch = position
+      while self.num_epochs is None or epoch < self.num_epochs:
+        order = self._order(epoch)
+        for b in range(batch, len(self)):
+          if not self._put(q, stop, ((epoch, b), self._make(order[b * self.batch_size:(b + 1) * self.batch_size]))):
+            return
+        epoch, batch = epoch + 1, 0
+      self._put(q, stop, _END)
+    except BaseException as e:  # noqa: BLE001 (handed to the consumer, raised by __next__)
+      self._put(q, stop, e)
+
+  def _make(self, rows: np.ndarray) -> dict[str, jax.Array]:
+    """Global batch from the record rows of one batch (fewer than B only for the last, padded one)."""
+    index = np.full(self.batch_size, -1, np.int64)
+    index[:len(rows)] = rows
+    local = index[self._rows]
+    valid = local >= 0
+    local[valid] = np.sort(local[valid])  # padding stays at the end
+    ecg = np.zeros((len(local),) + self.source.ecg.shape[1:], np.int16)
+    ecg[valid] = self.source.read(local[valid])
+    arrays = {"ecg": ecg, "index": local.astype(np.int32)}
+    for name, column in self.columns.items():
+      values = np.zeros((len(local),) + column.shape[1:], column.dtype)
+      values[valid] = column[local[valid]]
+      arrays[name] = values
+    if not self.drop_remainder:
+      arrays["mask"] = valid
+    return {k: jax.make_array_from_process_local_data(self.sharding, v, (self.batch_size,) + v.shape[1:])
+            for k, v in arrays.items()}
+
+
+def _process_rows(sharding: NamedSharding, batch_size: int) -> slice:
+  """The contiguous rows of a global batch that this process's devices hold."""
+  rows = sorted({(s[0].start or 0, s[0].stop or batch_size)
+                 for s in sharding.addressable_devices_indices_map((batch_size,)).values()})
+  start, stop = rows[0][0], rows[-1][1]
+  covered = sum(b - a for a, b in rows)
+  if covered != stop - start:
+    raise ValueError(f"this process's devices hold non-contiguous rows {rows} of the batch; order the mesh "
+                     "devices by process (jax.devices() order does)")
+  return slice(start, stop)

@@ -1,0 +1,138 @@
+"""A split's ECGs decoded once into a contiguous int16 .npy (memory-mapped), with its metadata.
+
+Files, in `<dataset dir>/ecg_cache/`: `<split>.ecg.npy` (int16 (n, 5000, 12)) and `<split>.meta.json`
+(fingerprint, metadata columns, skipped records). The fingerprint names the dataset, config,
+version, split size and each shard's name and size; a cache whose fingerprint, shape or file size
+does not match is rebuilt. Records that cannot be decoded, or whose ECG is not int16 (5000, 12),
+are skipped, counted and listed with their reason (a warning names them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+
+from ecg_contrastive.data.signal import NUM_LEADS, NUM_SAMPLES
+
+CACHE_VERSION = 1
+READ_BATCH = 256
+META_COLUMNS = ("reports", "labels", "primary_label", "record_id", "patient_id")
+log = logging.getLogger(__name__)
+
+
+def fingerprint(builder, split: str) -> dict:
+  """What the cache of `split` was built from; any change means the cache is stale."""
+  info = builder.info.splits[split]
+  return {"cache_version": CACHE_VERSION, "dataset": builder.name,
+          "config": builder.builder_config.name if builder.builder_config else None,
+          "version": str(builder.version), "split": split, "num_examples": int(info.num_examples),
+          "shards": [[os.path.basename(str(p)), os.path.getsize(str(p))] for p in info.filepaths]}
+
+
+def _paths(builder, split: str) -> tuple[str, str]:
+  folder = os.path.join(str(builder.data_dir), "ecg_cache")
+  return os.path.join(folder, f"{split}.ecg.npy"), os.path.join(folder, f"{split}.meta.json")
+
+
+def _load(ecg_path: str, meta_path: str, expected: dict):
+  """(memmap, meta) of a valid cache, or None when absent, stale or damaged."""
+  try:
+    with open(meta_path, encoding="utf-8") as f:
+      meta = json.load(f)
+    if meta.get("fingerprint") != expected:
+      return None
+    ecg = np.load(ecg_path, mmap_mode="r")  # raises if the file is shorter than its header says
+  except (OSError, ValueError):
+    return None
+  if ecg.dtype != np.int16 or ecg.shape != (meta["num_records"], NUM_SAMPLES, NUM_LEADS):
+    return None
+  return ecg, meta
+
+
+def load_or_build(builder, split: str) -> tuple[np.ndarray, dict[str, list], list[dict]]:
+  """(int16 memmap (n, 5000, 12), metadata columns, skipped records) of `split`, building the cache if needed."""
+  ecg_path, meta_path = _paths(builder, split)
+  expected = fingerprint(builder, split)
+  loaded = _load(ecg_path, meta_path, expected)
+  if loaded is None:
+    log.info("decoding %s/%s into %s (once)", builder.name, split, ecg_path)
+    build(builder.as_data_source(split=split), ecg_path, meta_path, expected)
+    loaded = _load(ecg_path, meta_path, expected)
+    if loaded is None:
+      raise RuntimeError(f"the cache just written at {ecg_path} does not read back; check free disk space")
+  ecg, meta = loaded
+  if meta["skipped"]:
+    log.warning("%s/%s: %d record(s) skipped as unreadable, e.g. %s", builder.name, split, len(meta["skipped"]),
+                meta["skipped"][:3])
+  return ecg, {k: meta[k] for k in META_COLUMNS}, meta["skipped"]
+
+
+def _problem(example) -> str | None:
+  """Why a decoded example cannot be used, or None."""
+  if isinstance(example, Exception):
+    return f"decode error: {type(example).__name__}: {example}"
+  ecg = example["ecg"]
+  if ecg.dtype != np.int16 or ecg.shape != (NUM_SAMPLES, NUM_LEADS):
+    return f"ecg is {ecg.dtype} {ecg.shape}, expected int16 ({NUM_SAMPLES}, {NUM_LEADS})"
+  try:
+    for key in ("report", "primary_label", "record_id", "patient_id"):
+      example[key].decode("utf-8")
+    for label in example["labels"]:
+      label.decode("utf-8")
+  except (UnicodeDecodeError, AttributeError) as e:
+    return f"text field is not UTF-8: {e}"
+  return None
+
+
+def _read(source, indices: list[int]) -> list:
+  """Decoded examples of `indices`; a record that fails to decode is returned as its exception."""
+  try:
+    return source.__getitems__(indices)
+  except Exception:  # find the bad record(s) one by one
+    out = []
+    for i in indices:
+      try:
+        out.append(source[i])
+      except Exception as e:  # noqa: BLE001 (any decoder failure marks the record corrupt)
+        out.append(e)
+    return out
+
+
+def build(source, ecg_path: str, meta_path: str, expected: dict) -> None:
+  """Decodes every record of `source` (a TFDS data source) into the cache files, atomically."""
+  os.makedirs(os.path.dirname(ecg_path), exist_ok=True)
+  n = len(source)
+  tmp = ecg_path + ".tmp.npy"
+  ecg = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=(n, NUM_SAMPLES, NUM_LEADS))
+  columns = {k: [] for k in META_COLUMNS}
+  skipped = []
+  for start in range(0, n, READ_BATCH):
+    indices = list(range(start, min(n, start + READ_BATCH)))
+    for i, example in zip(indices, _read(source, indices)):
+      reason = _problem(example)
+      if reason:
+        record_id = example["record_id"] if isinstance(example, dict) else b"?"
+        skipped.append({"index": i, "record_id": record_id.decode("utf-8", "replace"), "reason": reason})
+        continue
+      ecg[len(columns["record_id"])] = example["ecg"]
+      columns["reports"].append(example["report"].decode("utf-8"))
+      columns["labels"].append([label.decode("utf-8") for label in example["labels"]])
+      for key in ("primary_label", "record_id", "patient_id"):
+        columns[key].append(example[key].decode("utf-8"))
+  kept = len(columns["record_id"])
+  ecg.flush()
+  if kept < n:  # drop the rows of skipped records
+    compact = np.lib.format.open_memmap(tmp + ".compact.npy", mode="w+", dtype=np.int16,
+                                        shape=(kept, NUM_SAMPLES, NUM_LEADS))
+    compact[:] = ecg[:kept]
+    compact.flush()
+    del compact
+    os.replace(tmp + ".compact.npy", tmp)
+  del ecg
+  os.replace(tmp, ecg_path)
+  with open(meta_path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump({"fingerprint": expected, "num_records": kept, "skipped": skipped, **columns}, f, ensure_ascii=False)
+  os.replace(meta_path + ".tmp", meta_path)
