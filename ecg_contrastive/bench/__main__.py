@@ -1,0 +1,161 @@
+r"""Benchmark command. Each subcommand prints its table last and writes PREFIX.json + PREFIX.csv.
+
+  python -m ecg_contrastive.bench step --model paper --batch-sizes 256,1024 --torch eager,compile
+  python -m ecg_contrastive.bench pipeline --model paper --batch-size 1024 --dataset synthetic_ecg_ja/small
+  python -m ecg_contrastive.bench memory --cpu-devices 8 --batch-sizes 256,512,1024,2048,4096
+  python -m ecg_contrastive.bench show bench_out/step.json bench_out/pipeline.json
+
+  step      the project's training step (ECG/s, step time, TFLOP/s, peak memory) against the PyTorch
+            step of the same architecture (exported module, AdamW, bf16 autocast; eager and
+            torch.compile), in one process on the same device-resident batches
+  pipeline  the same step fed by the project's input pipeline (int16 on the wire), next to the
+            step on device-resident batches at the same batch size
+  memory    per-device memory of the contrastive loss across the mesh against global batch size,
+            next to a naive full-batch (B x B) loss
+  show      print the tables of earlier results files again (and issue 6's targets when a step
+            file is among them)
+CPU smoke run: add `--model tiny --batch-sizes 8 --torch eager --windows 2 --steps 2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+
+def _ints(text: str) -> list[int]:
+  return [int(x) for x in text.split(",") if x]
+
+
+def _modes(text: str) -> list[str]:
+  return [] if text == "none" else [m for m in text.split(",") if m]
+
+
+def _timing_args(p: argparse.ArgumentParser, warmup: int, windows: int, steps: int) -> None:
+  p.add_argument("--warmup", type=int, default=warmup, help="untimed steps first (compilation, autotuning)")
+  p.add_argument("--windows", type=int, default=windows, help="timed windows; the median is reported")
+  p.add_argument("--steps", type=int, default=steps, help="steps per timed window")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--model", default="paper", choices=["paper", "tiny"], help="workload preset (workload.py)")
+  p.add_argument("--dtype", choices=["bfloat16", "float32"], help="override the preset's compute dtype")
+  p.add_argument("--seed", type=int, default=0)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m ecg_contrastive.bench", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  p = sub.add_parser("step", help="our training step vs PyTorch eager / torch.compile")
+  _model_args(p)
+  p.add_argument("--batch-sizes", type=_ints, default=[256, 1024], help="global batch sizes, comma-separated")
+  p.add_argument("--torch", type=_modes, default=["eager", "compile"], help="'eager,compile', 'eager' or 'none'")
+  p.add_argument("--buffers", type=int, default=4, help="distinct input batches rotated through")
+  p.add_argument("--profile", help="trace a few steps of ours at the largest batch into this folder and "
+                                   "write a breakdown of device time (profile_summary.txt there)")
+  _timing_args(p, warmup=3, windows=5, steps=10)
+  p.add_argument("--out", default="bench_out/step", help="writes OUT.json and OUT.csv")
+
+  p = sub.add_parser("pipeline", help="our step fed by the real input pipeline")
+  _model_args(p)
+  p.add_argument("--batch-size", type=int, default=1024, help="global batch size")
+  p.add_argument("--dataset", default="synthetic_ecg_ja/tiny", help="TFDS name/config, built on first use")
+  p.add_argument("--split", default="train")
+  p.add_argument("--data-dir", default="", help="'' -> the pipeline's default data directory")
+  p.add_argument("--prefetch", type=int, default=4, help="batches the pipeline prepares ahead")
+  _timing_args(p, warmup=3, windows=5, steps=10)
+  p.add_argument("--out", default="bench_out/pipeline", help="writes OUT.json and OUT.csv")
+
+  p = sub.add_parser("memory", help="per-device loss memory vs global batch size, against a naive B x B loss")
+  p.add_argument("--batch-sizes", type=_ints, default=[256, 512, 1024, 2048, 4096, 8192])
+  p.add_argument("--embed-dim", type=int, default=256)
+  p.add_argument("--cpu-devices", type=int, default=0,
+                 help="on CPU, run with this many virtual devices (sets XLA_FLAGS before JAX starts)")
+  p.add_argument("--out", default="bench_out/memory", help="writes OUT.json and OUT.csv")
+
+  p = sub.add_parser("show", help="print the tables of results files (PREFIX.json) again")
+  p.add_argument("files", nargs="+", help="PREFIX.json files written by step, pipeline or memory")
+  return parser.parse_args(argv)
+
+
+def _force_cpu_devices(count: int) -> None:
+  """Virtual CPU devices for the mesh; must run before JAX initialises its backends."""
+  flag = f"--xla_force_host_platform_device_count={count}"
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
+  os.environ["XLA_FLAGS"] = " ".join(flags + [flag])
+
+
+def _workload(args: argparse.Namespace):
+  import dataclasses
+
+  from ecg_contrastive.bench.workload import PRESETS
+  workload = PRESETS[args.model]
+  return dataclasses.replace(workload, dtype=args.dtype) if args.dtype else workload
+
+
+def run_command(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]], list]:
+  """Runs one subcommand; returns (meta, rows, columns)."""
+  if args.command == "memory" and args.cpu_devices:
+    _force_cpu_devices(args.cpu_devices)
+  import jax
+
+  from ecg_contrastive.bench import results
+  meta = dict(results.environment(jax.devices()), subcommand=args.command)
+  if args.command == "step":
+    from ecg_contrastive.bench import step
+    from ecg_contrastive.bench.rows import STEP_COLUMNS
+    workload = _workload(args)
+    rows = step.run(workload, args.batch_sizes, args.torch, warmup=args.warmup, windows=args.windows,
+                    steps=args.steps, buffers=args.buffers, seed=args.seed, profile_dir=args.profile)
+    meta["workload"] = dict(workload.__dict__, train_gflop_per_ecg=workload.train_flops_per_ecg() / 1e9)
+    return meta, rows, STEP_COLUMNS
+  if args.command == "pipeline":
+    from ecg_contrastive.bench import input_path
+    workload = _workload(args)
+    rows = input_path.run(workload, args.batch_size, args.dataset, args.split, args.data_dir or None,
+                          prefetch=args.prefetch, warmup=args.warmup, windows=args.windows, steps=args.steps,
+                          seed=args.seed)
+    meta["workload"] = dict(workload.__dict__, dataset=args.dataset, split=args.split)
+    return meta, rows, input_path.COLUMNS
+  from ecg_contrastive.bench import loss_memory
+  return meta, loss_memory.run(args.batch_sizes, args.embed_dim), loss_memory.COLUMNS
+
+
+def show(files: Sequence[str]) -> None:
+  """Prints each file's card, command, versions and table; then the issue's targets if a step file is there."""
+  from ecg_contrastive.bench import results, targets
+  by_command: dict[str, list[dict[str, Any]]] = {}
+  for path in files:
+    meta, rows, columns = results.read_results(path)
+    by_command.setdefault(meta["subcommand"], []).extend(rows)
+    print(f"\n{path}\n{results.format_meta(meta)}\n{results.format_table(rows, columns)}")
+  if "step" in by_command:
+    print("\nissue 6 targets:\n" + "\n".join(targets.check(by_command["step"], by_command.get("pipeline", []))))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+  args = parse_args(argv)
+  if args.command == "show":
+    show(args.files)
+    return 0
+  meta, rows, columns = run_command(args)
+  from ecg_contrastive.bench import results
+  paths = results.write_results(args.out, meta, rows, columns)
+  for row in rows:
+    if "profile" in row:
+      from ecg_contrastive.bench.trace_summary import format_summary
+      print(f"\n{row['impl']} at batch {row['batch']}: " + format_summary(row["profile"]))
+  print(f"\nwrote {', '.join(paths)}")
+  print(results.format_meta(meta))
+  print(results.format_table(rows, columns), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,70 @@
+"""The project's own training step (ecg_contrastive.train.make_train_step), timed on device-resident inputs.
+
+The step is lowered and compiled once; the compiled executable is what is timed (same HLO, same
+buffer donation as the jitted step the training loop calls) and what gives the XLA FLOP count and
+the per-device memory plan.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from ecg_contrastive import train
+from ecg_contrastive.bench import trace_summary
+from ecg_contrastive.bench.rows import step_row
+from ecg_contrastive.bench.timing import time_windows
+from ecg_contrastive.bench.workload import Workload
+from ecg_contrastive.bench.xla_stats import compiled_bytes_per_device, compiled_flops, peak_device_bytes
+from ecg_contrastive.sharding import data_sharding, make_mesh, replicated
+
+SCHEDULE_STEPS = 100_000  # length of the learning-rate schedule; speed does not depend on it
+
+
+class ProjectStep:
+  """State, compiled step and frozen text table of the project's trainer for one workload and batch size."""
+
+  def __init__(self, workload: Workload, batch_size: int, table: np.ndarray, example_batch: dict[str, Any]):
+    config = workload.config(batch_size)
+    self.mesh = make_mesh()
+    model = train.make_model(config)
+    tx, schedule = train.make_optimizer(config, SCHEDULE_STEPS)
+    self.state = train.init_state(config, model, tx, workload.text_dim, self.mesh)
+    self.table = jax.device_put(table, replicated(self.mesh))
+    step = train.make_train_step(config, model, tx, schedule, self.mesh)
+    self.compiled = step.lower(self.state, self.put(example_batch), self.table).compile()
+    self.metrics: dict[str, jax.Array] = {}
+
+  def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """A host batch as a global array sharded over the mesh's 'data' axis."""
+    return jax.device_put(batch, data_sharding(self.mesh))
+
+  def __call__(self, batch: dict[str, jax.Array]) -> None:
+    self.state, self.metrics = self.compiled(self.state, batch, self.table)
+
+  def sync(self) -> None:
+    jax.block_until_ready((self.state, self.metrics))
+
+  def loss(self) -> float:
+    return float(self.metrics["loss"])
+
+
+def bench_project_step(workload: Workload, batch_size: int, host_batches: list[dict[str, np.ndarray]],
+                       table: np.ndarray, *, warmup: int, windows: int, steps: int,
+                       profile_dir: str | None = None) -> dict[str, Any]:
+  """One results row for the project's step on device-resident batches (rotated, never zeros).
+
+  With `profile_dir`, `steps` more steps are traced there and row["profile"] holds the breakdown.
+  """
+  step = ProjectStep(workload, batch_size, table, host_batches[0])
+  batches = [step.put(b) for b in host_batches]
+  run_step = lambda i: step(batches[i % len(batches)])
+  timing = time_windows(run_step, step.sync, warmup=warmup, windows=windows, steps=steps)
+  row = step_row("jax (ours)", workload, batch_size, timing, step.loss(),
+                 peak_device_bytes(list(step.mesh.devices.flat)), compiled_bytes_per_device(step.compiled),
+                 compiled_flops(step.compiled))
+  if profile_dir:
+    row["profile"] = trace_summary.trace_steps(run_step, step.sync, steps, profile_dir)
+  return row

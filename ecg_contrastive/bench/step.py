@@ -1,0 +1,42 @@
+"""`step`: the project's training step against the PyTorch step of the same architecture, side by side.
+
+For each global batch size (ascending, so the process-wide peak-memory counters read per size):
+the project's step (JAX), then PyTorch eager and torch.compile, all on the same host batches
+already copied to the device, then each JAX row's speed-up over each PyTorch mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+from ecg_contrastive.bench import jax_step, torch_step
+from ecg_contrastive.bench.workload import Workload, random_batches, random_table
+
+log = logging.getLogger("ecg_contrastive.bench")
+
+
+def add_speedups(rows: list[dict[str, Any]]) -> None:
+  """Sets vs_torch_<mode> = ECG/s of each row / ECG/s of torch <mode> at the same batch size."""
+  for row in rows:
+    for mode in torch_step.MODES:
+      ref = [r for r in rows if r["impl"] == f"torch {mode}" and r["batch"] == row["batch"]]
+      row[f"vs_torch_{mode}"] = row["ecg_per_s"] / ref[0]["ecg_per_s"] if ref else None
+
+
+def run(workload: Workload, batch_sizes: Sequence[int], torch_modes: Sequence[str], *, warmup: int, windows: int,
+        steps: int, buffers: int, seed: int, profile_dir: str | None = None) -> list[dict[str, Any]]:
+  """Results rows: one per (implementation, batch size). `profile_dir`: trace ours at the largest batch."""
+  table = random_table(workload, seed)
+  rows = []
+  for batch_size in sorted(batch_sizes):
+    host_batches = random_batches(workload, batch_size, buffers, seed + batch_size)
+    kw = dict(warmup=warmup, windows=windows, steps=steps)
+    profile_here = profile_dir if batch_size == max(batch_sizes) else None
+    rows.append(jax_step.bench_project_step(workload, batch_size, host_batches, table, profile_dir=profile_here, **kw))
+    log.info("%s", {k: v for k, v in rows[-1].items() if k != "profile"})
+    for mode in torch_modes:
+      rows.append(torch_step.bench_torch_step(workload, batch_size, mode, host_batches, table, seed=seed, **kw))
+      log.info("%s", rows[-1])
+  add_speedups(rows)
+  return rows

@@ -1,0 +1,118 @@
+"""Where a step's time goes: trace a few steps with jax.profiler and break the device time down by op.
+
+Reads the Perfetto trace JAX writes (perfetto_trace.json.gz, plain JSON: no profiler plugin
+needed). Op events are those carrying an `hlo_op` argument: on a GPU, the kernels on the
+device's streams (or its "XLA Ops" line where the trace has one); on a CPU, XLA's op thunks.
+Each op is put in a category by name (convolutions, matmuls, reductions such as BatchNorm
+statistics, layout copies and transposes, other fusions, collectives).
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import time
+from typing import Any, Callable
+
+import jax
+
+CATEGORIES = (  # first match wins; matched against the lower-case op and kernel names ("convert" removed)
+    ("convolution", ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm")),
+    ("collective", ("all-reduce", "all-gather", "reduce-scatter", "nccl", "collective")),
+    ("matmul", ("gemm", "dot", "cublas", "matmul")),
+    ("reduction (BN statistics, means)", ("reduce",)),
+    ("copy / transpose (layout)", ("copy", "transpose", "memcpy", "memset")),
+    ("other fusion (elementwise, optimizer)", ("fusion",)),
+)
+
+
+def category(name: str) -> str:
+  lower = re.sub("convert", "", name.lower())
+  for label, keys in CATEGORIES:
+    if any(k in lower for k in keys):
+      return label
+  return "other"
+
+
+def _intervals_union(spans: list[tuple[float, float]]) -> float:
+  total, end = 0.0, float("-inf")
+  for start, stop in sorted(spans):
+    if stop > end:
+      total += stop - max(start, end)
+      end = stop
+  return total
+
+
+def op_events(trace: dict[str, Any]) -> list[dict[str, Any]]:
+  """The trace's per-op events: device ones where the trace has a device, else the host's XLA ops."""
+  events = trace["traceEvents"]
+  process = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+  thread = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+            if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  ops = [e for e in events if e.get("ph") == "X" and "hlo_op" in e.get("args", {})]
+  on_device = [e for e in ops if process.get(e["pid"], "").startswith("/device:")]
+  if not on_device:
+    return ops
+  xla_ops_line = [e for e in on_device if thread.get((e["pid"], e["tid"])) == "XLA Ops"]
+  return xla_ops_line or [e for e in on_device if thread.get((e["pid"], e["tid"])) != "XLA Modules"]
+
+
+def summarize(trace: dict[str, Any], steps: int, wall_s: float, top: int = 15) -> dict[str, Any]:
+  """Per-step busy time, time by category and the `top` ops by time (all per step, in ms)."""
+  ops = op_events(trace)
+  by_op: dict[str, list[float]] = collections.defaultdict(list)
+  for e in ops:
+    by_op[e["args"]["hlo_op"]].append(e["dur"])
+  total_us = sum(sum(d) for d in by_op.values())
+  by_cat: dict[str, float] = collections.defaultdict(float)
+  names = {e["args"]["hlo_op"]: f'{e["args"]["hlo_op"]} {e["name"]}' for e in ops}
+  for op, durs in by_op.items():
+    by_cat[category(names[op])] += sum(durs)
+  busy_us = _intervals_union([(e["ts"], e["ts"] + e["dur"]) for e in ops])
+  ranked = sorted(by_op.items(), key=lambda kv: -sum(kv[1]))[:top]
+  return {
+      "steps": steps, "wall_ms_per_step": 1e3 * wall_s / steps, "busy_ms_per_step": busy_us / 1e3 / steps,
+      "op_ms_per_step": total_us / 1e3 / steps,
+      "by_category": {k: {"ms_per_step": v / 1e3 / steps, "share": v / total_us}
+                      for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
+      "top_ops": [{"op": op, "kernel": names[op].split(" ", 1)[1][:80], "category": category(names[op]),
+                   "calls_per_step": len(d) / steps, "ms_per_step": sum(d) / 1e3 / steps, "share": sum(d) / total_us}
+                  for op, d in ranked],
+  }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+  lines = [f"profile over {s['steps']} steps: wall {s['wall_ms_per_step']:.2f} ms/step, device busy "
+           f"{s['busy_ms_per_step']:.2f} ms/step (union of op spans), sum of op times {s['op_ms_per_step']:.2f} ms/step",
+           "by category:"]
+  lines += [f"  {v['ms_per_step']:8.3f} ms {100 * v['share']:5.1f}%  {k}" for k, v in s["by_category"].items()]
+  lines.append("top ops:")
+  lines += [f"  {o['ms_per_step']:8.3f} ms {100 * o['share']:5.1f}%  x{o['calls_per_step']:.0f}  {o['op']}  "
+            f"[{o['category']}]  {o['kernel']}" for o in s["top_ops"]]
+  return "\n".join(lines)
+
+
+def trace_steps(run_step: Callable[[int], None], sync: Callable[[], None], steps: int, folder: str) -> dict[str, Any]:
+  """Traces `steps` calls into `folder`; writes profile_summary.txt/.json there and returns the summary."""
+  os.makedirs(folder, exist_ok=True)
+  sync()
+  with jax.profiler.trace(folder, create_perfetto_trace=True):
+    start = time.perf_counter()
+    for i in range(steps):
+      run_step(i)
+    sync()
+    wall_s = time.perf_counter() - start
+  path = max(glob.glob(os.path.join(folder, "plugins", "profile", "*", "perfetto_trace.json.gz")),
+             key=os.path.getmtime)
+  with gzip.open(path, "rt", encoding="utf-8") as f:
+    summary = summarize(json.load(f), steps, wall_s)
+  summary["trace"] = path
+  with open(os.path.join(folder, "profile_summary.json"), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=1)
+  with open(os.path.join(folder, "profile_summary.txt"), "w", encoding="utf-8") as f:
+    f.write(format_summary(summary) + "\n")
+  return summary

@@ -1,0 +1,127 @@
+"""The benchmark command at tiny sizes: each subcommand's table and JSON have the right columns and
+positive, finite figures; the FLOP count, the memory comparison and the target check give the right
+numbers. Nothing here asserts a speed."""
+
+import json
+import math
+
+import pytest
+
+from ecg_contrastive.bench import results, targets, trace_summary
+from ecg_contrastive.bench.__main__ import main
+from ecg_contrastive.bench.rows import STEP_COLUMNS
+from ecg_contrastive.bench.workload import PRESETS
+
+TINY_TIMING = ["--warmup", "1", "--windows", "2", "--steps", "1"]
+
+
+def positive(value) -> bool:
+  return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def load(prefix) -> dict:
+  with open(f"{prefix}.json", encoding="utf-8") as f:
+    return json.load(f)
+
+
+def test_paper_model_flops_match_perf_md():
+  paper = PRESETS["paper"]
+  assert paper.forward_flops_per_ecg() == pytest.approx(3.43e9, rel=2e-3)
+  assert paper.train_flops_per_ecg() == pytest.approx(10.3e9, rel=2e-3)
+  # width w costs w^2: the tiny model at width 8 over 500 samples is far cheaper
+  assert PRESETS["tiny"].forward_flops_per_ecg() < paper.forward_flops_per_ecg() / 500
+
+
+def test_step_command_runs_ours_and_torch_side_by_side(tmp_path, capsys):
+  prefix = str(tmp_path / "step")
+  assert main(["step", "--model", "tiny", "--batch-sizes", "8", "--torch", "eager", "--buffers", "2",
+               *TINY_TIMING, "--profile", str(tmp_path / "profile"), "--out", prefix]) == 0
+  data = load(prefix)
+  keys = [c[0] for c in data["columns"]]
+  assert keys == [c[0] for c in STEP_COLUMNS]
+  assert keys[:4] == ["impl", "batch", "ecg_per_s", "step_ms"] and {"tflops", "peak_gib", "vs_torch_compile"} <= set(keys)
+  ours, eager = data["rows"]
+  assert (ours["impl"], eager["impl"]) == ("jax (ours)", "torch eager")
+  for row in (ours, eager):
+    assert row["batch"] == 8 and row["windows"] == 2
+    for key in ("ecg_per_s", "step_ms", "step_ms_min", "step_ms_max", "tflops", "loss"):
+      assert positive(row[key]), (row["impl"], key, row[key])
+    assert row["step_ms_min"] <= row["step_ms"] <= row["step_ms_max"]
+    assert row["ecg_per_s"] == pytest.approx(8 / (row["step_ms"] / 1e3))
+    assert row["tflops"] == pytest.approx(PRESETS["tiny"].train_flops_per_ecg() * row["ecg_per_s"] / 1e12)
+  assert positive(ours["tflops_xla"]) and positive(ours["plan_gib"])
+  assert ours["peak_gib"] is None  # CPU: the allocator reports no peak
+  assert eager["vs_torch_eager"] == 1.0 and ours["vs_torch_eager"] == pytest.approx(
+      ours["ecg_per_s"] / eager["ecg_per_s"])
+  assert ours["vs_torch_compile"] is None
+  profile = ours["profile"]
+  assert profile["steps"] == 1 and positive(profile["op_ms_per_step"]) and profile["top_ops"]
+  assert (tmp_path / "profile" / "profile_summary.txt").exists()
+  meta = data["meta"]
+  assert meta["subcommand"] == "step" and meta["platform"] == "cpu" and meta["versions"]["jax"]
+  table = capsys.readouterr().out.strip().splitlines()
+  assert table[0].startswith("| implementation") and len(table) == 4  # header, rule, 2 rows: printed last
+
+
+def test_memory_command_shows_per_device_loss_memory_below_full_batch(tmp_path):
+  prefix = str(tmp_path / "memory")
+  assert main(["memory", "--batch-sizes", "256,2048", "--embed-dim", "32", "--out", prefix]) == 0
+  small, large = load(prefix)["rows"]
+  for row in (small, large):
+    assert row["devices"] == 8 and row["per_device"] == row["batch"] // 8
+    assert row["logit_block_mib"] == row["per_device"] * row["batch"] * 4 / 2**20
+    assert positive(row["temp_mib"]) and row["plan_mib"] >= row["temp_mib"]
+    assert row["naive_temp_mib"] > row["temp_mib"]
+  # ours holds (b, B) blocks: a few logit-sized f32 buffers per device at large B ...
+  assert large["temp_mib"] < 8 * large["logit_block_mib"]
+  # ... the naive loss several (B, B) ones: the gap grows with B, past the device count
+  assert large["naive_over_ours"] > small["naive_over_ours"] and large["naive_over_ours"] > 4
+
+
+def test_show_reprints_tables_and_checks_targets(tmp_path, capsys):
+  meta = {"date": "d", "command": "c", "platform": "gpu", "device": "H100", "num_devices": 1, "cpu": "x",
+          "python": "3.12", "versions": {"jax": "0.11"}, "subcommand": "step"}
+  rows = [{"impl": "jax (ours)", "batch": 1024, "ecg_per_s": 31_000.0, "vs_torch_compile": 2.5},
+          {"impl": "torch compile", "batch": 1024, "ecg_per_s": 12_400.0, "vs_torch_compile": 1.0}]
+  columns = [("impl", "impl", ""), ("ecg_per_s", "ECG/s", ",.0f")]
+  results.write_results(str(tmp_path / "step"), meta, rows, columns)
+  pipe = [{"impl": "jax (ours), input pipeline", "batch": 1024, "ecg_per_s": 29_000.0, "fraction": 0.935}]
+  results.write_results(str(tmp_path / "pipeline"), dict(meta, subcommand="pipeline"), pipe, columns)
+  assert main(["show", str(tmp_path / "step.json"), str(tmp_path / "pipeline.json")]) == 0
+  out = capsys.readouterr().out
+  cells = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("|")]
+  assert ["jax (ours)", "31,000"] in cells and ["jax (ours), input pipeline", "29,000"] in cells
+  assert out.strip().splitlines()[-3:] == [
+      "ours at batch 1024: 31,000 ECG/s (target >= 30,000): met",
+      "ours / torch.compile at batch 1024: 2.50x (target >= 3x): MISSED",
+      "input pipeline / device-resident at batch 1024: 0.94 (target >= 0.90): met"]
+
+
+def test_targets_without_a_batch_1024_row():
+  assert targets.check([{"impl": "jax (ours)", "batch": 8, "ecg_per_s": 1.0}]) == [
+      "no row of ours at batch 1024: targets not checked"]
+
+
+def test_trace_summary_prefers_the_device_op_line_and_sorts_by_time():
+  def x(pid, tid, ts, dur, name, op):
+    return {"ph": "X", "pid": pid, "tid": tid, "ts": ts, "dur": dur, "name": name, "args": {"hlo_op": op}}
+  trace = {"traceEvents": [
+      {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
+      {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+      {"ph": "M", "pid": 2, "tid": 7, "name": "thread_name", "args": {"name": "Stream #13(Compute)"}},
+      {"ph": "M", "pid": 2, "tid": 8, "name": "thread_name", "args": {"name": "XLA Ops"}},
+      x(1, 1, 0, 999, "host-side op", "fusion.9"),                        # host: ignored when a device exists
+      x(2, 7, 0, 300, "sm90_xmma_fprop_implicit_gemm_bf16", "cudnn-conv.1"),  # stream: the XLA Ops line wins
+      x(2, 8, 0, 300, "cudnn-conv.1", "cudnn-conv.1"),
+      x(2, 8, 300, 100, "wrapped_convert", "wrapped_convert"),
+      x(2, 8, 500, 100, "input_reduce_fusion", "input_reduce_fusion.2"),
+      x(2, 8, 1000, 300, "cudnn-conv.1", "cudnn-conv.1"),
+  ]}
+  s = trace_summary.summarize(trace, steps=2, wall_s=2e-3)
+  assert s["wall_ms_per_step"] == pytest.approx(1.0)
+  assert s["op_ms_per_step"] == pytest.approx(0.4) and s["busy_ms_per_step"] == pytest.approx(0.4)
+  assert [o["op"] for o in s["top_ops"]] == ["cudnn-conv.1", "wrapped_convert", "input_reduce_fusion.2"]
+  assert s["top_ops"][0]["calls_per_step"] == 1 and s["top_ops"][0]["share"] == pytest.approx(0.75)
+  assert s["by_category"]["convolution"]["ms_per_step"] == pytest.approx(0.3)
+  assert trace_summary.category("wrapped_convert") == "other"  # a convert is no convolution
+  assert "reduction" in trace_summary.category("input_reduce_fusion.2")
