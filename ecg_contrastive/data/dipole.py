@@ -47,18 +47,26 @@ def _lead_vectors() -> np.ndarray:
 LEAD_VECTORS = _lead_vectors()
 
 
-def lead_matrix(vectors: np.ndarray, gains: np.ndarray) -> np.ndarray:
-  """Dipole vectors (n, k, 3) mV and lead gains (n, 8) -> their voltages on the 8 leads, (n, k, 8)."""
-  return np.matmul(vectors, LEAD_VECTORS.T) * gains[:, None, :]
+def lead_matrix(vectors: np.ndarray, gains: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+  """Dipole vectors (n, k, 3) mV -> their voltages on the 8 leads, (n, k, 8), with lead gains (n, 8).
+
+  rotation: (n,) degrees the heart turns about its long axis as the chest leads see it (clockwise
+  positive: the precordial transition moves towards V5-V6); the frontal leads are unaffected.
+  """
+  theta = np.deg2rad(rotation)[:, None]
+  x, z = vectors[..., 0], vectors[..., 2]
+  turned = np.stack([x * np.cos(theta) + z * np.sin(theta), vectors[..., 1], z * np.cos(theta) - x * np.sin(theta)], -1)
+  volts = np.concatenate([np.matmul(vectors, LEAD_VECTORS[:2].T), np.matmul(turned, LEAD_VECTORS[2:].T)], axis=-1)
+  return volts * gains[:, None, :]
 
 
 def render(n: int, length: int, record: np.ndarray, wave: np.ndarray, center: np.ndarray, sigma: np.ndarray,
-           amplitude: np.ndarray, vectors: np.ndarray, gains: np.ndarray) -> np.ndarray:
+           amplitude: np.ndarray, vectors: np.ndarray, gains: np.ndarray, rotation: np.ndarray) -> np.ndarray:
   """Gaussian wave events -> independent leads (n, length, 8) float32 (I, II, V1..V6), mV.
 
   record, wave: (E,) int, which record and which of WAVES each event is; center, sigma: (E,) in
   samples; amplitude: (E,) scale of the event. vectors: (n, len(WAVES), 3) dipole vector of each
-  wave of each record (mV); gains: (n, 8) lead gains.
+  wave of each record (mV); gains: (n, 8) lead gains; rotation: (n,) degrees (see lead_matrix).
   Each event is a Gaussian on +-3.5 sigma (windows bucketed in steps of 8 samples), scattered with
   one bincount into a channel per (record, wave) that occurs; channels are then projected at once.
   """
@@ -91,4 +99,4 @@ def render(n: int, length: int, record: np.ndarray, wave: np.ndarray, center: np
   buffer = buffer.reshape(n, slots, padded)[:, :, pad:pad + length].astype(np.float32)
   volts = np.zeros((n, slots, 3))
   volts[channel_record, slot] = vectors[channel_record, channels % len(WAVES)]
-  return np.matmul(buffer.transpose(0, 2, 1), lead_matrix(volts, gains).astype(np.float32))
+  return np.matmul(buffer.transpose(0, 2, 1), lead_matrix(volts, gains, rotation).astype(np.float32))

@@ -33,7 +33,9 @@ class Heart:
   atrial: np.ndarray       # (n, 3) dipole of continuous atrial activity (fibrillation / flutter), mV
   limb_gain: np.ndarray    # (n,) gain of I and II
   chest_gain: np.ndarray   # (n, 6) gains of V1..V6
+  rotation: np.ndarray     # (n,) degrees about the long axis, clockwise positive (dipole.lead_matrix)
   voltage: np.ndarray      # (n,) target voltage class: NORMAL, LOW or HIGH
+  peak: np.ndarray         # (n, K) target peak |voltage| of a wave on the 12 leads, mV (NaN: no target)
   arms_swapped: np.ndarray  # (n,) bool: left/right arm electrodes exchanged
 
   def __len__(self) -> int:
@@ -45,7 +47,7 @@ def draw_patients(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
   u = rng.uniform
   return dict(axis=u(5, 75, n), r_z=u(-0.55, -0.32, n), r_mag=u(1.0, 1.6, n), q_mag=u(0.1, 0.22, n),
               s_mag=u(0.25, 0.5, n), width=u(0.92, 1.1, n), t_ratio=u(0.2, 0.3, n), t_z=u(0.15, 0.4, n),
-              p_mag=u(0.09, 0.14, n), pr=u(130, 185, n), qtc=u(385, 435, n), hr=u(60, 88, n),
+              p_mag=u(0.09, 0.14, n), pr=u(135, 185, n), qtc=u(385, 435, n), hr=u(60, 88, n),
               chest_gain=CHEST_PROFILE * u(0.88, 1.12, (n, 6)))
 
 
@@ -72,7 +74,7 @@ def normal_hearts(rng: np.random.Generator, patients: dict[str, np.ndarray], pat
   vector[:, W["PX"]] = frontal(rng.uniform(-100, -60, n), rng.uniform(-0.3, 0.4, n)) * p["p_mag"][:, None]
   vector[:, W["Q"]] = frontal(axis + 150, 0.6) * p["q_mag"][:, None]
   vector[:, W["R"]] = frontal(axis, p["r_z"]) * p["r_mag"][:, None]
-  vector[:, W["S"]] = frontal(rng.uniform(-150, -110, n), -0.55) * p["s_mag"][:, None]
+  vector[:, W["S"]] = frontal(axis + rng.uniform(150, 210, n), -0.55) * p["s_mag"][:, None]
   t_mag = p["t_ratio"] * p["r_mag"]
   t_dir = frontal(np.clip(axis, 15, 65) + rng.normal(0, 8, n), p["t_z"])
   vector[:, W["T1"]] = t_dir * (0.35 * t_mag)[:, None]
@@ -81,7 +83,8 @@ def normal_hearts(rng: np.random.Generator, patients: dict[str, np.ndarray], pat
   return Heart(axis=axis, r_z=p["r_z"] + rng.normal(0, 0.03, n), qtc=p["qtc"] + rng.normal(0, 8, n),
                offset=offset, sigma=sigma, vector=vector, atrial=np.zeros((n, 3)),
                limb_gain=rng.uniform(0.85, 1.15, n), chest_gain=p["chest_gain"] * rng.uniform(0.95, 1.05, (n, 6)),
-               voltage=np.zeros(n, int), arms_swapped=np.zeros(n, bool))
+               rotation=rng.uniform(-8, 8, n), voltage=np.zeros(n, int), peak=np.full((n, K), np.nan),
+               arms_swapped=np.zeros(n, bool))
 
 
 def dominant_qrs(heart: Heart, ventricular: np.ndarray, length: int = 300) -> np.ndarray:
@@ -97,7 +100,8 @@ def dominant_qrs(heart: Heart, ventricular: np.ndarray, length: int = 300) -> np
   wave = np.concatenate([np.tile(conducted, (~ventricular).sum()), np.tile(ectopic, ventricular.sum())])
   centre = 50 + heart.offset[rec, wave] / MS_PER_SAMPLE
   sigma = heart.sigma[rec, wave] / MS_PER_SAMPLE
-  leads = dipole.render(n, length, rec, wave, centre, sigma, np.ones(len(rec)), heart.vector, gains(heart))
+  leads = dipole.render(n, length, rec, wave, centre, sigma, np.ones(len(rec)), heart.vector, gains(heart),
+                        heart.rotation)
   return from_independent(leads)
 
 
@@ -113,6 +117,7 @@ def calibrate_voltage(rng: np.random.Generator, heart: Heart, ventricular: np.nd
   LOW:    every limb lead < 0.5 mV and every chest lead < 1.0 mV peak-to-peak (0.28-0.45 / 0.55-0.9).
   HIGH:   NORMAL gains, then the QRS vectors grow until SV1 + RV5 is 4.2-6.0 mV (criterion >= 3.5 mV,
           Sokolow-Lyon); T waves keep their size.
+  Then every wave with a heart.peak target is scaled to reach it on its largest lead.
   """
   qrs = dominant_qrs(heart, ventricular)
   ptp = qrs.max(axis=1) - qrs.min(axis=1)                   # (n, 12)
@@ -126,3 +131,8 @@ def calibrate_voltage(rng: np.random.Generator, heart: Heart, ventricular: np.nd
   heart.chest_gain = heart.chest_gain * chest_scale[:, None]
   grow = np.where(high, rng.uniform(4.2, 6.0, n) / np.maximum(sokolow * chest_scale, 1e-3), 1.0)
   heart.vector[:, list(dipole.QRS_WAVES)] *= grow[:, None, None]
+  for wave in np.flatnonzero(np.isfinite(heart.peak).any(axis=0)):
+    rows = np.flatnonzero(np.isfinite(heart.peak[:, wave]))
+    volts = dipole.lead_matrix(heart.vector[rows, wave][:, None], gains(heart)[rows], heart.rotation[rows])[:, 0]
+    peak = np.abs(from_independent(volts)).max(axis=-1)
+    heart.vector[rows, wave] *= (heart.peak[rows, wave] / np.maximum(peak, 1e-9))[:, None]

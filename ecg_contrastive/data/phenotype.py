@@ -53,10 +53,13 @@ def _set_t(h: Heart, idx: np.ndarray, direction: np.ndarray, mag: np.ndarray) ->
   h.vector[idx, W["U"]] = direction * (0.06 * mag)[:, None]
 
 
-def _reorient(h: Heart, idx: np.ndarray) -> None:
-  """Re-aims Q, R (and T, keeping its anterior part) after h.axis / h.r_z changed."""
+def _reorient(h: Heart, idx: np.ndarray, turn: np.ndarray | float = 0.0) -> None:
+  """Re-aims Q, R and T (keeping its anterior part) after h.axis / h.r_z changed; S turns by `turn` degrees."""
   h.vector[idx, W["Q"]] = frontal(h.axis[idx] + 150, 0.6) * _mag(h, idx, "Q")
   h.vector[idx, W["R"]] = frontal(h.axis[idx], h.r_z[idx]) * _mag(h, idx, "R")
+  s, s_mag = h.vector[idx, W["S"]], _mag(h, idx, "S")
+  s_angle = np.degrees(np.arctan2(s[:, 1], s[:, 0]))
+  h.vector[idx, W["S"]] = frontal(s_angle + turn, s[:, 2] / np.maximum(s_mag[:, 0], 1e-9)) * s_mag
   t_mag = np.linalg.norm(h.vector[idx, W["T2"]], axis=-1) / 0.8
   t_z = h.vector[idx, W["T2"], 2] / np.maximum(0.8 * t_mag, 1e-9)
   _set_t(h, idx, frontal(np.clip(h.axis[idx], 10, 75), t_z), t_mag)
@@ -153,15 +156,16 @@ def _count(attr: str) -> Effect:
 
 def _axis(lo: float, hi: float) -> Effect:
   def effect(rng, idx, plan):
+    turn = -plan.heart.axis[idx]
     plan.heart.axis[idx] = rng.uniform(lo, hi, len(idx))
-    _reorient(plan.heart, idx)
+    _reorient(plan.heart, idx, turn + plan.heart.axis[idx])
   return effect
 
 
-def _rotation(lo: float, hi: float) -> Effect:
+def _rotation(sign: float) -> Effect:
+  """Clockwise (+) / counterclockwise (-) rotation: the precordial transition moves to V5-V6 / V1-V2."""
   def effect(rng, idx, plan):
-    plan.heart.r_z[idx] = rng.uniform(lo, hi, len(idx))
-    _reorient(plan.heart, idx)
+    plan.heart.rotation[idx] = sign * rng.uniform(28, 40, len(idx))
   return effect
 
 
@@ -239,9 +243,10 @@ def _lvh(rng, idx, plan):
 def _rvh(rng, idx, plan):
   """Right axis, dominant anterior R (R > S in V1), deep S in V5-V6, T inversion V1-V3."""
   h, m = plan.heart, len(idx)
+  turn = -h.axis[idx]
   h.axis[idx] = rng.uniform(110, 150, m)
   h.r_z[idx] = rng.uniform(0.35, 0.6, m)
-  _reorient(h, idx)
+  _reorient(h, idx, turn + h.axis[idx])
   _set_t(h, idx, frontal(rng.uniform(20, 60, m), rng.uniform(-0.6, -0.45, m)), rng.uniform(0.2, 0.35, m))
 
 
@@ -263,7 +268,8 @@ def _st_elevation(rng, idx, plan):
   inferior = rng.random(m) < 0.5
   direction = np.where(inferior[:, None], frontal(rng.uniform(80, 110, m), rng.uniform(-0.1, 0.1, m)),
                        _unit(np.stack([rng.uniform(0.1, 0.4, m), np.zeros(m), np.ones(m)], axis=1)))
-  h.vector[idx, W["ST"]] = direction * rng.uniform(0.22, 0.45, (m, 1))
+  h.vector[idx, W["ST"]] = direction
+  h.peak[idx, W["ST"]] = rng.uniform(0.2, 0.5, m)  # mV on the most elevated lead
   h.vector[idx, W["T2"]] += direction * rng.uniform(0.15, 0.3, (m, 1))
   for j, i in enumerate(idx):
     plan.where[i]["ST上昇"] = "II, III, aVF" if inferior[j] else "V1-V4"
@@ -276,8 +282,8 @@ def _st_elevation(rng, idx, plan):
 def _st_depression(rng, idx, plan):
   """Subendocardial ischaemia: ST vector away from the apex (down in II, aVF, V4-V6; up in aVR)."""
   m = len(idx)
-  plan.heart.vector[idx, W["ST"]] = -frontal(rng.uniform(30, 70, m), rng.uniform(-0.1, 0.2, m)) \
-      * rng.uniform(0.12, 0.28, (m, 1))
+  plan.heart.vector[idx, W["ST"]] = -frontal(rng.uniform(30, 70, m), rng.uniform(-0.1, 0.2, m))
+  plan.heart.peak[idx, W["ST"]] = rng.uniform(0.12, 0.25, m)
   _where("V4-V6", "ST低下")(rng, idx, plan)
 
 
@@ -296,9 +302,9 @@ def _negative_t(rng, idx, plan):
 
 def _peaked_t(rng, idx, plan):
   h, m = plan.heart, len(idx)
-  t = frontal(rng.uniform(30, 60, m), rng.uniform(0.4, 0.6, m)) * (_mag(h, idx, "R") * rng.uniform(0.75, 1.0, (m, 1)))
   h.vector[idx, W["T1"]] = 0.0
-  h.vector[idx, W["T2"]] = t
+  h.vector[idx, W["T2"]] = frontal(rng.uniform(30, 60, m), rng.uniform(0.3, 0.5, m))
+  h.peak[idx, W["T2"]] = rng.uniform(1.0, 2.0, m)  # tall, narrow, symmetric
   h.offset[idx, W["T2"]], h.sigma[idx, W["T2"]] = 0.72, 0.075
 
 
@@ -341,8 +347,8 @@ EFFECTS: dict[str, Effect] = {
     "心室頻拍": _rhythm(rh.VT, 140, 190), "心室ペーシング": _paced, "完全房室ブロック": _cavb,
     "2度房室ブロック(ウェンケバッハ型)": _wenckebach, "1度房室ブロック": _set("rhythm.pr", 240, 360),
     "心房期外収縮": _count("pac"), "心室期外収縮": _count("pvc"),
-    "左軸偏位": _axis(-70, -42), "右軸偏位": _axis(100, 135),
-    "時計方向回転": _rotation(-0.95, -0.82), "反時計方向回転": _rotation(-0.12, 0.05),
+    "左軸偏位": _axis(-70, -42), "右軸偏位": _axis(110, 140),
+    "時計方向回転": _rotation(1.0), "反時計方向回転": _rotation(-1.0),
     "完全右脚ブロック": _rbbb, "完全左脚ブロック": _lbbb, "WPW症候群": _wpw,
     "陳旧性下壁梗塞": _q_wave(_inferior, "II, III, aVF", "陳旧性下壁梗塞"), "陳旧性前壁中隔梗塞": _old_anterior,
     "左室肥大": _lvh, "右室肥大": _rvh, "右房負荷": _atrial_overload(True), "左房負荷": _atrial_overload(False),

@@ -103,8 +103,10 @@ def _chunk(rng: np.random.Generator, traits: dict[str, np.ndarray], patient_of: 
     block = np.arange(start, min(start + BLOCK, n))
     sel = (events[0] >= block[0]) & (events[0] <= block[-1])
     rec, *rest = (e[sel] for e in events)
-    leads = dipole.render(len(block), NUM_SAMPLES, rec - start, *rest, heart.vector[block], gains[block])
-    _add_atrial_activity(rng, leads, heart.atrial[block], gains[block], [beats[i] for i in block])
+    leads = dipole.render(len(block), NUM_SAMPLES, rec - start, *rest, heart.vector[block], gains[block],
+                          heart.rotation[block])
+    _add_atrial_activity(rng, leads, heart.atrial[block], gains[block], heart.rotation[block],
+                         [beats[i] for i in block])
     if noisy:
       noise.add_noise(rng, leads, pools, plan.wander[block], plan.emg[block], plan.mains[block], plan.mains_hz[block])
     swapped = heart.arms_swapped[block]  # LA/RA exchanged: I -> -I, II -> III
@@ -143,7 +145,7 @@ def _events(rng: np.random.Generator, heart: morphology.Heart, r: rh.Rhythm, bea
 
 
 def _add_atrial_activity(rng: np.random.Generator, leads: np.ndarray, atrial: np.ndarray, gains: np.ndarray,
-                         beats: list[rh.Beats]) -> None:
+                         rotation: np.ndarray, beats: list[rh.Beats]) -> None:
   """Adds fibrillatory f waves (AF) or sawtooth F waves (flutter) along `atrial` (n, 3) mV to leads (n, T, 8)."""
   t = np.arange(NUM_SAMPLES) * _MS
   for i in np.flatnonzero(np.abs(atrial).max(axis=1) > 0):
@@ -156,4 +158,4 @@ def _add_atrial_activity(rng: np.random.Generator, leads: np.ndarray, atrial: np
       f = rng.uniform(4.5, 7.5) * rng.uniform(0.85, 1.15, 3)
       wave = sum(np.sin(2 * np.pi * fk * t / 1000 + rng.uniform(0, 2 * np.pi)) for fk in f) / 1.7
       wave *= 1 + 0.4 * np.sin(2 * np.pi * t / rng.uniform(1500, 3000))
-    leads[i] += (wave[:, None] * dipole.lead_matrix(atrial[i][None, None], gains[i][None])[0]).astype(np.float32)
+    leads[i] += (wave[:, None] * dipole.lead_matrix(atrial[i][None, None], gains[i][None], rotation[i:i + 1])[0]).astype(np.float32)
