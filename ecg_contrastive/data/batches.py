@@ -33,6 +33,8 @@ class BatchIterator:
   padded rows of the last batch, whose ecg and columns are zeros).
   """
 
+  _thread: threading.Thread | None = None
+
   def __init__(self, source: EcgSource, *, global_batch_size: int, mesh: Mesh, seed: int, shuffle: bool = True,
                drop_remainder: bool = True, columns: dict[str, np.ndarray] | None = None, prefetch: int = 2,
                num_epochs: int | None = None):
@@ -61,7 +63,6 @@ class BatchIterator:
     self.sharding = NamedSharding(mesh, P(DATA_AXIS))
     self._rows = _process_rows(self.sharding, global_batch_size)
     self._position = (0, 0)  # (epoch, batch) of the next batch __next__ returns
-    self._thread: threading.Thread | None = None
 
   def __len__(self) -> int:
     """Batches per epoch."""
