@@ -15,7 +15,7 @@ import wfdb
 from safetensors.numpy import load_file
 
 from ecg_contrastive.checkpoints import restore_inference
-from ecg_contrastive.data import signal
+from ecg_contrastive.data import pipeline, signal
 from ecg_contrastive.export import predict, preprocess, to_torch
 from ecg_contrastive.export.flax_scorer import FlaxScorer
 from export_helpers import TINY_MODEL, logit_scale_at, make_workdir
@@ -67,10 +67,15 @@ def test_parity_random_inputs(module, reference):
   assert_parity(module, reference, random_ecgs(4, seed=1))
 
 
-def test_parity_builtin_dataset_records(module, reference):
-  from ecg_contrastive.data import pipeline
-  source = pipeline.open_source("synthetic_ecg_ja/tiny", "test")
-  ecg_mv = signal.to_millivolts(source.read(np.arange(4)))
+@pytest.fixture(scope="module")
+def builtin_records(tmp_path_factory) -> np.ndarray:
+  """int16 microvolts (4, 5000, 12): records of the built-in tiny dataset's test split."""
+  source = pipeline.open_source("synthetic_ecg_ja/tiny", "test", str(tmp_path_factory.mktemp("tfds")))
+  return source.read(np.arange(4))
+
+
+def test_parity_builtin_dataset_records(module, reference, builtin_records):
+  ecg_mv = signal.to_millivolts(builtin_records)
   assert ecg_mv.shape == (4, 5000, 12) and np.abs(ecg_mv).max() > 0.1
   assert_parity(module, reference, ecg_mv)
 
@@ -239,6 +244,12 @@ def test_wfdb_is_resampled_reordered_and_padded(tmp_path):
   assert record.rate == 1000 and record.duration_s == 8.0
   np.testing.assert_allclose(record.ecg[50:3950], TRUTH[50:3950], atol=0.01)
   assert not record.ecg[4000:].any()  # zero-padded after the 8 s
+
+
+def test_builtin_record_as_npy_reaches_the_model_as_in_training(builtin_records, tmp_path):
+  np.save(tmp_path / "r.npy", builtin_records[1])
+  record = preprocess.read_record(str(tmp_path / "r.npy"), rate=500, units="uV")
+  np.testing.assert_array_equal(record.ecg, signal.to_millivolts(builtin_records[1]))
 
 
 def test_missing_lead_is_named(tmp_path):
