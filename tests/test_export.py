@@ -220,7 +220,7 @@ SHUFFLED = ["V6", "avr", "Lead I", "II", "AVL", "III", "aVF", "V-1", "V2", "V3",
 def write_npy(path, seconds: float = 12.0, rate: int = 250, leads: list[str] = SHUFFLED) -> str:
   """int16 microvolts, channels-first, leads in the order `leads`, at `rate` Hz."""
   values = smooth_ecg(np.arange(int(seconds * rate)) / rate)
-  columns = [signal.LEADS.index(preprocess.signal.canonical_lead(name)) for name in leads]
+  columns = [signal.LEADS.index(signal.canonical_lead(name)) for name in leads]
   np.save(path, np.round(values[:, columns].T * 1000).astype(np.int16))
   return str(path)
 
