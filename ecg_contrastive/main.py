@@ -11,7 +11,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -41,6 +41,7 @@ def init_distributed() -> None:
 
 def main(argv):
   del argv
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save step at INFO
   logging.getLogger("ecg_contrastive").setLevel(logging.INFO)
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
   import jax

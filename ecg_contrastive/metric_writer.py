@@ -23,7 +23,7 @@ class MetricWriter:
     self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
     self._jsonl.flush()
     for name, value in metrics.items():
-      self._tb.add_scalar(name, value, step)
+      self._tb.add_scalar(name.replace("@", "_at_"), value, step)  # TensorBoard tags allow no '@'
 
   def close(self) -> None:
     if self.enabled:

@@ -33,7 +33,7 @@ from ecg_contrastive.losses import softmax_loss
 from ecg_contrastive.metric_writer import MetricWriter
 from ecg_contrastive.models.two_tower import TwoTower
 from ecg_contrastive.sharding import batch_sizes, make_mesh, replicated
-from ecg_contrastive.text import precompute, standin
+from ecg_contrastive.text import cache as text_cache, precompute, standin
 
 log = logging.getLogger("ecg_contrastive")
 
@@ -49,7 +49,7 @@ def text_model_dir(config: ml_collections.ConfigDict) -> str:
   """The configured text model directory, or the stand-in (written on first use)."""
   if config.text.model_dir:
     return config.text.model_dir
-  root = config.text.cache_dir or precompute.default_cache_dir()
+  root = config.text.cache_dir or text_cache.default_cache_dir()
   return standin.write_standin_model(os.path.join(root, "standin_bert_ja"), **config.text.standin.to_dict())
 
 
