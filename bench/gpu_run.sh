@@ -17,62 +17,68 @@
 #       otherwise reserve 75% up front and starve PyTorch's allocator at batch 1024.
 #   JAX_COMPILATION_CACHE_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0  the pipeline run compiles
 #       the very step the step run compiled; the on-disk cache saves that second compilation.
+#   ECG_CONTRASTIVE_WORKERS=$(nproc)  the pipeline run first generates synthetic_ecg_ja/demo (20,000
+#       records, 2.4 GB) with one worker process per core.
 #   No XLA_FLAGS: none is justified without a measurement on the card (set BENCH_XLA_FLAGS to try some).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 OUT_DIR="${OUT:-bench_out}"
 mkdir -p "$OUT_DIR"
-LOG="$OUT_DIR/gpu_run.log"
 WORK="$(mktemp -d)"
-exec > >(tee -a "$LOG") 2>&1
+trap 'rm -rf "$WORK"' EXIT
 
 export PYTHONUNBUFFERED=1
+export ECG_CONTRASTIVE_WORKERS="${ECG_CONTRASTIVE_WORKERS:-$(nproc)}"  # dataset generation: one worker per core
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}"
 export JAX_COMPILATION_CACHE_DIR="$WORK/jax_cache"
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 [ -n "${BENCH_XLA_FLAGS:-}" ] && export XLA_FLAGS="${BENCH_XLA_FLAGS}"
 
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl \
-    || { echo "installing the carried wheels failed"; exit 1; }
-  export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"  # the repo root: the package and configs/ (not pip-installed there)
+run() {
+  if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl \
+      || { echo "installing the carried wheels failed"; exit 1; }
+    export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"  # the repo root: the package and configs/ (not pip-installed there)
 
-if [ "${BENCH_TINY:-0}" = 1 ]; then  # CPU check of this script: tiny model, tiny sizes
-  MODEL=tiny; BATCHES=8,16; BATCH=16; TIMING=(--warmup 1 --windows 2 --steps 2); TORCH=eager
-  DATASET=synthetic_ecg_ja/tiny; STEP_LIMIT=900; PIPE_LIMIT=600
-else
-  MODEL=paper; BATCHES=256,1024; BATCH=1024; TIMING=(--warmup 3 --windows 5 --steps 10); TORCH=eager,compile
-  DATASET="${BENCH_DATASET:-synthetic_ecg_ja/small}"; STEP_LIMIT=390; PIPE_LIMIT=150
-fi
+  if [ "${BENCH_TINY:-0}" = 1 ]; then  # CPU check of this script: tiny model, tiny sizes
+    MODEL=tiny; BATCHES=8,16; BATCH=16; TIMING=(--warmup 1 --windows 2 --steps 2); TORCH=eager
+    DATASET=synthetic_ecg_ja/tiny; STEP_LIMIT=900; PIPE_LIMIT=600
+  else
+    MODEL=paper; BATCHES=256,1024; BATCH=1024; TIMING=(--warmup 3 --windows 5 --steps 10); TORCH=eager,compile
+    DATASET="${BENCH_DATASET:-synthetic_ecg_ja/demo}"; STEP_LIMIT=360; PIPE_LIMIT=180
+  fi
 
-echo "== machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>/dev/null \
-  || echo "no nvidia-smi (CPU run)"
-python3 -c "import sys, jax, torch; print('python', sys.version.split()[0], '| jax', jax.__version__, jax.devices(), \
-'| torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+  echo "== machine"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>/dev/null \
+    || echo "no nvidia-smi (CPU run)"
+  python3 -c "import sys, jax, torch; print('python', sys.version.split()[0], '| jax', jax.__version__, jax.devices(), \
+  '| torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
-echo "== step: ours vs PyTorch eager / torch.compile, batch $BATCHES"
-timeout "$STEP_LIMIT" python3 -m ecg_contrastive.bench step --model "$MODEL" --batch-sizes "$BATCHES" --torch "$TORCH" \
-  "${TIMING[@]}" --profile "$WORK/profile" --out "$OUT_DIR/step"
-echo "step: exit $?"
-cp "$WORK/profile/profile_summary.txt" "$OUT_DIR/" 2>/dev/null
-TRACE="$(ls -t "$WORK"/profile/plugins/profile/*/perfetto_trace.json.gz 2>/dev/null | head -1)"
-[ -n "$TRACE" ] && cp "$TRACE" "$OUT_DIR/perfetto_trace.json.gz"
+  echo "== step: ours vs PyTorch eager / torch.compile, batch $BATCHES"
+  timeout "$STEP_LIMIT" python3 -m ecg_contrastive.bench step --model "$MODEL" --batch-sizes "$BATCHES" --torch "$TORCH" \
+    "${TIMING[@]}" --profile "$WORK/profile" --out "$OUT_DIR/step"
+  echo "step: exit $?"
+  cp "$WORK/profile/profile_summary.txt" "$OUT_DIR/" 2>/dev/null
+  TRACE="$(ls -t "$WORK"/profile/plugins/profile/*/perfetto_trace.json.gz 2>/dev/null | head -1)"
+  [ -n "$TRACE" ] && cp "$TRACE" "$OUT_DIR/perfetto_trace.json.gz"
 
-echo "== pipeline: ours at batch $BATCH through the input pipeline ($DATASET)"
-timeout "$PIPE_LIMIT" python3 -m ecg_contrastive.bench pipeline --model "$MODEL" --batch-size "$BATCH" \
-  --dataset "$DATASET" --data-dir "$WORK/data" "${TIMING[@]}" --out "$OUT_DIR/pipeline"
-echo "pipeline: exit $?"
+  echo "== pipeline: ours at batch $BATCH through the input pipeline ($DATASET)"
+  timeout "$PIPE_LIMIT" python3 -m ecg_contrastive.bench pipeline --model "$MODEL" --batch-size "$BATCH" \
+    --dataset "$DATASET" --data-dir "$WORK/data" "${TIMING[@]}" --out "$OUT_DIR/pipeline"
+  echo "pipeline: exit $?"
 
-echo "== results"
-RESULTS=()
-for f in "$OUT_DIR/step.json" "$OUT_DIR/pipeline.json"; do [ -f "$f" ] && RESULTS+=("$f"); done
-[ -f "$OUT_DIR/profile_summary.txt" ] && { echo; echo "profile of ours at batch $BATCH:"; cat "$OUT_DIR/profile_summary.txt"; }
-if [ "${#RESULTS[@]}" -gt 0 ]; then
-  python3 -m ecg_contrastive.bench show "${RESULTS[@]}"
-else
-  echo "no results were written"; exit 1
-fi
+  echo "== results"
+  RESULTS=()
+  for f in "$OUT_DIR/step.json" "$OUT_DIR/pipeline.json"; do [ -f "$f" ] && RESULTS+=("$f"); done
+  [ -f "$OUT_DIR/profile_summary.txt" ] && { echo; echo "profile of ours at batch $BATCH:"; cat "$OUT_DIR/profile_summary.txt"; }
+  if [ "${#RESULTS[@]}" -gt 0 ]; then
+    python3 -m ecg_contrastive.bench show "${RESULTS[@]}"
+  else
+    echo "no results were written"; exit 1
+  fi
+}
+
+run 2>&1 | tee "$OUT_DIR/gpu_run.log"

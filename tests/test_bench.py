@@ -5,6 +5,7 @@ numbers. Nothing here asserts a speed."""
 import json
 import math
 
+import jax
 import pytest
 
 from ecg_contrastive.bench import results, targets, trace_summary
@@ -13,6 +14,18 @@ from ecg_contrastive.bench.rows import STEP_COLUMNS
 from ecg_contrastive.bench.workload import PRESETS
 
 TINY_TIMING = ["--warmup", "1", "--windows", "2", "--steps", "1"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """step and pipeline compile the same tiny step: the second one reads it from this on-disk cache."""
+  saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
+                                               "jax_persistent_cache_min_compile_time_secs")}
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  yield
+  for k, v in saved.items():
+    jax.config.update(k, v)
 
 
 def positive(value) -> bool:
@@ -59,8 +72,27 @@ def test_step_command_runs_ours_and_torch_side_by_side(tmp_path, capsys):
   assert (tmp_path / "profile" / "profile_summary.txt").exists()
   meta = data["meta"]
   assert meta["subcommand"] == "step" and meta["platform"] == "cpu" and meta["versions"]["jax"]
-  table = capsys.readouterr().out.strip().splitlines()
-  assert table[0].startswith("| implementation") and len(table) == 4  # header, rule, 2 rows: printed last
+  out = capsys.readouterr().out.strip().splitlines()
+  assert out[-4].startswith("| implementation") and out[-1].startswith("|    torch eager |")  # the table, last
+
+
+def test_pipeline_command_feeds_our_step_through_the_input_pipeline(tmp_path, capsys):
+  prefix = str(tmp_path / "pipeline")
+  assert main(["pipeline", "--model", "tiny", "--batch-size", "8", "--dataset", "synthetic_ecg_ja/tiny",
+               "--data-dir", str(tmp_path / "data"), "--prefetch", "2", *TINY_TIMING, "--out", prefix]) == 0
+  data = load(prefix)
+  alone, resident, fed = data["rows"]
+  assert [r["impl"] for r in data["rows"]] == ["input pipeline alone", "jax (ours), device-resident",
+                                              "jax (ours), input pipeline"]
+  for row in data["rows"]:
+    assert row["batch"] == 8 and row["records"] == 256  # the tiny train split
+    for key in ("ecg_per_s", "step_ms", "fraction", "open_s"):
+      assert positive(row[key]), (row["impl"], key, row[key])
+  assert resident["fraction"] == 1.0 and fed["fraction"] == pytest.approx(fed["ecg_per_s"] / resident["ecg_per_s"])
+  assert positive(resident["loss"]) and positive(fed["loss"]) and positive(fed["tflops"])
+  assert alone["loss"] is None and alone["tflops"] is None
+  assert [c[0] for c in data["columns"]][-1] == "fraction" and data["meta"]["workload"]["dataset"] == "synthetic_ecg_ja/tiny"
+  assert capsys.readouterr().out.strip().splitlines()[-1].startswith("|  jax (ours), input pipeline |")
 
 
 def test_memory_command_shows_per_device_loss_memory_below_full_batch(tmp_path):
@@ -80,6 +112,7 @@ def test_memory_command_shows_per_device_loss_memory_below_full_batch(tmp_path):
 
 def test_show_reprints_tables_and_checks_targets(tmp_path, capsys):
   meta = {"date": "d", "command": "c", "platform": "gpu", "device": "H100", "num_devices": 1, "cpu": "x",
+          "load_average_1m": 0.5,
           "python": "3.12", "versions": {"jax": "0.11"}, "subcommand": "step"}
   rows = [{"impl": "jax (ours)", "batch": 1024, "ecg_per_s": 31_000.0, "vs_torch_compile": 2.5},
           {"impl": "torch compile", "batch": 1024, "ecg_per_s": 12_400.0, "vs_torch_compile": 1.0}]

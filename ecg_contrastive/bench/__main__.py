@@ -110,9 +110,10 @@ def run_command(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str
     from ecg_contrastive.bench import step
     from ecg_contrastive.bench.rows import STEP_COLUMNS
     workload = _workload(args)
-    rows = step.run(workload, args.batch_sizes, args.torch, warmup=args.warmup, windows=args.windows,
-                    steps=args.steps, buffers=args.buffers, seed=args.seed, profile_dir=args.profile)
     meta["workload"] = dict(workload.__dict__, train_gflop_per_ecg=workload.train_flops_per_ecg() / 1e9)
+    rows = step.run(workload, args.batch_sizes, args.torch, warmup=args.warmup, windows=args.windows,
+                    steps=args.steps, buffers=args.buffers, seed=args.seed, profile_dir=args.profile,
+                    on_row=lambda rows: results.write_results(args.out, meta, rows, STEP_COLUMNS))
     return meta, rows, STEP_COLUMNS
   if args.command == "pipeline":
     from ecg_contrastive.bench import input_path
@@ -144,7 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.command == "show":
     show(args.files)
     return 0
-  meta, rows, columns = run_command(args)
+  try:
+    meta, rows, columns = run_command(args)
+  except ModuleNotFoundError as e:  # e.g. on a device machine without the carried wheels
+    print(f"\n{args.command}: Python package {e.name!r} is missing. Where packages cannot be installed (the "
+          f"device machine), run `bash bench/fetch_wheels.sh` and carry .whl/ (bench/gpu_run.sh installs it).",
+          file=sys.stderr)
+    return 2
   from ecg_contrastive.bench import results
   paths = results.write_results(args.out, meta, rows, columns)
   for row in rows:

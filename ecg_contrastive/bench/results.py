@@ -49,6 +49,7 @@ def environment(devices: Sequence[Any]) -> dict[str, Any]:
       "device": devices[0].device_kind,
       "num_devices": len(devices),
       "cpu": f"{_cpu_model()} x {os.cpu_count()}",
+      "load_average_1m": os.getloadavg()[0],  # other work on the host skews CPU figures
       "python": platform.python_version(),
       "versions": {p: _version(p) for p in PACKAGES},
       "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
@@ -77,7 +78,8 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> s
 def format_meta(meta: dict[str, Any]) -> str:
   """One paragraph: card, date, command and versions, to go with a table."""
   versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
-  return (f"{meta['device']} x {meta['num_devices']} ({meta['platform']}; host {meta['cpu']}), {meta['date']}\n"
+  return (f"{meta['device']} x {meta['num_devices']} ({meta['platform']}; host {meta['cpu']}, load average "
+          f"{meta['load_average_1m']:.1f}), {meta['date']}\n"
           f"command: {meta['command']}\nversions: python {meta['python']}, {versions}")
 
 

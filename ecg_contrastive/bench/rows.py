@@ -17,7 +17,7 @@ STEP_COLUMNS: list[Column] = [
 ]
 
 
-def step_row(impl: str, workload: Workload, batch_size: int, timing: Timing, loss: float, peak_bytes: int | None,
+def step_row(impl: str, workload: Workload, batch_size: int, timing: Timing, loss: float | None, peak_bytes: int | None,
              compiled_bytes: int | None, xla_flops: float | None) -> dict[str, Any]:
   """A results row: throughput, step time (median and spread), TFLOP/s, memory (GiB), last loss."""
   analytic = workload.train_flops_per_ecg() * batch_size

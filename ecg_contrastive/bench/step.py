@@ -8,7 +8,7 @@ already copied to the device, then each JAX row's speed-up over each PyTorch mod
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ecg_contrastive.bench import jax_step, torch_step
 from ecg_contrastive.bench.workload import Workload, random_batches, random_table
@@ -25,8 +25,12 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
 
 
 def run(workload: Workload, batch_sizes: Sequence[int], torch_modes: Sequence[str], *, warmup: int, windows: int,
-        steps: int, buffers: int, seed: int, profile_dir: str | None = None) -> list[dict[str, Any]]:
-  """Results rows: one per (implementation, batch size). `profile_dir`: trace ours at the largest batch."""
+        steps: int, buffers: int, seed: int, profile_dir: str | None = None,
+        on_row: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
+  """Results rows: one per (implementation, batch size). `profile_dir`: trace ours at the largest batch.
+
+  on_row(rows so far) after each row: a run cut short by a time limit still leaves its figures.
+  """
   table = random_table(workload, seed)
   rows = []
   for batch_size in sorted(batch_sizes):
@@ -34,9 +38,14 @@ def run(workload: Workload, batch_sizes: Sequence[int], torch_modes: Sequence[st
     kw = dict(warmup=warmup, windows=windows, steps=steps)
     profile_here = profile_dir if batch_size == max(batch_sizes) else None
     rows.append(jax_step.bench_project_step(workload, batch_size, host_batches, table, profile_dir=profile_here, **kw))
-    log.info("%s", {k: v for k, v in rows[-1].items() if k != "profile"})
+    _done(rows, on_row)
     for mode in torch_modes:
       rows.append(torch_step.bench_torch_step(workload, batch_size, mode, host_batches, table, seed=seed, **kw))
-      log.info("%s", rows[-1])
-  add_speedups(rows)
+      _done(rows, on_row)
   return rows
+
+
+def _done(rows: list[dict[str, Any]], on_row: Callable[[list[dict[str, Any]]], None]) -> None:
+  add_speedups(rows)
+  log.info("%s", {k: v for k, v in rows[-1].items() if k != "profile"})
+  on_row(rows)

@@ -2,7 +2,8 @@
 
 Two presets: `paper` (ResNet1d-18, width 64, no input pooling, 256-d joint space, bf16 compute,
 768-d frozen text embeddings: the paper's model, PERF.md's workload) and `tiny` (the same network
-at width 8 over the input average-pooled 10x, for a 2-core CPU). Both take (5000, 12) int16 ECGs.
+at width 8 over the input average-pooled 10x, float32 as configs/default.py's tiny: CPUs without
+bf16 arithmetic emulate it slowly). Both take (5000, 12) int16 ECGs.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class Workload:
 PRESETS = {
     "paper": Workload(depth=18, width=64, downsample=1, embed_dim=256, dtype="bfloat16", text_dim=768,
                       table_rows=4096),
-    "tiny": Workload(depth=18, width=8, downsample=10, embed_dim=32, dtype="bfloat16", text_dim=32,
+    "tiny": Workload(depth=18, width=8, downsample=10, embed_dim=32, dtype="float32", text_dim=32,
                      table_rows=256),
 }
 
