@@ -63,6 +63,9 @@ class BatchIterator:
     self.sharding = NamedSharding(mesh, P(DATA_AXIS))
     self._rows = _process_rows(self.sharding, global_batch_size)
     self._position = (0, 0)  # (epoch, batch) of the next batch __next__ returns
+    self._ring: list = [(None, None), (None, None)]  # reader-thread host buffers and their device copies
+    self._turn = 0
+    self._reuse_host = True
 
   def __len__(self) -> int:
     """Batches per epoch."""
@@ -159,19 +162,41 @@ class BatchIterator:
     index = np.full(self.batch_size, -1, np.int64)
     index[:len(rows)] = rows
     local = index[self._rows]
-    valid = local >= 0
-    local[valid] = np.sort(local[valid])  # padding stays at the end
-    ecg = np.zeros((len(local),) + self.source.ecg.shape[1:], np.int16)
-    ecg[valid] = self.source.read(local[valid])
+    valid = int((local >= 0).sum())  # padding (-1) sits at the end
+    local[:valid] = np.sort(local[:valid])
+    ecg = self._host_ecg(len(local))
+    self.source.read(local[:valid], out=ecg[:valid])
+    ecg[valid:] = 0
     arrays = {"ecg": ecg, "index": local.astype(np.int32)}
     for name, column in self.columns.items():
       values = np.zeros((len(local),) + column.shape[1:], column.dtype)
-      values[valid] = column[local[valid]]
+      values[:valid] = column[local[:valid]]
       arrays[name] = values
     if not self.drop_remainder:
-      arrays["mask"] = valid
-    return {k: jax.make_array_from_process_local_data(self.sharding, v, (self.batch_size,) + v.shape[1:])
-            for k, v in arrays.items()}
+      arrays["mask"] = np.arange(len(local)) < valid
+    batch = {k: jax.make_array_from_process_local_data(self.sharding, v, (self.batch_size,) + v.shape[1:])
+             for k, v in arrays.items()}
+    self._release_host_ecg(batch["ecg"])
+    return batch
+
+  def _host_ecg(self, rows: int) -> np.ndarray:
+    """A host buffer for the next batch's ECG rows, from a ring of two: the one whose device copy (two
+    batches ago) has finished. Fresh memory only while a device aliases host buffers (zero-copy)."""
+    self._turn ^= 1
+    buffer, copied = self._ring[self._turn]
+    if copied is not None:
+      copied.block_until_ready()
+    if buffer is None or not self._reuse_host:
+      buffer = np.empty((rows,) + self.source.ecg.shape[1:], np.int16)
+    self._ring[self._turn] = (buffer, None)
+    return buffer
+
+  def _release_host_ecg(self, ecg: jax.Array) -> None:
+    """Remembers which device array copies out of the current buffer; checks that it is a copy."""
+    buffer, _ = self._ring[self._turn]
+    self._ring[self._turn] = (buffer, ecg)
+    low, high = buffer.ctypes.data, buffer.ctypes.data + buffer.nbytes
+    self._reuse_host = all(not low <= s.data.unsafe_buffer_pointer() < high for s in ecg.addressable_shards)
 
 
 def _process_rows(sharding: NamedSharding, batch_size: int) -> slice:

@@ -52,16 +52,20 @@ class EcgSource:
   def __repr__(self) -> str:
     return f"EcgSource({self.name}, {len(self)} records, {len(self.skipped)} skipped)"
 
-  def read(self, indices: np.ndarray) -> np.ndarray:
-    """int16 (len(indices), 5000, 12) for record rows `indices` (any order; ascending reads fastest)."""
+  def read(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """int16 (len(indices), 5000, 12) for record rows `indices` (any order; ascending reads fastest).
+
+    out: optional int16 array of that shape to read into (saves allocating fresh pages per batch).
+    """
     indices = np.asarray(indices, np.int64)
     if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
       raise IndexError(f"{self.name}: record indices must be in [0, {len(self)}), got "
                        f"[{indices.min()}, {indices.max()}]")
+    if out is None:
+      out = np.empty((len(indices),) + self.ecg.shape[1:], self.ecg.dtype)
     if np.all(indices[1:] >= indices[:-1]):
-      return self.ecg[indices]
+      return np.take(self.ecg, indices, axis=0, out=out)
     order = np.argsort(indices, kind="stable")
-    out = np.empty((len(indices),) + self.ecg.shape[1:], self.ecg.dtype)
     out[order] = self.ecg[indices[order]]
     return out
 

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ecg_contrastive.data import synth
+from ecg_contrastive.data.builders.tf_free import plain_file_spill
 from ecg_contrastive.data.signal import LEADS, MV_PER_UNIT, NUM_SAMPLES, SAMPLE_RATE
 
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
@@ -79,6 +80,10 @@ class SyntheticEcgJa(tfds.core.GeneratorBasedBuilder):
         supervised_keys=None,
         homepage="https://github.com/ecg_contrastive",
     )
+
+  def _download_and_prepare(self, *args, **kwargs):
+    with plain_file_spill():  # splits > 1 GB spill to disk while shuffling; no TensorFlow here
+      return super()._download_and_prepare(*args, **kwargs)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
