@@ -252,6 +252,15 @@ def load_hf_encoder(model_dir: str, dtype: Any = jnp.float32) -> tuple[BertEncod
 POOLINGS = ("cls", "mean", "pooler")
 
 
+def check_pooling(pooling: str, has_pooler: bool) -> None:
+  """ValueError unless `pooling` is one of POOLINGS and usable with this checkpoint."""
+  if pooling not in POOLINGS:
+    raise ValueError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
+  if pooling == "pooler" and not has_pooler:
+    raise ValueError("pooling 'pooler' needs pooler weights (pooler.dense.*), which this "
+                     "checkpoint lacks; use pooling 'mean' or 'cls'")
+
+
 def pool(hidden: jax.Array, pooler_output: jax.Array | None, attention_mask: jax.Array,
          pooling: str) -> jax.Array:
   """hidden (B, L, H), pooler_output (B, H) or None, attention_mask (B, L) -> (B, H) float32.
@@ -260,15 +269,11 @@ def pool(hidden: jax.Array, pooler_output: jax.Array | None, attention_mask: jax
   tokens included, padding excluded; a row with no attended token gives zeros);
   'pooler': BERT's tanh(dense(cls)), when the checkpoint has pooler weights.
   """
+  check_pooling(pooling, pooler_output is not None)
   if pooling == "cls":
     return hidden[:, 0].astype(jnp.float32)
   if pooling == "mean":
     mask = attention_mask.astype(jnp.float32)[..., None]
     total = jnp.sum(hidden.astype(jnp.float32) * mask, axis=1)
     return total / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
-  if pooling == "pooler":
-    if pooler_output is None:
-      raise ValueError("pooling 'pooler' needs pooler weights (pooler.dense.*), which this "
-                       "checkpoint lacks; use pooling 'mean' or 'cls'")
-    return pooler_output.astype(jnp.float32)
-  raise ValueError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
+  return pooler_output.astype(jnp.float32)

@@ -16,11 +16,10 @@ from functools import partial
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ecg_contrastive.models.bert import pool
+from ecg_contrastive.models.bert import check_pooling, pool
 
 
 def bucket_length(longest: int, max_length: int) -> int:
@@ -81,9 +80,9 @@ class Encoder:
   """Pooled embeddings of padded batches on all local devices (one process)."""
 
   def __init__(self, module: nn.Module, params: dict, pooling: str):
-    dummy = jax.ShapeDtypeStruct((1, 1), jnp.int32)
-    self.dim = jax.eval_shape(partial(_embed.__wrapped__, module, pooling, params), dummy, dummy).shape[1]
-    self._module, self._pooling = module, pooling  # the eval_shape above validated the pooling
+    check_pooling(pooling, module.with_pooler)
+    self.dim = module.config.hidden_size
+    self._module, self._pooling = module, pooling
     devices = jax.local_devices()
     self.num_devices = len(devices)
     mesh = Mesh(np.array(devices), ("data",))

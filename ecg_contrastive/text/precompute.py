@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecg_contrastive.models.bert import POOLINGS, load_hf_encoder, require_model_files
+from ecg_contrastive.models.bert import check_pooling, load_hf_encoder, require_model_files
 from ecg_contrastive.text import cache
 from ecg_contrastive.text.encode import Encoder, embed_token_ids
 from ecg_contrastive.text.tokenizer import check_texts, load_tokenizer, tokenize
@@ -55,8 +55,7 @@ class TextTable:
 
 
 def _check_options(pooling: str, max_length: int, batch_size: int, dtype: str) -> None:
-  if pooling not in POOLINGS:
-    raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
+  check_pooling(pooling, has_pooler=True)  # pooler weights are checked when the model loads
   if dtype not in DTYPES:
     raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
   if max_length < 2 or batch_size < 1:
