@@ -29,8 +29,12 @@ def mesh():
   return jax.sharding.Mesh(np.array(jax.devices()), ("data",))
 
 
+def _folder(data_dir):
+  return str(tfds.builder(DATASET, data_dir=data_dir).data_dir)  # <data_dir>/synthetic_ecg_ja/tiny/<version>
+
+
 def _shards(data_dir):
-  folder = os.path.join(data_dir, "synthetic_ecg_ja", "tiny", "1.0.0")
+  folder = _folder(data_dir)
   return {f: os.path.join(folder, f) for f in sorted(os.listdir(folder)) if ".array_record" in f}
 
 
@@ -84,7 +88,7 @@ def test_unknown_dataset_lists_the_known_ones(data_dir):
 
 def test_cache_is_reused_and_rebuilt_when_stale(data_dir):
   pipeline.open_source(DATASET, "test", data_dir)
-  cache = os.path.join(data_dir, "synthetic_ecg_ja", "tiny", "1.0.0", "ecg_cache")
+  cache = os.path.join(_folder(data_dir), "ecg_cache")
   npy, meta = os.path.join(cache, "test.ecg.npy"), os.path.join(cache, "test.meta.json")
   stamp = os.stat(npy).st_mtime_ns
   reference = np.array(pipeline.open_source(DATASET, "test", data_dir).read(np.arange(32)))

@@ -82,7 +82,7 @@ def _where(text: str, finding: str) -> Effect:
 def _fibrillation(rng, idx, plan):
   _rhythm(rh.AF, 70, 130)(rng, idx, plan)
   plan.heart.atrial[idx] = frontal(rng.uniform(60, 100, len(idx)), rng.uniform(0.5, 0.7, len(idx))) \
-      * rng.uniform(0.06, 0.15, (len(idx), 1))
+      * rng.uniform(0.04, 0.1, (len(idx), 1))
 
 
 def _flutter(rng, idx, plan):
