@@ -201,3 +201,28 @@ def test_batch_sizes_that_do_not_divide_name_the_numbers(data_dir, mesh, monkeyp
     pipeline.BatchIterator(source, global_batch_size=64, mesh=mesh, seed=0, columns={"row": np.zeros(3)})
   with pytest.raises(ValueError, match="fewer than one batch"):
     pipeline.BatchIterator(source, global_batch_size=512, mesh=mesh, seed=0)
+
+
+def test_signal_contract_helpers():
+  from ecg_contrastive.data import signal
+  t = np.arange(2500) / 250.0
+  wave = np.sin(2 * np.pi * 1.5 * t)  # 10 s at 250 Hz, 1 mV peak
+  names = ["V1", "V2", "V3", "V4", "V5", "V6", "DI", "lead II"]  # any order and spelling, limb leads derived
+  columns = {"I": 0.5 * wave, "II": wave, **{f"V{k}": wave * k / 6 for k in range(1, 7)}}
+  record = np.stack([columns[n] for n in ("V1", "V2", "V3", "V4", "V5", "V6", "I", "II")], axis=1)
+  ecg = signal.standardize(record * 1000, 250, names, mv_per_unit=0.001)  # given in microvolts
+  assert ecg.dtype == np.int16 and ecg.shape == (5000, 12)
+  expected_ii = np.round(1000 * np.sin(2 * np.pi * 1.5 * np.arange(5000) / 500))
+  assert np.abs(ecg[100:4900, 1] - expected_ii[100:4900]).max() <= 2  # resampled 250 -> 500 Hz
+  assert np.abs(ecg[100:4900, 2] - (ecg[100:4900, 1] - ecg[100:4900, 0])).max() <= 1  # III = II - I
+  assert np.allclose(signal.to_millivolts(ecg), ecg / 1000.0, rtol=1e-6) and signal.to_millivolts(ecg).dtype == np.float32
+  bad = record.copy()
+  bad[10, 3] = np.nan
+  with pytest.raises(ValueError, match=r"rec7: 1 NaN/inf sample\(s\), first in lead 'V4' \(column 3\) at sample 10"):
+    signal.standardize(bad, 250, names, what="rec7")
+  with pytest.raises(ValueError, match=r"rec7: \|amplitude\| reaches 100\d\.\d mV, beyond the int16 range"):
+    signal.standardize(record * 1000, 250, names, what="rec7")  # microvolts given as millivolts
+  with pytest.raises(ValueError, match=r"missing lead\(s\) \['V6'\]"):
+    signal.standardize(record[:, [0, 1, 2, 3, 4, 6, 7]], 250, names[:5] + names[6:])
+  with pytest.raises(ValueError, match="expected \\(samples, leads\\)"):
+    signal.standardize(record[:, 0], 250, names)

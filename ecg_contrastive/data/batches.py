@@ -92,13 +92,13 @@ class BatchIterator:
     """JSON-serialisable position of the next batch (plus what must match on restore)."""
     epoch, batch = self._position
     return {"epoch": epoch, "batch": batch, "seed": self.seed, "global_batch_size": self.batch_size,
-            "num_records": len(self.source), "shuffle": self.shuffle}
+            "num_records": len(self.source), "shuffle": int(self.shuffle)}
 
   def set_state(self, state: dict) -> None:
     """Continues at the batch `state` points to; the order (seed, sizes, shuffle) must be the one saved."""
     mine = self.get_state()
     different = {k: (state.get(k), mine[k]) for k in ("seed", "global_batch_size", "num_records", "shuffle")
-                 if state.get(k) != mine[k]}
+                 if state.get(k) is None or int(state[k]) != mine[k]}
     if different:
       raise ValueError(f"cannot resume the data order: saved vs current {different}; restore with the same "
                        "seed, batch size, dataset and shuffle setting")

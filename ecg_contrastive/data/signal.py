@@ -123,11 +123,15 @@ def standardize(signal: np.ndarray, rate: float, leads: list[str], mv_per_unit: 
                 what: str = "record") -> np.ndarray:
   """Any record (T, C) in units of `mv_per_unit` mV at `rate` Hz -> int16 (5000, 12) as datasets store it.
 
-  NaN samples raise (name them in `what`); fill gaps first if they are expected.
+  NaN samples and out-of-range amplitudes raise, naming `what` and the lead; fill gaps first if expected.
   """
   signal = np.asarray(signal, np.float64)
   if signal.ndim != 2:
     raise ValueError(f"{what}: expected (samples, leads), got shape {signal.shape}")
+  bad = ~np.isfinite(signal)
+  if bad.any():  # before resampling smears it
+    sample, column = np.argwhere(bad)[0]
+    raise ValueError(f"{what}: {int(bad.sum())} NaN/inf sample(s), first in lead {leads[column]!r} (column {column}) "
+                     f"at sample {sample}; fill or drop the gaps before conversion")
   ecg = reorder_leads(signal * mv_per_unit, leads)
-  to_units(ecg, what)  # raises on NaN before filtering would smear it
   return to_units(fit_length(resample(ecg, rate)), what)
