@@ -9,7 +9,8 @@
 # pipeline.json, pipeline.csv, profile_summary.txt, perfetto_trace.json.gz.
 #
 # Device-machine call (tool `run`):  command "bash bench/gpu_run.sh", carry [".whl"], timeout_s 600,
-# after `bash bench/fetch_wheels.sh` here (wheels of what the image lacks: ml_collections, ...).
+# after `bash bench/fetch_wheels.sh` here (the ~14 MB of wheels the image lacks: ml_collections,
+# matplotlib-fontja for the step; TFDS, array_record and their needs for the pipeline run).
 # CPU test here with tiny sizes:     BENCH_TINY=1 bash bench/gpu_run.sh
 #
 # Environment it sets, and why:
@@ -48,7 +49,7 @@ run() {
     DATASET=synthetic_ecg_ja/tiny; STEP_LIMIT=900; PIPE_LIMIT=600
   else
     MODEL=paper; BATCHES=256,1024; BATCH=1024; TIMING=(--warmup 3 --windows 5 --steps 10); TORCH=eager,compile
-    DATASET="${BENCH_DATASET:-synthetic_ecg_ja/demo}"; STEP_LIMIT=360; PIPE_LIMIT=180
+    DATASET="${BENCH_DATASET:-synthetic_ecg_ja/demo}"; STEP_LIMIT=360; PIPE_LIMIT=200
   fi
 
   echo "== machine"

@@ -56,6 +56,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--batch-sizes", type=_ints, default=[256, 1024], help="global batch sizes, comma-separated")
   p.add_argument("--torch", type=_modes, default=["eager", "compile"], help="'eager,compile', 'eager' or 'none'")
   p.add_argument("--buffers", type=int, default=4, help="distinct input batches rotated through")
+  p.add_argument("--torch-threads", type=int, default=0,
+                 help="PyTorch CPU threads (0: its default, one per core; on a busy shared CPU, 1 avoids "
+                      "OpenMP threads waiting on each other)")
   p.add_argument("--profile", help="trace a few steps of ours at the largest batch into this folder and "
                                    "write a breakdown of device time (profile_summary.txt there)")
   _timing_args(p, warmup=3, windows=5, steps=10)
@@ -111,6 +114,10 @@ def run_command(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str
     from ecg_contrastive.bench.rows import STEP_COLUMNS
     workload = _workload(args)
     meta["workload"] = dict(workload.__dict__, train_gflop_per_ecg=workload.train_flops_per_ecg() / 1e9)
+    import torch
+    if args.torch_threads:
+      torch.set_num_threads(args.torch_threads)
+    meta["torch_threads"] = torch.get_num_threads()
     rows = step.run(workload, args.batch_sizes, args.torch, warmup=args.warmup, windows=args.windows,
                     steps=args.steps, buffers=args.buffers, seed=args.seed, profile_dir=args.profile,
                     on_row=lambda rows: results.write_results(args.out, meta, rows, STEP_COLUMNS))

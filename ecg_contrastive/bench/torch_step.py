@@ -5,8 +5,8 @@ symmetric InfoNCE at the config's fixed temperature, AdamW with the config's hyp
 (weight decay on matrices and kernels only; fused on CUDA), autocast to bfloat16 when the
 workload computes in bfloat16. Inputs are the same int16 (B, 5000, 12) batches as the JAX side,
 already on the device, scaled and transposed to (B, 12, 5000) millivolts inside the step.
-Modes: "eager", and "compile" (torch.compile of forward + loss, default mode; backward through
-AOTAutograd).
+Modes: "eager", and "compile" (torch.compile of forward + loss, default mode, static shapes: each
+batch size compiles its own graph; backward through AOTAutograd).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def bench_torch_step(workload: Workload, batch_size: int, mode: str, host_batche
   torch.backends.cudnn.benchmark = True
   model = TorchTwoTower(workload, config.model.temperature).to(device).train()
   opt = make_adamw(model, config.optimizer, device)
-  loss_fn = torch.compile(model) if mode == "compile" else model
+  loss_fn = torch.compile(model, dynamic=False) if mode == "compile" else model
   table_t = torch.from_numpy(table).to(device)
   batches = [(torch.from_numpy(b["ecg"]).to(device), torch.from_numpy(b["report_row"].astype(np.int64)).to(device))
              for b in host_batches]
