@@ -49,7 +49,8 @@ def main() -> None:
   from ecg_contrastive.data import pipeline, synth
 
   print(f"python {platform.python_version()}, jax {jax.__version__}, {os.cpu_count()} CPU cores, "
-        f"{jax.device_count()} devices; {args.dataset}:{args.split}, global batch {args.batch}", flush=True)
+        f"{jax.device_count()} devices; {args.dataset}:{args.split}, global batch {args.batch}; "
+        f"load average {os.getloadavg()[0]:.1f}", flush=True)
   rows = []
   if args.generate:
     start = time.perf_counter()
@@ -92,6 +93,7 @@ def main() -> None:
     return args.batches * args.batch / (time.perf_counter() - start)
 
   rows.append((f"pipeline ({jax.device_count()} devices)", *_median(args.windows, pipeline_window)))
+  print(f"host buffers reused: {batches._reuse_host}; load average at the end {os.getloadavg()[0]:.1f}")
   batches.close()
 
   baseline = next(rate for name, rate, _ in rows if name == "tfds per-record")

@@ -181,22 +181,33 @@ class BatchIterator:
 
   def _host_ecg(self, rows: int) -> np.ndarray:
     """A host buffer for the next batch's ECG rows, from a ring of two: the one whose device copy (two
-    batches ago) has finished. Fresh memory only while a device aliases host buffers (zero-copy)."""
+    batches ago) has finished. Fresh memory for every batch once a device has aliased a host buffer."""
     self._turn ^= 1
     buffer, copied = self._ring[self._turn]
     if copied is not None:
       copied.block_until_ready()
     if buffer is None or not self._reuse_host:
-      buffer = np.empty((rows,) + self.source.ecg.shape[1:], np.int16)
+      buffer = _copied_buffer((rows,) + self.source.ecg.shape[1:])
     self._ring[self._turn] = (buffer, None)
     return buffer
 
   def _release_host_ecg(self, ecg: jax.Array) -> None:
-    """Remembers which device array copies out of the current buffer; checks that it is a copy."""
+    """Remembers which device array copies out of the current buffer. If any shard aliases the buffer
+    (zero-copy, as the CPU client does for some host alignments), buffers are never reused again."""
     buffer, _ = self._ring[self._turn]
     self._ring[self._turn] = (buffer, ecg)
     low, high = buffer.ctypes.data, buffer.ctypes.data + buffer.nbytes
-    self._reuse_host = all(not low <= s.data.unsafe_buffer_pointer() < high for s in ecg.addressable_shards)
+    if any(low <= s.data.unsafe_buffer_pointer() < high for s in ecg.addressable_shards):
+      self._reuse_host = False
+
+
+def _copied_buffer(shape: tuple[int, ...]) -> np.ndarray:
+  """An int16 host buffer at 16 bytes past a 64-byte boundary. JAX's CPU client aliases 64-byte-aligned
+  host memory instead of copying it; a buffer that is overwritten two batches later must be copied."""
+  nbytes = int(np.prod(shape)) * 2
+  raw = np.empty(nbytes + 64, np.uint8)
+  start = (16 - raw.ctypes.data) % 64
+  return raw[start:start + nbytes].view(np.int16).reshape(shape)
 
 
 def _process_rows(sharding: NamedSharding, batch_size: int) -> slice:

@@ -89,9 +89,9 @@ def reorder_leads(signal: np.ndarray, names: list[str]) -> np.ndarray:
     lead = canonical_lead(name)
     if lead is not None:
       column.setdefault(lead, i)
-  missing = [lead for lead in LEADS if lead not in column]
-  if set(missing) - {"III", "aVR", "aVL", "aVF"} or ({"I", "II"} - set(column)):
-    raise ValueError(f"missing lead(s) {missing}: a record needs I, II and V1-V6 (the other limb leads can be "
+  missing = [lead for lead in LEADS if lead not in column and lead not in ("III", "aVR", "aVL", "aVF")]
+  if missing:
+    raise ValueError(f"missing lead(s) {missing}: a record needs I, II and V1-V6 (III, aVR, aVL, aVF can be "
                      f"derived); it has {list(names)}")
   limbs = limb_leads(signal[:, column["I"]], signal[:, column["II"]])
   out = np.concatenate([limbs, signal[:, [column[f"V{k}"] for k in range(1, 7)]]], axis=1)
