@@ -37,7 +37,8 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 [ -n "${BENCH_XLA_FLAGS:-}" ] && export XLA_FLAGS="${BENCH_XLA_FLAGS}"
 
 run() {
-  if compgen -G ".whl/*.whl" > /dev/null; then
+  if ! python3 -c "import ml_collections, matplotlib_fontja, tensorflow_datasets, array_record" 2> /dev/null \
+      && compgen -G ".whl/*.whl" > /dev/null; then  # the image lacks them: install the carried wheels
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl \
       || { echo "installing the carried wheels failed"; exit 1; }
     export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
