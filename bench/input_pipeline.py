@@ -93,7 +93,7 @@ def main() -> None:
     return args.batches * args.batch / (time.perf_counter() - start)
 
   rows.append((f"pipeline ({jax.device_count()} devices)", *_median(args.windows, pipeline_window)))
-  print(f"host buffers reused: {batches._reuse_host}; load average at the end {os.getloadavg()[0]:.1f}")
+  print(f"host buffers reused: {batches.reuses_host_buffers}; load average at the end {os.getloadavg()[0]:.1f}")
   batches.close()
 
   baseline = next(rate for name, rate, _ in rows if name == "tfds per-record")

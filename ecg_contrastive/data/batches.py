@@ -67,6 +67,11 @@ class BatchIterator:
     self._turn = 0
     self._reuse_host = True
 
+  @property
+  def reuses_host_buffers(self) -> bool:
+    """False once a device has aliased a host buffer (then every batch gets fresh host memory)."""
+    return self._reuse_host
+
   def __len__(self) -> int:
     """Batches per epoch."""
     n = len(self.source)

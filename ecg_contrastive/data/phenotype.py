@@ -149,8 +149,9 @@ def _set(path: str, lo: float, hi: float) -> Effect:
 
 
 def _count(attr: str) -> Effect:
+  """Premature beats per 10 s: 2-4, so one strip shows the pattern (and its pause) more than once."""
   def effect(rng, idx, plan):
-    getattr(plan.rhythm, attr)[idx] = rng.choice([1, 2, 3], len(idx), p=[0.3, 0.45, 0.25])
+    getattr(plan.rhythm, attr)[idx] = rng.choice([2, 3, 4], len(idx), p=[0.4, 0.4, 0.2])
   return effect
 
 

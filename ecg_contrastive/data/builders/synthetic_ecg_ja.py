@@ -50,10 +50,11 @@ def _workers() -> int:
 class SyntheticEcgJa(tfds.core.GeneratorBasedBuilder):
   """Synthetic 12-lead ECGs (500 Hz, 10 s, int16 microvolts) with Japanese readings."""
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {
       "1.0.0": "Dipole-model ECGs, 32 primary findings, Japanese reports.",
       "1.1.0": "Finer atrial fibrillation waves (0.04-0.1 mV dipole).",
+      "1.2.0": "2-4 premature beats per record with atrial / ventricular ectopy (was 1-3).",
   }
   BUILDER_CONFIGS = [
       SyntheticEcgConfig(name="tiny", description="320 records: tests and smoke runs.", num_records=320),
