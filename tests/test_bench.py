@@ -52,7 +52,8 @@ def test_step_command_runs_ours_and_torch_side_by_side(tmp_path, capsys):
   data = load(prefix)
   keys = [c[0] for c in data["columns"]]
   assert keys == [c[0] for c in STEP_COLUMNS]
-  assert keys[:4] == ["impl", "batch", "ecg_per_s", "step_ms"] and {"tflops", "peak_gib", "vs_torch_compile"} <= set(keys)
+  assert keys[:4] == ["impl", "batch", "ecg_per_s", "step_ms"]
+  assert {"tflops", "peak_gib", "vs_torch_compile"} <= set(keys)
   ours, eager = data["rows"]
   assert (ours["impl"], eager["impl"]) == ("jax (ours)", "torch eager")
   for row in (ours, eager):
@@ -91,7 +92,8 @@ def test_pipeline_command_feeds_our_step_through_the_input_pipeline(tmp_path, ca
   assert resident["fraction"] == 1.0 and fed["fraction"] == pytest.approx(fed["ecg_per_s"] / resident["ecg_per_s"])
   assert positive(resident["loss"]) and positive(fed["loss"]) and positive(fed["tflops"])
   assert alone["loss"] is None and alone["tflops"] is None
-  assert [c[0] for c in data["columns"]][-1] == "fraction" and data["meta"]["workload"]["dataset"] == "synthetic_ecg_ja/tiny"
+  assert [c[0] for c in data["columns"]][-1] == "fraction"
+  assert data["meta"]["workload"]["dataset"] == "synthetic_ecg_ja/tiny"
   assert capsys.readouterr().out.strip().splitlines()[-1].startswith("|  jax (ours), input pipeline |")
 
 
@@ -149,12 +151,24 @@ def test_trace_summary_prefers_the_device_op_line_and_sorts_by_time():
       x(2, 8, 300, 100, "wrapped_convert", "wrapped_convert"),
       x(2, 8, 500, 100, "input_reduce_fusion", "input_reduce_fusion.2"),
       x(2, 8, 1000, 300, "cudnn-conv.1", "cudnn-conv.1"),
+      x(2, 7, 1300, 50, "sm90_xmma_dgrad_bf16", "custom-call.4"),  # categorised by the kernel it ran
+      x(2, 8, 1300, 50, "custom-call.4", "custom-call.4"),
   ]}
   s = trace_summary.summarize(trace, steps=2, wall_s=2e-3)
   assert s["wall_ms_per_step"] == pytest.approx(1.0)
-  assert s["op_ms_per_step"] == pytest.approx(0.4) and s["busy_ms_per_step"] == pytest.approx(0.4)
-  assert [o["op"] for o in s["top_ops"]] == ["cudnn-conv.1", "wrapped_convert", "input_reduce_fusion.2"]
-  assert s["top_ops"][0]["calls_per_step"] == 1 and s["top_ops"][0]["share"] == pytest.approx(0.75)
-  assert s["by_category"]["convolution"]["ms_per_step"] == pytest.approx(0.3)
+  assert s["op_ms_per_step"] == pytest.approx(0.425) and s["busy_ms_per_step"] == pytest.approx(0.425)
+  assert [o["op"] for o in s["top_ops"]] == ["cudnn-conv.1", "wrapped_convert", "input_reduce_fusion.2",
+                                            "custom-call.4"]
+  top = s["top_ops"][0]
+  assert top["calls_per_step"] == 1 and top["share"] == pytest.approx(0.6 / 0.85)
+  assert top["kernel"] == "sm90_xmma_fprop_implicit_gemm_bf16"
+  assert s["top_ops"][3]["category"] == "convolution"
+  assert s["by_category"]["convolution"]["ms_per_step"] == pytest.approx(0.325)
   assert trace_summary.category("wrapped_convert") == "other"  # a convert is no convolution
   assert "reduction" in trace_summary.category("input_reduce_fusion.2")
+
+
+def test_trace_summary_without_op_events_says_so():
+  s = trace_summary.summarize({"traceEvents": []}, steps=4, wall_s=0.02)
+  assert s["wall_ms_per_step"] == pytest.approx(5.0) and s["op_ms_per_step"] is None
+  assert "no per-op events" in trace_summary.format_summary(s)

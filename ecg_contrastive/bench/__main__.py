@@ -1,7 +1,8 @@
-r"""Benchmark command. Each subcommand prints its table last and writes PREFIX.json + PREFIX.csv.
+r"""Benchmark command (run from the repository root: it reads configs/paper.py). Each subcommand prints
+its table last and writes PREFIX.json + PREFIX.csv; results and how to reproduce them: BENCHMARKS.md.
 
   python -m ecg_contrastive.bench step --model paper --batch-sizes 256,1024 --torch eager,compile
-  python -m ecg_contrastive.bench pipeline --model paper --batch-size 1024 --dataset synthetic_ecg_ja/small
+  python -m ecg_contrastive.bench pipeline --model paper --batch-size 1024 --dataset synthetic_ecg_ja/demo
   python -m ecg_contrastive.bench memory --cpu-devices 8 --batch-sizes 256,512,1024,2048,4096
   python -m ecg_contrastive.bench show bench_out/step.json bench_out/pipeline.json
 
@@ -14,7 +15,8 @@ r"""Benchmark command. Each subcommand prints its table last and writes PREFIX.j
             next to a naive full-batch (B x B) loss
   show      print the tables of earlier results files again (and issue 6's targets when a step
             file is among them)
-CPU smoke run: add `--model tiny --batch-sizes 8 --torch eager --windows 2 --steps 2`.
+CPU smoke run: `step --model tiny --batch-sizes 8 --torch eager --windows 2 --steps 2`. One GPU run of
+all of it: bench/gpu_run.sh.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ def _force_cpu_devices(count: int) -> None:
 
 
 def _workload(args: argparse.Namespace):
+  """The preset workload, with --dtype applied."""
   import dataclasses
 
   from ecg_contrastive.bench.workload import PRESETS
@@ -101,37 +104,48 @@ def _workload(args: argparse.Namespace):
   return dataclasses.replace(workload, dtype=args.dtype) if args.dtype else workload
 
 
+def _step(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
+  import torch
+
+  from ecg_contrastive.bench import results, step
+  from ecg_contrastive.bench.rows import STEP_COLUMNS
+  workload = _workload(args)
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
+  meta.update(workload=dict(workload.__dict__, train_gflop_per_ecg=workload.train_flops_per_ecg() / 1e9),
+              torch_threads=torch.get_num_threads())
+  rows = step.run(workload, args.batch_sizes, args.torch, warmup=args.warmup, windows=args.windows,
+                  steps=args.steps, buffers=args.buffers, seed=args.seed, profile_dir=args.profile,
+                  on_row=lambda rows: results.write_results(args.out, meta, rows, STEP_COLUMNS))
+  return rows, STEP_COLUMNS
+
+
+def _pipeline(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
+  from ecg_contrastive.bench import input_path
+  workload = _workload(args)
+  meta.update(workload=dict(workload.__dict__, dataset=args.dataset, split=args.split))
+  rows = input_path.run(workload, args.batch_size, args.dataset, args.split, args.data_dir or None,
+                        prefetch=args.prefetch, warmup=args.warmup, windows=args.windows, steps=args.steps,
+                        seed=args.seed)
+  return rows, input_path.COLUMNS
+
+
+def _memory(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
+  from ecg_contrastive.bench import loss_memory
+  return loss_memory.run(args.batch_sizes, args.embed_dim), loss_memory.COLUMNS
+
+
 def run_command(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]], list]:
-  """Runs one subcommand; returns (meta, rows, columns)."""
+  """Runs step, pipeline or memory; returns (meta, rows, columns). Imports lazily: JAX must start after
+  XLA_FLAGS is set, and each subcommand loads only its own stack."""
   if args.command == "memory" and args.cpu_devices:
     _force_cpu_devices(args.cpu_devices)
   import jax
 
   from ecg_contrastive.bench import results
   meta = dict(results.environment(jax.devices()), subcommand=args.command)
-  if args.command == "step":
-    from ecg_contrastive.bench import step
-    from ecg_contrastive.bench.rows import STEP_COLUMNS
-    workload = _workload(args)
-    meta["workload"] = dict(workload.__dict__, train_gflop_per_ecg=workload.train_flops_per_ecg() / 1e9)
-    import torch
-    if args.torch_threads:
-      torch.set_num_threads(args.torch_threads)
-    meta["torch_threads"] = torch.get_num_threads()
-    rows = step.run(workload, args.batch_sizes, args.torch, warmup=args.warmup, windows=args.windows,
-                    steps=args.steps, buffers=args.buffers, seed=args.seed, profile_dir=args.profile,
-                    on_row=lambda rows: results.write_results(args.out, meta, rows, STEP_COLUMNS))
-    return meta, rows, STEP_COLUMNS
-  if args.command == "pipeline":
-    from ecg_contrastive.bench import input_path
-    workload = _workload(args)
-    rows = input_path.run(workload, args.batch_size, args.dataset, args.split, args.data_dir or None,
-                          prefetch=args.prefetch, warmup=args.warmup, windows=args.windows, steps=args.steps,
-                          seed=args.seed)
-    meta["workload"] = dict(workload.__dict__, dataset=args.dataset, split=args.split)
-    return meta, rows, input_path.COLUMNS
-  from ecg_contrastive.bench import loss_memory
-  return meta, loss_memory.run(args.batch_sizes, args.embed_dim), loss_memory.COLUMNS
+  rows, columns = {"step": _step, "pipeline": _pipeline, "memory": _memory}[args.command](args, meta)
+  return meta, rows, columns
 
 
 def show(files: Sequence[str]) -> None:

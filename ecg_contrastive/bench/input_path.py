@@ -8,8 +8,8 @@ thread, int16 copied to the device). Each record gets a random row of a random f
   input pipeline alone       next(batches) as fast as it goes (host read + host-to-device copy)
   ours, device-resident      the step on `buffers` batches taken from the pipeline, kept on the device
   ours, input pipeline       the step on next(batches) each step, as the training loop runs it
-The fed run warms up for at least prefetch + 2 steps, so the prefetch queue filled beforehand
-does not flatter it.
+The runs that read the pipeline warm up for at least prefetch + 2 steps, so a prefetch queue filled
+beforehand does not flatter them.
 """
 
 from __future__ import annotations
@@ -45,18 +45,18 @@ def run(workload: Workload, batch_size: int, dataset: str, split: str, data_dir:
   source = pipeline.open_source(dataset, split, data_dir)
   open_s = time.perf_counter() - start
   report_rows = np.random.default_rng(seed).integers(0, workload.table_rows, len(source), dtype=np.int32)
-  step = ProjectStep(workload, batch_size, random_table(workload, seed), random_batches(workload, batch_size, 1, seed)[0])
+  example = random_batches(workload, batch_size, 1, seed)[0]
+  step = ProjectStep(workload, batch_size, random_table(workload, seed), example)
   batches = pipeline.BatchIterator(source, global_batch_size=batch_size, mesh=step.mesh, seed=seed,
                                    columns={"report_row": report_rows}, prefetch=prefetch)
   take = lambda: {k: v for k, v in next(batches).items() if k in STEP_KEYS}
+  drained = dict(warmup=max(warmup, prefetch + 2), windows=windows, steps=steps)  # past the filled queue
   last: dict[str, jax.Array] = {}
-  alone = time_windows(lambda i: last.update(take()), lambda: jax.block_until_ready(last), warmup=warmup,
-                       windows=windows, steps=steps)
+  alone = time_windows(lambda i: last.update(take()), lambda: jax.block_until_ready(last), **drained)
   resident = [take() for _ in range(buffers)]
   on_device = time_windows(lambda i: step(resident[i % buffers]), step.sync, warmup=warmup, windows=windows,
                            steps=steps)
-  fed = time_windows(lambda i: step(take()), step.sync, warmup=max(warmup, prefetch + 2), windows=windows,
-                     steps=steps)
+  fed = time_windows(lambda i: step(take()), step.sync, **drained)
   batches.close()
   stats = (peak_device_bytes(list(step.mesh.devices.flat)), compiled_bytes_per_device(step.compiled),
            compiled_flops(step.compiled))

@@ -1,10 +1,10 @@
 """Where a step's time goes: trace a few steps with jax.profiler and break the device time down by op.
 
 Reads the Perfetto trace JAX writes (perfetto_trace.json.gz, plain JSON: no profiler plugin
-needed). Op events are those carrying an `hlo_op` argument: on a GPU, the kernels on the
-device's streams (or its "XLA Ops" line where the trace has one); on a CPU, XLA's op thunks.
-Each op is put in a category by name (convolutions, matmuls, reductions such as BatchNorm
-statistics, layout copies and transposes, other fusions, collectives).
+needed). Op events: on a GPU, the device's "XLA Ops" line where the trace has one, else its
+kernels (grouped by their `hlo_op` argument where present); on a CPU, XLA's op thunks. Each op
+is put in a category by name (convolutions, matmuls, reductions such as BatchNorm statistics,
+layout copies and transposes, other fusions, collectives).
 """
 
 from __future__ import annotations
@@ -47,47 +47,64 @@ def _intervals_union(spans: list[tuple[float, float]]) -> float:
   return total
 
 
+def _op(event: dict[str, Any]) -> str:
+  return event.get("args", {}).get("hlo_op") or event["name"]
+
+
 def op_events(trace: dict[str, Any]) -> list[dict[str, Any]]:
-  """The trace's per-op events: device ones where the trace has a device, else the host's XLA ops."""
+  """The trace's per-op events: on a device, its "XLA Ops" line if the trace has one, else its kernels
+  (every line but "XLA Modules"); with no device in the trace, the host's events of XLA ops."""
   events = trace["traceEvents"]
   process = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
   thread = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
             if e.get("ph") == "M" and e.get("name") == "thread_name"}
-  ops = [e for e in events if e.get("ph") == "X" and "hlo_op" in e.get("args", {})]
-  on_device = [e for e in ops if process.get(e["pid"], "").startswith("/device:")]
+  spans = [e for e in events if e.get("ph") == "X"]
+  on_device = [e for e in spans if process.get(e["pid"], "").startswith("/device:")]
   if not on_device:
-    return ops
+    return [e for e in spans if "hlo_op" in e.get("args", {})]
   xla_ops_line = [e for e in on_device if thread.get((e["pid"], e["tid"])) == "XLA Ops"]
   return xla_ops_line or [e for e in on_device if thread.get((e["pid"], e["tid"])) != "XLA Modules"]
 
 
 def summarize(trace: dict[str, Any], steps: int, wall_s: float, top: int = 15) -> dict[str, Any]:
-  """Per-step busy time, time by category and the `top` ops by time (all per step, in ms)."""
+  """Per-step busy time, time by category and the `top` ops by time (all per step, in ms).
+
+  An op's category is read from its name and the names of every event of it in the trace (the
+  kernels it launched included), so a custom call that runs a cuDNN convolution counts as one.
+  """
   ops = op_events(trace)
+  summary: dict[str, Any] = {"steps": steps, "wall_ms_per_step": 1e3 * wall_s / steps}
+  if not ops:
+    return dict(summary, busy_ms_per_step=None, op_ms_per_step=None, by_category={}, top_ops=[])
   by_op: dict[str, list[float]] = collections.defaultdict(list)
   for e in ops:
-    by_op[e["args"]["hlo_op"]].append(e["dur"])
+    by_op[_op(e)].append(e["dur"])
+  names: dict[str, set[str]] = collections.defaultdict(set)
+  for e in trace["traceEvents"]:
+    if e.get("ph") == "X" and _op(e) in by_op:
+      names[_op(e)].add(e["name"])
+  label = {op: category(" ".join([op, *sorted(names[op])])) for op in by_op}
   total_us = sum(sum(d) for d in by_op.values())
   by_cat: dict[str, float] = collections.defaultdict(float)
-  names = {e["args"]["hlo_op"]: f'{e["args"]["hlo_op"]} {e["name"]}' for e in ops}
   for op, durs in by_op.items():
-    by_cat[category(names[op])] += sum(durs)
+    by_cat[label[op]] += sum(durs)
   busy_us = _intervals_union([(e["ts"], e["ts"] + e["dur"]) for e in ops])
   ranked = sorted(by_op.items(), key=lambda kv: -sum(kv[1]))[:top]
-  return {
-      "steps": steps, "wall_ms_per_step": 1e3 * wall_s / steps, "busy_ms_per_step": busy_us / 1e3 / steps,
-      "op_ms_per_step": total_us / 1e3 / steps,
-      "by_category": {k: {"ms_per_step": v / 1e3 / steps, "share": v / total_us}
-                      for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
-      "top_ops": [{"op": op, "kernel": names[op].split(" ", 1)[1][:80], "category": category(names[op]),
-                   "calls_per_step": len(d) / steps, "ms_per_step": sum(d) / 1e3 / steps, "share": sum(d) / total_us}
-                  for op, d in ranked],
-  }
+  return dict(
+      summary, busy_ms_per_step=busy_us / 1e3 / steps, op_ms_per_step=total_us / 1e3 / steps,
+      by_category={k: {"ms_per_step": v / 1e3 / steps, "share": v / total_us}
+                   for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
+      top_ops=[{"op": op, "kernel": " ".join(sorted(names[op] - {op}))[:80], "category": label[op],
+                "calls_per_step": len(d) / steps, "ms_per_step": sum(d) / 1e3 / steps, "share": sum(d) / total_us}
+               for op, d in ranked])
 
 
 def format_summary(s: dict[str, Any]) -> str:
+  if s["op_ms_per_step"] is None:
+    return f"profile over {s['steps']} steps: wall {s['wall_ms_per_step']:.2f} ms/step; no per-op events in the trace"
   lines = [f"profile over {s['steps']} steps: wall {s['wall_ms_per_step']:.2f} ms/step, device busy "
-           f"{s['busy_ms_per_step']:.2f} ms/step (union of op spans), sum of op times {s['op_ms_per_step']:.2f} ms/step",
+           f"{s['busy_ms_per_step']:.2f} ms/step (union of op spans), sum of op times "
+           f"{s['op_ms_per_step']:.2f} ms/step",
            "by category:"]
   lines += [f"  {v['ms_per_step']:8.3f} ms {100 * v['share']:5.1f}%  {k}" for k, v in s["by_category"].items()]
   lines.append("top ops:")
