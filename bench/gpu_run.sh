@@ -14,8 +14,10 @@
 # CPU test here with tiny sizes:     BENCH_TINY=1 bash bench/gpu_run.sh
 #
 # Environment it sets, and why:
-#   XLA_PYTHON_CLIENT_MEM_FRACTION=0.45  JAX and PyTorch share the card in one process; JAX would
-#       otherwise reserve 75% up front and starve PyTorch's allocator at batch 1024.
+#   XLA_PYTHON_CLIENT_PREALLOCATE=false  JAX and PyTorch share the card in one process: JAX takes what
+#       it needs (at batch 1024 perhaps ~45 GB: XLA's CPU plan of this step is ~45 MB per ECG) instead of
+#       75% up front; PyTorch hands its memory back after each of its runs. A run that fails (out of
+#       memory, say) is recorded as a row with its error and the others go on.
 #   JAX_COMPILATION_CACHE_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0  the pipeline run compiles
 #       the very step the step run compiled; the on-disk cache saves that second compilation.
 #   ECG_CONTRASTIVE_WORKERS=$(nproc)  the pipeline run first generates synthetic_ecg_ja/demo (20,000
@@ -31,7 +33,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 export PYTHONUNBUFFERED=1
 export ECG_CONTRASTIVE_WORKERS="${ECG_CONTRASTIVE_WORKERS:-$(nproc)}"  # dataset generation: one worker per core
-export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}"
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
 export JAX_COMPILATION_CACHE_DIR="$WORK/jax_cache"
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 [ -n "${BENCH_XLA_FLAGS:-}" ] && export XLA_FLAGS="${BENCH_XLA_FLAGS}"

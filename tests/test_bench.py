@@ -8,7 +8,7 @@ import math
 import jax
 import pytest
 
-from ecg_contrastive.bench import results, targets, trace_summary
+from ecg_contrastive.bench import results, step, targets, trace_summary
 from ecg_contrastive.bench.__main__ import main
 from ecg_contrastive.bench.rows import STEP_COLUMNS
 from ecg_contrastive.bench.workload import PRESETS
@@ -132,9 +132,21 @@ def test_show_reprints_tables_and_checks_targets(tmp_path, capsys):
       "input pipeline / device-resident at batch 1024: 0.94 (target >= 0.90): met"]
 
 
-def test_targets_without_a_batch_1024_row():
+def test_a_failed_run_is_a_row_with_its_error_and_ratios_skip_it():
+  failed = step.measured_row("torch compile", 1024, lambda: {"ecg_per_s": 1 / 0})
+  assert failed["ecg_per_s"] is None and failed["error"].startswith("ZeroDivisionError")
+  rows = [{"impl": "jax (ours)", "batch": 1024, "ecg_per_s": 30_000.0},
+          {"impl": "torch eager", "batch": 1024, "ecg_per_s": 7_500.0}, failed]
+  step.add_speedups(rows)
+  assert rows[0]["vs_torch_eager"] == 4.0 and rows[0]["vs_torch_compile"] is None
+  assert failed["vs_torch_eager"] is None
+
+
+def test_targets_without_a_measured_batch_1024_row():
   assert targets.check([{"impl": "jax (ours)", "batch": 8, "ecg_per_s": 1.0}]) == [
       "no row of ours at batch 1024: targets not checked"]
+  assert targets.check([{"impl": "jax (ours)", "batch": 1024, "ecg_per_s": None, "error": "OOM"}]) == [
+      "ours at batch 1024 failed (OOM): targets not checked"]
 
 
 def test_trace_summary_prefers_the_device_op_line_and_sorts_by_time():

@@ -21,7 +21,8 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
   for row in rows:
     for mode in torch_step.MODES:
       ref = [r for r in rows if r["impl"] == f"torch {mode}" and r["batch"] == row["batch"]]
-      row[f"vs_torch_{mode}"] = row["ecg_per_s"] / ref[0]["ecg_per_s"] if ref else None
+      ok = ref and row["ecg_per_s"] and ref[0]["ecg_per_s"]
+      row[f"vs_torch_{mode}"] = row["ecg_per_s"] / ref[0]["ecg_per_s"] if ok else None
 
 
 def run(workload: Workload, batch_sizes: Sequence[int], torch_modes: Sequence[str], *, warmup: int, windows: int,
@@ -37,12 +38,24 @@ def run(workload: Workload, batch_sizes: Sequence[int], torch_modes: Sequence[st
     host_batches = random_batches(workload, batch_size, buffers, seed + batch_size)
     kw = dict(warmup=warmup, windows=windows, steps=steps)
     profile_here = profile_dir if batch_size == max(batch_sizes) else None
-    rows.append(jax_step.bench_project_step(workload, batch_size, host_batches, table, profile_dir=profile_here, **kw))
+    rows.append(measured_row("jax (ours)", batch_size, lambda: jax_step.bench_project_step(
+        workload, batch_size, host_batches, table, profile_dir=profile_here, **kw)))
     _done(rows, on_row)
     for mode in torch_modes:
-      rows.append(torch_step.bench_torch_step(workload, batch_size, mode, host_batches, table, seed=seed, **kw))
+      rows.append(measured_row(f"torch {mode}", batch_size, lambda: torch_step.bench_torch_step(
+          workload, batch_size, mode, host_batches, table, seed=seed, **kw)))
+      torch_step.release_memory()
       _done(rows, on_row)
   return rows
+
+
+def measured_row(impl: str, batch_size: int, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+  """measure(), or a row that records why it failed (out of memory, say) so that the other runs go on."""
+  try:
+    return measure()
+  except Exception as e:  # noqa: BLE001  (any failure of one run is a result to report, not the end)
+    log.exception("%s at batch %d failed", impl, batch_size)
+    return {"impl": impl, "batch": batch_size, "ecg_per_s": None, "error": f"{type(e).__name__}: {e}"[:500]}
 
 
 def _done(rows: list[dict[str, Any]], on_row: Callable[[list[dict[str, Any]]], None]) -> None:

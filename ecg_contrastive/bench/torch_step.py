@@ -11,6 +11,7 @@ batch size compiles its own graph; backward through AOTAutograd).
 
 from __future__ import annotations
 
+import gc
 import math
 from typing import Any
 
@@ -93,3 +94,11 @@ def bench_torch_step(workload: Workload, batch_size: int, mode: str, host_batche
   timing = time_windows(run_step, sync, warmup=warmup, windows=windows, steps=steps)
   peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
   return step_row(f"torch {mode}", workload, batch_size, timing, float(last["loss"]), peak, None, None)
+
+
+def release_memory() -> None:
+  """Hands the GPU memory of finished PyTorch runs back to the driver (JAX allocates next in this process)."""
+  gc.collect()
+  torch._dynamo.reset()  # compiled graphs hold their module's parameters
+  if torch.cuda.is_available():
+    torch.cuda.empty_cache()
