@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ecg_contrastive.data import dipole, findings, morphology, noise, phenotype, reports
+from ecg_contrastive.data import dipole, findings, morphology, noise, phenotype, plan, reports
 from ecg_contrastive.data import rhythm as rh
 from ecg_contrastive.data.signal import LEADS, NUM_SAMPLES, SAMPLE_RATE, from_independent, to_units
 
@@ -89,9 +89,9 @@ def _chunk(rng: np.random.Generator, traits: dict[str, np.ndarray], patient_of: 
   labels = findings.draw_labels(rng, primaries)
   heart = morphology.normal_hearts(rng, traits, patient_of)
   rate = np.clip(traits["hr"][patient_of] + rng.normal(0, 4, n), 56, 96)
-  plan = phenotype.Plan(heart, rh.Rhythm.sinus(rate, traits["pr"][patient_of] + rng.normal(0, 6, n)), labels, rng)
-  phenotype.apply_findings(rng, plan)
-  r = plan.rhythm
+  chunk = plan.Plan(heart, rh.Rhythm.sinus(rate, traits["pr"][patient_of] + rng.normal(0, 6, n)), labels, rng)
+  phenotype.apply_findings(rng, chunk)
+  r = chunk.rhythm
   ventricular = (r.kind == rh.VT) | (r.kind == rh.PACED_RHYTHM) | ((r.kind == rh.CAVB) & r.escape_wide)
   morphology.calibrate_voltage(rng, heart, ventricular)
   beats = [rh.schedule(rng, r, i) for i in range(n)]
@@ -108,11 +108,12 @@ def _chunk(rng: np.random.Generator, traits: dict[str, np.ndarray], patient_of: 
     _add_atrial_activity(rng, leads, heart.atrial[block], gains[block], heart.rotation[block],
                          [beats[i] for i in block])
     if noisy:
-      noise.add_noise(rng, leads, pools, plan.wander[block], plan.emg[block], plan.mains[block], plan.mains_hz[block])
+      noise.add_noise(rng, leads, pools, chunk.wander[block], chunk.emg[block], chunk.mains[block],
+                      chunk.mains_hz[block])
     swapped = heart.arms_swapped[block]  # LA/RA exchanged: I -> -I, II -> III
     leads[swapped, :, 0], leads[swapped, :, 1] = -leads[swapped, :, 0], leads[swapped, :, 1] - leads[swapped, :, 0]
     ecg[block] = to_units(from_independent(leads), "synthetic ECG")
-  text = [reports.write_report(rng, labels[i], plan.where[i]) for i in range(n)]
+  text = [reports.write_report(rng, labels[i], chunk.where[i]) for i in range(n)]
   primary = [findings.primary_of(l) for l in labels]
   assert primary == list(primaries), "draw_labels broke the primary-label rule"
   return Records(ecg, text, labels, primary, [], [], beats)

@@ -1,0 +1,76 @@
+"""Finding effects on the rhythm plan: sinus rate, AF, flutter, junctional and ventricular rhythms,
+pacing, AV block and premature beats (see phenotype.py for the order they run in)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ecg_contrastive.data import rhythm as rh
+from ecg_contrastive.data.dipole import W, frontal
+from ecg_contrastive.data.plan import Effect, rhythm_kind, unit
+
+
+def fibrillation(rng, idx, plan):
+  rhythm_kind(rh.AF, 70, 130)(rng, idx, plan)
+  plan.heart.atrial[idx] = frontal(rng.uniform(60, 100, len(idx)), rng.uniform(0.5, 0.7, len(idx))) \
+      * rng.uniform(0.04, 0.1, (len(idx), 1))
+
+
+def flutter(rng, idx, plan):
+  r, m = plan.rhythm, len(idx)
+  r.kind[idx] = rh.FLUTTER
+  r.flutter_rate[idx] = rng.uniform(260, 320, m)
+  r.flutter_ratio[idx] = rng.choice([2, 4, 0], m, p=[0.45, 0.35, 0.2])
+  plan.heart.atrial[idx] = frontal(rng.uniform(80, 100, m), rng.uniform(-0.1, 0.3, m)) * rng.uniform(0.15, 0.3, (m, 1))
+
+
+def junctional(rng, idx, plan):
+  rhythm_kind(rh.JUNCTIONAL, 40, 58)(rng, idx, plan)
+  plan.heart.vector[idx, W["PX"]] = frontal(rng.uniform(-100, -75, len(idx)), 0.0) * rng.uniform(0.08, 0.14, (len(idx), 1))
+
+
+def svt(rng, idx, plan):
+  rhythm_kind(rh.SVT, 160, 210)(rng, idx, plan)
+  plan.heart.vector[idx, W["PX"]] = frontal(np.full(len(idx), -90.0), 0.0) * rng.uniform(0.03, 0.06, (len(idx), 1))
+
+
+def ectopic_focus(rng, idx, plan):
+  """A random ventricular focus for every record: wide, bizarre QRS with a discordant T."""
+  h, m = plan.heart, len(idx)
+  q1 = unit(rng.normal(size=(m, 3))) * rng.uniform(1.2, 2.0, (m, 1))
+  q2 = unit(unit(q1) + unit(rng.normal(size=(m, 3))) * 1.2) * rng.uniform(0.6, 1.1, (m, 1))
+  h.vector[idx, W["VQ1"]], h.vector[idx, W["VQ2"]] = q1, q2
+  h.vector[idx, W["VT"]] = -unit(q1 + q2) * rng.uniform(0.35, 0.55, (m, 1))
+
+
+def paced(rng, idx, plan):
+  h, m = plan.heart, len(idx)
+  plan.rhythm.kind[idx] = rh.PACED_RHYTHM
+  plan.rhythm.rate[idx] = rng.uniform(60, 85, m)
+  plan.rhythm.pr[idx] = rng.uniform(140, 170, m)  # AV delay
+  h.vector[idx, W["SPIKE"]] = frontal(rng.uniform(-120, -60, m), rng.uniform(-0.3, 0.3, m)) * rng.uniform(2, 4, (m, 1))
+  q1 = frontal(rng.uniform(-75, -45, m), rng.uniform(-0.7, -0.5, m)) * rng.uniform(1.0, 1.5, (m, 1))
+  q2 = frontal(rng.uniform(-40, -10, m), rng.uniform(-0.8, -0.6, m)) * rng.uniform(0.6, 1.0, (m, 1))
+  h.vector[idx, W["VQ1"]], h.vector[idx, W["VQ2"]] = q1, q2
+  h.vector[idx, W["VT"]] = -unit(q1 + q2) * rng.uniform(0.3, 0.5, (m, 1))
+
+
+def cavb(rng, idx, plan):
+  r, m = plan.rhythm, len(idx)
+  rhythm_kind(rh.CAVB, 65, 95)(rng, idx, plan)
+  r.escape_wide[idx] = rng.random(m) < 0.6
+  r.escape_rate[idx] = np.where(r.escape_wide[idx], rng.uniform(28, 40, m), rng.uniform(38, 50, m))
+
+
+def wenckebach(rng, idx, plan):
+  rhythm_kind(rh.WENCKEBACH, 70, 100)(rng, idx, plan)
+  plan.rhythm.group[idx] = rng.choice([3, 4, 5], len(idx))
+  plan.rhythm.pr[idx] = rng.uniform(160, 210, len(idx))
+
+
+def premature_beats(attr: str) -> Effect:
+  """Premature beats per 10 s: 2-4, so one strip shows the pattern (and its pause) more than once."""
+  def effect(rng, idx, plan):
+    getattr(plan.rhythm, attr)[idx] = rng.choice([2, 3, 4], len(idx), p=[0.4, 0.4, 0.2])
+  return effect
+
