@@ -57,6 +57,16 @@ def test_shards_are_byte_identical_across_builds(data_dir, tmp_path):
       assert a.read() == b.read(), name
 
 
+def test_splits_over_the_memory_buffer_spill_to_disk_without_tensorflow(data_dir, tmp_path, monkeypatch):
+  from tensorflow_datasets.core import shuffle
+  monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1 << 20)  # 1 MB: every split goes through disk buckets
+  tfds.builder(DATASET, data_dir=str(tmp_path)).download_and_prepare()
+  spilled, in_memory = _shards(str(tmp_path)), _shards(data_dir)
+  for name in in_memory:
+    with open(spilled[name], "rb") as a, open(in_memory[name], "rb") as b:
+      assert a.read() == b.read(), name
+
+
 def test_splits_are_disjoint_by_patient(data_dir):
   metas = {s: pipeline.open_source(DATASET, s, data_dir).meta for s in ("train", "validation", "test")}
   patients = {s: set(m.patient_id) for s, m in metas.items()}

@@ -115,7 +115,8 @@ def _chunk(rng: np.random.Generator, traits: dict[str, np.ndarray], patient_of: 
     ecg[block] = to_units(from_independent(leads), "synthetic ECG")
   text = [reports.write_report(rng, labels[i], chunk.where[i]) for i in range(n)]
   primary = [findings.primary_of(l) for l in labels]
-  assert primary == list(primaries), "draw_labels broke the primary-label rule"
+  if primary != list(primaries):
+    raise RuntimeError("findings.draw_labels gave a record a finding that outranks its primary label")
   return Records(ecg, text, labels, primary, [], [], beats)
 
 
@@ -124,7 +125,7 @@ def _events(rng: np.random.Generator, heart: morphology.Heart, r: rh.Rhythm, bea
   n = len(beats)
   breath = rng.uniform(3000, 5000, n)
   phase = rng.uniform(0, 2 * np.pi, n)
-  nominal = np.where(np.isin(r.kind, [rh.CAVB]), r.escape_rate, r.rate)
+  nominal = np.where(r.kind == rh.CAVB, r.escape_rate, r.rate)  # ventricular rate before the first beat
   streams = []
   for times, kinds, table in (("atrial_t", "atrial_kind", dipole.ATRIAL_WAVES),
                               ("vent_t", "vent_kind", dipole.VENTRICULAR_WAVES)):
