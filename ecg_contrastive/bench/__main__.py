@@ -179,9 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "profile" in row:
       from ecg_contrastive.bench.trace_summary import format_summary
       print(f"\n{row['impl']} at batch {row['batch']}: " + format_summary(row["profile"]))
-  for row in rows:
-    if "error" in row:
-      print(f"\n{row['impl']} at batch {row['batch']} failed: {row['error']}")
+    for key in ("error", "profile_error"):
+      if key in row:
+        print(f"\n{row['impl']} at batch {row['batch']}, {key.replace('_', ' ')}: {row[key]}")
   print(f"\nwrote {', '.join(paths)}")
   print(results.format_meta(meta))
   print(results.format_table(rows, columns), flush=True)

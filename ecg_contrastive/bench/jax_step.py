@@ -7,6 +7,7 @@ the per-device memory plan.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import jax
@@ -20,6 +21,7 @@ from ecg_contrastive.bench.workload import Workload
 from ecg_contrastive.bench.xla_stats import compiled_bytes_per_device, compiled_flops, peak_device_bytes
 from ecg_contrastive.sharding import data_sharding, make_mesh, replicated
 
+log = logging.getLogger("ecg_contrastive.bench")
 SCHEDULE_STEPS = 100_000  # length of the learning-rate schedule; speed does not depend on it
 
 
@@ -66,5 +68,9 @@ def bench_project_step(workload: Workload, batch_size: int, host_batches: list[d
                  peak_device_bytes(list(step.mesh.devices.flat)), compiled_bytes_per_device(step.compiled),
                  compiled_flops(step.compiled))
   if profile_dir:
-    row["profile"] = trace_summary.trace_steps(run_step, step.sync, steps, profile_dir)
+    try:
+      row["profile"] = trace_summary.trace_steps(run_step, step.sync, steps, profile_dir)
+    except Exception as e:  # noqa: BLE001  (the timing stands without its profile)
+      log.exception("profiling failed")
+      row["profile_error"] = f"{type(e).__name__}: {e}"[:500]
   return row
