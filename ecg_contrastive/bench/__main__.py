@@ -25,7 +25,10 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+  from ecg_contrastive.bench.workload import Workload
 
 
 def _ints(text: str) -> list[int]:
@@ -95,7 +98,7 @@ def _force_cpu_devices(count: int) -> None:
   os.environ["XLA_FLAGS"] = " ".join(flags + [flag])
 
 
-def _workload(args: argparse.Namespace):
+def _workload(args: argparse.Namespace) -> Workload:
   """The preset workload, with --dtype applied."""
   import dataclasses
 
