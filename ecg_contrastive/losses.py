@@ -18,15 +18,6 @@ from jax.sharding import Mesh, PartitionSpec as P
 from ecg_contrastive.sharding import DATA_AXIS
 
 
-def _targets(local_ids: jnp.ndarray | None, global_ids: jnp.ndarray | None, b: int, B: int) -> jnp.ndarray:
-  """(b, B) target distribution over columns for the local rows."""
-  if local_ids is None:
-    offset = jax.lax.axis_index(DATA_AXIS) * b
-    return jax.nn.one_hot(offset + jnp.arange(b), B, dtype=jnp.float32)
-  same = (local_ids[:, None] == global_ids[None, :]).astype(jnp.float32)
-  return same / jnp.sum(same, axis=1, keepdims=True)
-
-
 def _local_softmax_loss(ecg, txt, scale, ids):
   """Per-device body: ecg, txt (b, E) unit-norm, scale (), ids (b,) or None -> (loss, accuracy)."""
   b = ecg.shape[0]
@@ -34,13 +25,20 @@ def _local_softmax_loss(ecg, txt, scale, ids):
   txt_all = jax.lax.all_gather(txt, DATA_AXIS, tiled=True)
   B = ecg_all.shape[0]
   ids_all = None if ids is None else jax.lax.all_gather(ids, DATA_AXIS, tiled=True)
-  targets = _targets(ids, ids_all, b, B)
   logits_e2t = scale * jnp.dot(ecg, txt_all.T, preferred_element_type=jnp.float32)  # (b, B)
   logits_t2e = scale * jnp.dot(txt, ecg_all.T, preferred_element_type=jnp.float32)  # (b, B)
-  loss_e2t = -jnp.sum(targets * jax.nn.log_softmax(logits_e2t, axis=-1), axis=-1)
-  loss_t2e = -jnp.sum(targets * jax.nn.log_softmax(logits_t2e, axis=-1), axis=-1)
+  if ids is None:  # one positive per row: global column offset + i
+    own = (jax.lax.axis_index(DATA_AXIS) * b + jnp.arange(b))[:, None]
+    pick = lambda logits: jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), own, axis=1)[:, 0]
+    loss_e2t, loss_t2e = -pick(logits_e2t), -pick(logits_t2e)
+    hit = jnp.argmax(logits_e2t, axis=-1) == own[:, 0]
+  else:  # every column with the same report is a positive; the target spreads evenly over them
+    same = (ids[:, None] == ids_all[None, :]).astype(jnp.float32)
+    targets = same / jnp.sum(same, axis=1, keepdims=True)
+    loss_e2t = -jnp.sum(targets * jax.nn.log_softmax(logits_e2t, axis=-1), axis=-1)
+    loss_t2e = -jnp.sum(targets * jax.nn.log_softmax(logits_t2e, axis=-1), axis=-1)
+    hit = jnp.take_along_axis(same, jnp.argmax(logits_e2t, axis=-1)[:, None], axis=1)[:, 0] > 0
   loss = jax.lax.psum(jnp.sum(loss_e2t) + jnp.sum(loss_t2e), DATA_AXIS) / (2 * B)
-  hit = jnp.take_along_axis(targets, jnp.argmax(logits_e2t, axis=-1)[:, None], axis=1)[:, 0] > 0
   accuracy = jax.lax.psum(jnp.sum(hit.astype(jnp.float32)), DATA_AXIS) / B
   return loss, accuracy
 

@@ -1,4 +1,4 @@
-"""The project's own training step (ecg_contrastive.train.make_train_step), timed on device-resident inputs.
+"""The project's own training step (ecg_contrastive.step.make_train_step), timed on device-resident inputs.
 
 The step is lowered and compiled once; the compiled executable is what is timed (same HLO, same
 buffer donation as the jitted step the training loop calls) and what gives the XLA FLOP count and
@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ecg_contrastive import train
+from ecg_contrastive import step as step_lib
 from ecg_contrastive.bench import trace_summary
 from ecg_contrastive.bench.rows import step_row
 from ecg_contrastive.bench.timing import time_windows
@@ -31,11 +31,11 @@ class ProjectStep:
   def __init__(self, workload: Workload, batch_size: int, table: np.ndarray, example_batch: dict[str, Any]):
     config = workload.config(batch_size)
     self.mesh = make_mesh()
-    model = train.make_model(config)
-    tx, schedule = train.make_optimizer(config, SCHEDULE_STEPS)
-    self.state = train.init_state(config, model, tx, workload.text_dim, self.mesh)
+    model = step_lib.make_model(config)
+    tx, schedule = step_lib.make_optimizer(config, SCHEDULE_STEPS)
+    self.state = step_lib.init_state(config, model, tx, workload.text_dim, self.mesh)
     self.table = jax.device_put(table, replicated(self.mesh))
-    step = train.make_train_step(config, model, tx, schedule, self.mesh)
+    step = step_lib.make_train_step(config, model, tx, schedule, self.mesh)
     self.compiled = step.lower(self.state, self.put(example_batch), self.table).compile()
     self.metrics: dict[str, jax.Array] = {}
 

@@ -64,7 +64,8 @@ class EcgSource:
     if out is None:
       out = np.empty((len(indices),) + self.ecg.shape[1:], self.ecg.dtype)
     if np.all(indices[1:] >= indices[:-1]):
-      return np.take(self.ecg, indices, axis=0, out=out)
+      # mode="clip": indices are checked above; the default "raise" buffers the whole output (4-6x slower)
+      return np.take(self.ecg, indices, axis=0, out=out, mode="clip")
     order = np.argsort(indices, kind="stable")
     out[order] = self.ecg[indices[order]]
     return out
