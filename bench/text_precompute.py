@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import platform
 import statistics
 import sys
@@ -76,19 +77,22 @@ class TorchBaseline:
     self.model = BertModel.from_pretrained(model_dir).eval()
     self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     self.batch_size, self.max_length = batch_size, max_length
+    self.padded_tokens: dict[bool, int] = {}  # sort_by_length -> token slots computed by the last call
 
   def __call__(self, texts: list[str], sort_by_length: bool) -> np.ndarray:
     if sort_by_length:
       lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
       texts = [texts[i] for i in np.argsort(lengths, kind="stable")]
-    out = []
+    out, padded = [], 0
     with self.torch.inference_mode():
       for start in range(0, len(texts), self.batch_size):
         batch = self.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
                                max_length=self.max_length, return_tensors="pt")
+        padded += batch["input_ids"].numel()
         hidden = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).float()
         out.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
+    self.padded_tokens[sort_by_length] = padded
     return np.concatenate(out)
 
 
@@ -101,7 +105,13 @@ def main() -> None:
   parser.add_argument("--model-dir", help="a local HF BERT directory (default: a base-size random stand-in)")
   args = parser.parse_args()
 
-  work = tempfile.mkdtemp(prefix="bench_text_")
+  load_start = os.getloadavg()[0]
+  with tempfile.TemporaryDirectory(prefix="bench_text_") as work:
+    run(args, work, load_start)
+
+
+def run(args: argparse.Namespace, work: str, load_start: float) -> None:
+  """Writes the model (unless given) and the caches under `work`; prints the table."""
   model_dir = args.model_dir or write_standin_model(f"{work}/model", hidden_size=768, num_layers=12,
                                                     num_heads=12)
   texts = make_reports(args.num_texts)
@@ -120,19 +130,22 @@ def main() -> None:
           "torch BertModel, our length-sorted batches": lambda i: torch_run(texts, sort_by_length=True)}
   times: dict[str, list[float]] = {name: [] for name in rows}
   for window in range(args.windows):
-    for name, run in rows.items():
+    for name, embed in rows.items():
       start = time.perf_counter()
-      run(window)
+      embed(window)
       times[name].append(time.perf_counter() - start)
       print(f"window {window}: {name}: {len(texts) / times[name][-1]:.2f} reports/s", file=sys.stderr)
 
   s = table.summary
   versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in ("jax", "flax", "torch", "transformers"))
-  print(f"\nmachine: {platform.processor() or platform.machine()}, {s['devices']} JAX device(s), torch threads 2; "
-        f"{versions}; python {platform.python_version()}")
+  print(f"\nmachine: {os.cpu_count()} cores {platform.machine()}, {s['devices']} JAX device(s), torch threads 2, "
+        f"load average at start/end {load_start:.1f}/{os.getloadavg()[0]:.1f}; {versions}; "
+        f"python {platform.python_version()}")
   print(f"texts: {len(texts)} unique reports, {s['tokens'] / len(texts):.1f} tokens/report on average "
         f"(max {args.max_length}), batch {args.batch_size}; ours pads {s['padded_tokens']} token slots for "
-        f"{s['tokens']} tokens in {s['shapes']} shapes; ours cold (compiling): {len(texts) / cold_s:.2f} reports/s\n")
+        f"{s['tokens']} tokens in {s['shapes']} shapes; torch {torch_run.padded_tokens[False]} in data order, "
+        f"{torch_run.padded_tokens[True]} sorted; "
+        f"ours cold (compiling): {len(texts) / cold_s:.2f} reports/s\n")
   base = statistics.median(times["torch BertModel, data order"])
   print("| implementation | reports/s (median) | min-max | vs torch data order |")
   print("|---|---|---|---|")

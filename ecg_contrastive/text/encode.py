@@ -1,8 +1,9 @@
 """Batched, data-parallel forward of the frozen text encoder over length buckets.
 
-Texts are sorted by token count and cut into batches of `batch_size`; each batch is
-padded to a bucketed length (at most ~25% padding, see `bucket_length`) so the number
-of distinct shapes, hence of XLA compilations, stays small. Rows are padded to a
+Texts are sorted by token count and grouped by bucketed length (`bucket_length`: under
+25% padding), then cut into batches of at most `batch_size` within each bucket, so
+padding stays small and so does the number of distinct shapes, hence of XLA
+compilations (at most two per bucket length). Rows are padded to a
 multiple of the local device count and sharded over a 1-D mesh ('data',) of all local
 devices; the parameters are replicated. Dispatch is asynchronous: the host packs the
 next batch while the devices run the current one.
@@ -22,14 +23,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ecg_contrastive.models.bert import check_pooling, pool
 
 
-def bucket_length(longest: int, max_length: int) -> int:
-  """Padded length for a batch whose longest text has `longest` tokens.
+def bucket_length(tokens: np.ndarray | int, max_length: int) -> np.ndarray:
+  """Padded length of texts with `tokens` tokens (array or scalar, elementwise).
 
-  Rounds up to a multiple of max(8, 2**(floor(log2(longest)) - 2)): 8 up to 63 tokens,
-  16 up to 127, 32 up to 255, ...; never beyond max_length.
+  Rounds up to a multiple of max(8, 2**(floor(log2(tokens)) - 2)): 8 up to 63 tokens,
+  16 up to 127, 32 up to 255, ... (under 25% padding); never beyond max_length.
   """
-  step = max(8, 1 << max(longest.bit_length() - 3, 0))
-  return min(-(-longest // step) * step, max_length)
+  n = np.asarray(tokens, np.int64)
+  bits = np.floor(np.log2(np.maximum(n, 1))).astype(np.int64) + 1  # n.bit_length()
+  step = np.maximum(8, np.left_shift(1, np.maximum(bits - 3, 0)))
+  return np.minimum(-(-n // step) * step, max_length)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,16 +45,19 @@ class Batch:
 def plan_batches(lengths: np.ndarray, batch_size: int, num_devices: int, max_length: int) -> list[Batch]:
   """lengths (N,) token counts -> batches in increasing length order covering every index once.
 
-  Full batches have `batch_size` rows rounded up to a multiple of `num_devices`; the last
-  one has the next power of two above its size (same rounding), to bound its waste.
+  A batch never straddles two bucket lengths: it holds up to `batch_size` texts of one
+  bucket, so no text is padded by more than the bucket step. Rows are rounded up to a
+  multiple of `num_devices`. Shapes: at most two per bucket length (full batches and
+  the bucket's remainder).
   """
   order = np.argsort(lengths, kind="stable")
-  round_up = lambda n: -(-n // num_devices) * num_devices
+  buckets = bucket_length(np.asarray(lengths)[order], max_length)
   batches = []
-  for start in range(0, len(order), batch_size):
-    idx = order[start:start + batch_size]
-    rows = round_up(min(batch_size, 1 << (len(idx) - 1).bit_length()))
-    batches.append(Batch(idx, rows, bucket_length(int(lengths[idx].max()), max_length)))
+  for length in np.unique(buckets):
+    in_bucket = order[buckets == length]  # contiguous: buckets are sorted
+    for start in range(0, len(in_bucket), batch_size):
+      idx = in_bucket[start:start + batch_size]
+      batches.append(Batch(idx, -(-len(idx) // num_devices) * num_devices, int(length)))
   return batches
 
 

@@ -132,7 +132,7 @@ def embed_texts(texts: Sequence[str], model_dir: str, *, pooling: str = "mean", 
     embeddings, counts = _embed_share(unique, model_dir, pooling, max_length, batch_size, dtype, progress)
     counts = {**counts, "devices": jax.local_device_count(), "processes": jax.process_count(),
               "embed_seconds": round(time.perf_counter() - start, 3)}
-    cache.save(cache_dir, key, embeddings, {**settings, "texts": len(unique), "summary": counts})
+    cache.save(cache_dir, key, embeddings, {**settings, "unique": len(unique), "summary": counts})
   summary = {"texts": len(texts), "unique": len(unique), **counts, **settings, "dim": embeddings.shape[1],
              "seconds": round(time.perf_counter() - start, 3), "from_cache": hit is not None}
   _log(summary)
