@@ -150,6 +150,10 @@ def test_bad_arguments_and_model_directories_give_clear_errors(standin, tmp_path
       embed_texts(["洞調律"], standin, cache_dir=str(tmp_path), progress=False, **kw)
   broken = tmp_path / "broken"
   shutil.copytree(standin, broken)
+  with open(broken / "vocab.txt", "a") as f:
+    f.write("追加1\n追加2\n")
+  with pytest.raises(ValueError, match="the tokenizer has 21540 tokens but config.json has vocab_size 21538"):
+    embed_texts(["洞調律"], str(broken), cache_dir=str(tmp_path), progress=False)
   os.remove(broken / "vocab.txt")
   os.remove(broken / "tokenizer_config.json")
   with pytest.raises(FileNotFoundError, match="has no tokenizer files"):

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+log = logging.getLogger(__name__)
+
 _FAMILIES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "camembert": "roberta"}
 _ACTIVATIONS = {
   "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -233,7 +235,7 @@ def load_hf_encoder(model_dir: str, dtype: Any = jnp.float32) -> tuple[BertEncod
                      f"{config.num_hidden_layers} layers; missing {missing or 'none'}; "
                      f"unexpected {unexpected or 'none'}")
   if skipped:
-    logging.info("%s: skipped %d pre-training head tensors (%s ...)", required[1], len(skipped), skipped[0])
+    log.info("%s: skipped %d pre-training head tensors (%s ...)", required[1], len(skipped), skipped[0])
   module = BertEncoder(config, with_pooler=with_pooler, dtype=dtype)
   shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32),
                           jnp.ones((1, 1), jnp.int32))["params"]

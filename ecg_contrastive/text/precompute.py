@@ -23,6 +23,8 @@ from ecg_contrastive.text import cache
 from ecg_contrastive.text.encode import Encoder, embed_token_ids
 from ecg_contrastive.text.tokenizer import check_texts, load_tokenizer, tokenize
 
+log = logging.getLogger(__name__)
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Japanese prompt templates for the 98 labels; '{}' is replaced by the label.
 DEFAULT_LABEL_TEMPLATES = ("{}", "{}を認める。", "{}の所見。", "心電図所見：{}")
@@ -78,6 +80,9 @@ def _embed_share(unique: list[str], model_dir: str, pooling: str, max_length: in
     raise ValueError(f"max_length {max_length} exceeds the {positions} positions of {model_dir!r}")
   encoder = Encoder(module, params, pooling)
   tokenizer = load_tokenizer(model_dir)
+  if len(tokenizer) > config.vocab_size:
+    raise ValueError(f"{model_dir!r}: the tokenizer has {len(tokenizer)} tokens but config.json has "
+                     f"vocab_size {config.vocab_size}; the tokenizer files belong to another model")
   count, index = jax.process_count(), jax.process_index()
   share = -(-len(unique) // count)
   tokenized = tokenize(unique[index * share:(index + 1) * share], tokenizer, max_length)
@@ -140,10 +145,10 @@ def embed_texts(texts: Sequence[str], model_dir: str, *, pooling: str = "mean", 
 
 
 def _log(summary: dict) -> None:
-  logging.info("text precompute: %d texts, %d unique, %.1f s%s", summary["texts"], summary["unique"],
+  log.info("text precompute: %d texts, %d unique, %.1f s%s", summary["texts"], summary["unique"],
                summary["seconds"], " (from cache)" if summary["from_cache"] else "")
   if summary["empty"] or summary["truncated"] or summary["unk_tokens"]:
-    logging.warning("text precompute: %d empty texts, %d truncated to %d tokens, %d [UNK] tokens in %d "
+    log.warning("text precompute: %d empty texts, %d truncated to %d tokens, %d [UNK] tokens in %d "
                     "texts (e.g. %s)", summary["empty"], summary["truncated"], summary["max_length"],
                     summary["unk_tokens"], summary["texts_with_unk"], summary["unk_examples"])
 
