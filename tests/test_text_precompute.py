@@ -54,8 +54,9 @@ def test_standin_is_byte_identical_idempotent_and_refuses_foreign_dirs(standin, 
 def test_standin_vocabulary_and_character_tokenizer(standin):
   vocab = standin_vocabulary()
   assert len(vocab) == len(set(vocab)) == json.load(open(os.path.join(standin, "config.json")))["vocab_size"]
-  required = set("".join(term_names())) | set("ぁゖァヺヵヶーｰ・。、：（）「」〜ＡＺ０９") | {chr(c) for c in range(0x21, 0x7F)}
-  required |= {"\u4e00", "\u9fff", "洞", "脈", "拍", "房", "疑", "伴"}
+  required = set("".join(term_names())) | {chr(c) for c in range(0x21, 0x7F)}  # terms, ASCII
+  required |= set("ぁゖァヺヵヶーｰ・。、：（）「」〜ＡＺ０９αβμ→±")  # kana, punctuation, full width
+  required |= {"\u4e00", "\u9fff", "洞", "脈", "拍", "房", "疑", "伴"}  # CJK ideographs
   assert required - set(vocab) == {"ｰ"}  # half-width katakana is left to NFKC
   tokenizer = load_tokenizer(standin)
   assert type(tokenizer).__name__ == "BertJapaneseTokenizer"
