@@ -33,23 +33,26 @@ def read_metrics(workdir):
 
 
 def test_training_learns_and_writes_its_outputs(data_dirs, tmp_path):
-  config = tiny_config(data_dirs, num_steps=60, log_every=10, checkpoint_every=30)
-  config.optimizer.warmup_steps = 10
+  """~1-2 minutes: the tiny model on the 2,000-record split learns far beyond both baselines."""
+  config = tiny_config(data_dirs, dataset="synthetic_ecg_ja/small", num_steps=150, batch_size=64,
+                       log_every=25, checkpoint_every=75)
+  config.optimizer.update(lr=3e-3, warmup_steps=15)
   results = train.train_and_evaluate(config, str(tmp_path))
   losses = [m["loss"] for m in read_metrics(tmp_path) if "loss" in m]
   assert len(losses) == 6
-  assert np.mean(losses[-2:]) < 0.8 * losses[0], losses
+  assert np.mean(losses[-2:]) < 0.6 * losses[0], losses
   for split in config.eval_splits:
     m = results[split]
-    assert m["top1"] >= 5 * m["chance_top1"], (split, m["top1"])
-    assert m["top5"] >= 3 * m["chance_top5"], (split, m["top5"])
+    assert m["top1"] >= 10 * m["chance_top1"] and m["top1"] >= 1.5 * m["majority_top1"], (split, m["top1"])
+    assert m["top5"] >= 5 * m["chance_top5"], (split, m["top5"])
+    assert m["macro_auroc"] > 0.75, (split, m["macro_auroc"])
     assert os.path.exists(tmp_path / "eval" / f"{split}.json")
     assert os.path.exists(tmp_path / "eval" / f"{split}_per_label.png")
   on_disk = json.load(open(tmp_path / "eval" / "test.json"))
   assert on_disk["top1"] == pytest.approx(results["test"]["top1"])
   assert {"top1", "top5", "chance_top1", "majority_top1", "per_label", "superset_top1", "macro_auroc",
           "ecg_to_report_r@1"} <= set(on_disk)
-  assert sorted(checkpoints.make_manager(str(tmp_path)).all_steps()) == [30, 60]
+  assert sorted(checkpoints.make_manager(str(tmp_path)).all_steps()) == [75, 150]
   assert os.listdir(tmp_path / "tb")
 
 
