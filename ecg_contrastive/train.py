@@ -70,15 +70,15 @@ def embed_texts(config, sources: dict[str, pipeline.EcgSource], labels: list[ter
 
 def embed_split(model: TwoTower, state: dict, source: pipeline.EcgSource, batch_size: int, mesh) -> np.ndarray:
   """(N, E) unit-norm ECG embeddings of every record of a split, in record order (eval-mode BN)."""
-  encode = jax.jit(lambda v, ecg: model.apply(v, step_lib.ecg_millivolts(ecg), method=TwoTower.encode_ecg),
-                   out_shardings=replicated(mesh))
+  # Outputs replicated: every process then holds the whole batch's embeddings and record indices.
+  encode = jax.jit(lambda v, ecg, index, mask: (model.apply(v, step_lib.ecg_millivolts(ecg), method=TwoTower.encode_ecg),
+                                                index, mask), out_shardings=replicated(mesh))
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   out = np.zeros((len(source), model.embed_dim), np.float32)
   batches = pipeline.BatchIterator(source, global_batch_size=batch_size, mesh=mesh, seed=0, shuffle=False,
                                    drop_remainder=False, num_epochs=1)
   for batch in batches:
-    emb = np.asarray(encode(variables, batch["ecg"]))
-    index, mask = np.asarray(jax.device_get(batch["index"])), np.asarray(jax.device_get(batch["mask"]))
+    emb, index, mask = (np.asarray(x) for x in encode(variables, batch["ecg"], batch["index"], batch["mask"]))
     out[index[mask]] = emb[mask]
   return out
 

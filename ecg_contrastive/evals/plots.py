@@ -26,7 +26,7 @@ def plot_per_label(metrics: dict, path: str, title: str) -> None:
   ax.set_xlim(0, 1)
   ax.axvline(metrics["chance_top1"], color="gray", ls=":", lw=1)
   ax.set_xlabel("accuracy")
-  ax.set_title(f"{title}: top-1 {metrics['top1']:.3f}, top-5 {metrics['top5']:.3f} "
+  ax.set_title(f"{title}\ntop-1 {metrics['top1']:.3f}, top-5 {metrics['top5']:.3f} "
                f"(chance {metrics['chance_top1']:.3f}, majority {metrics['majority_top1']:.3f})", fontsize=9)
   ax.legend(loc="lower right", fontsize=8)
   fig.tight_layout()
