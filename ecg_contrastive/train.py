@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -47,7 +48,9 @@ def text_model_dir(config: ml_collections.ConfigDict) -> str:
   if config.text.model_dir:
     return config.text.model_dir
   root = config.text.cache_dir or text_cache.default_cache_dir()
-  return standin.write_standin_model(os.path.join(root, "standin_bert_ja"), **config.text.standin.to_dict())
+  kw = config.text.standin.to_dict()  # one directory per stand-in size: configs of different sizes coexist
+  name = "standin_bert_ja_" + "_".join(f"{k}{v}" for k, v in sorted(kw.items()))
+  return standin.write_standin_model(os.path.join(root, name), **kw)
 
 
 def embed_texts(config, sources: dict[str, pipeline.EcgSource], labels: list[terms.Term]):
