@@ -44,7 +44,6 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save step at INFO
   logging.getLogger("ecg_contrastive").setLevel(logging.INFO)
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-  import jax
   if FLAGS.distributed:
     init_distributed()
   if FLAGS.mode == "export":
