@@ -71,13 +71,17 @@ def embed_texts(config, sources: dict[str, pipeline.EcgSource], labels: list[ter
 # ----------------------------------------------------------------------------- evaluation
 
 
-def embed_split(model: TwoTower, state: dict, source: pipeline.EcgSource, batch_size: int, mesh) -> np.ndarray:
+def make_ecg_encoder(model: TwoTower, mesh):
+  """jit(variables, ecg, index, mask) -> (embeddings, index, mask), replicated so that every process
+  holds the whole batch's embeddings and record indices. Compiled once, used for every split."""
+  return jax.jit(lambda v, ecg, index, mask: (model.apply(v, step_lib.ecg_millivolts(ecg), method=TwoTower.encode_ecg),
+                                              index, mask), out_shardings=replicated(mesh))
+
+
+def embed_split(encode, state: dict, source: pipeline.EcgSource, batch_size: int, embed_dim: int, mesh) -> np.ndarray:
   """(N, E) unit-norm ECG embeddings of every record of a split, in record order (eval-mode BN)."""
-  # Outputs replicated: every process then holds the whole batch's embeddings and record indices.
-  encode = jax.jit(lambda v, ecg, index, mask: (model.apply(v, step_lib.ecg_millivolts(ecg), method=TwoTower.encode_ecg),
-                                                index, mask), out_shardings=replicated(mesh))
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  out = np.zeros((len(source), model.embed_dim), np.float32)
+  out = np.zeros((len(source), embed_dim), np.float32)
   batches = pipeline.BatchIterator(source, global_batch_size=batch_size, mesh=mesh, seed=0, shuffle=False,
                                    drop_remainder=False, num_epochs=1)
   for batch in batches:
@@ -91,11 +95,12 @@ def evaluate(config, model, state, sources, table, label_emb, labels, mesh, work
   params = state["params"]
   project = jax.jit(lambda p, x: model.apply({"params": p}, x, method=TwoTower.encode_text))
   z_labels = np.asarray(project(params, jnp.asarray(label_emb)))
+  encode = make_ecg_encoder(model, mesh)
   os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
   results = {}
   for split in config.eval_splits:
     source = sources[split]
-    z_ecg = embed_split(model, state, source, config.eval_batch_size, mesh)
+    z_ecg = embed_split(encode, state, source, config.eval_batch_size, model.embed_dim, mesh)
     meta = source.meta
     metrics = zero_shot_metrics(z_ecg, z_labels, [t.ja for t in labels], [t.group_ja for t in labels],
                                 meta.primary_label, meta.labels)
