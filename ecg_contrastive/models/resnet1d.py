@@ -20,6 +20,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ecg_contrastive.models.batch_norm import BatchNorm
+
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
 
@@ -30,10 +32,10 @@ def conv1d(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn
                  dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
-def batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-  """BatchNorm matching PyTorch defaults (momentum 0.1 there = 0.9 here, eps 1e-5)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                      param_dtype=jnp.float32, name=name)
+def batch_norm(dtype: Any, name: str, relu: bool = False) -> BatchNorm:
+  """BatchNorm (+ ReLU) matching PyTorch defaults (momentum 0.1 there = 0.9 here, eps 1e-5); its backward
+  pass keeps only its compute-dtype input (models/batch_norm.py)."""
+  return BatchNorm(momentum=0.9, epsilon=1e-5, dtype=dtype, relu=relu, name=name)
 
 
 class BasicBlock(nn.Module):
@@ -45,12 +47,12 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     y = conv1d(self.features, 3, self.stride, self.dtype, "conv1")(x)
-    y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
+    y = batch_norm(self.dtype, "bn1", relu=True)(y, train)
     y = conv1d(self.features, 3, 1, self.dtype, "conv2")(y)
-    y = batch_norm(train, self.dtype, "bn2")(y)
+    y = batch_norm(self.dtype, "bn2")(y, train)
     if self.stride != 1 or x.shape[-1] != self.features:
       x = conv1d(self.features, 1, self.stride, self.dtype, "shortcut_conv")(x)
-      x = batch_norm(train, self.dtype, "shortcut_bn")(x)
+      x = batch_norm(self.dtype, "shortcut_bn")(x, train)
     return nn.relu(x + y)
 
 
@@ -71,7 +73,7 @@ class ResNet1d(nn.Module):
       x = nn.avg_pool(x, (self.downsample,), strides=(self.downsample,))
     x = x.astype(dtype)
     x = conv1d(self.width, 7, 2, dtype, "stem_conv")(x)
-    x = nn.relu(batch_norm(train, dtype, "stem_bn")(x))
+    x = batch_norm(dtype, "stem_bn", relu=True)(x, train)
     for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
       for block in range(num_blocks):
         stride = 2 if stage > 0 and block == 0 else 1

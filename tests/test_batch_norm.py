@@ -1,0 +1,92 @@
+"""The lean-backward BatchNorm equals flax.linen.BatchNorm (+ ReLU) and keeps no float32 activations."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ecg_contrastive.models.batch_norm import BatchNorm
+from ecg_contrastive.models.resnet1d import ResNet1d
+from ecg_contrastive.sharding import data_sharding, make_mesh
+
+SCALE, BIAS = jnp.linspace(0.5, 1.5, 6), jnp.linspace(-0.3, 0.3, 6)
+
+
+class FlaxBatchNorm(nn.Module):
+  relu: bool
+  dtype: object
+
+  @nn.compact
+  def __call__(self, x, train):
+    y = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn")(x)
+    return nn.relu(y) if self.relu else y
+
+
+def _run(module, params, stats, x, cotangent, train=True):
+  """(y, updated batch_stats, (d params, d x)) of one call in training mode."""
+  def forward(p, x):
+    return module.apply({"params": p, "batch_stats": stats}, x, train, mutable=["batch_stats"])
+  y, updates = forward(params, x)
+  _, vjp = jax.vjp(lambda p, x: forward(p, x)[0], params, x)
+  return y, updates["batch_stats"], vjp(cotangent)
+
+
+def _f32(a):
+  return np.asarray(jnp.asarray(a, jnp.float32))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype,grad_tol", [(jnp.float32, 2e-5), (jnp.bfloat16, 1e-2)])
+def test_values_statistics_and_gradients_equal_flax(relu, dtype, grad_tol):
+  x = (jax.random.normal(jax.random.PRNGKey(0), (4, 50, 6)) * 3 + 1).astype(dtype)
+  cotangent = jax.random.normal(jax.random.PRNGKey(1), x.shape).astype(dtype)
+  stats = {"mean": jnp.full(6, 0.2), "var": jnp.full(6, 2.0)}
+  y, new, (d_params, dx) = _run(BatchNorm(dtype=dtype, relu=relu), {"scale": SCALE, "bias": BIAS}, stats, x, cotangent)
+  y_ref, new_ref, (d_ref, dx_ref) = _run(FlaxBatchNorm(relu, dtype), {"bn": {"scale": SCALE, "bias": BIAS}},
+                                         {"bn": stats}, x, cotangent)
+  assert y.dtype == dtype
+  np.testing.assert_array_equal(_f32(y), _f32(y_ref))  # same operations in the same order
+  np.testing.assert_allclose(new["mean"], new_ref["bn"]["mean"], rtol=1e-6)
+  np.testing.assert_allclose(new["var"], new_ref["bn"]["var"], rtol=1e-6)
+  assert float(jnp.max(jnp.abs(new["var"] - stats["var"]))) > 0.1  # the running averages moved
+  np.testing.assert_allclose(_f32(dx), _f32(dx_ref), atol=grad_tol, rtol=grad_tol)
+  for name in ("scale", "bias"):
+    np.testing.assert_allclose(d_params[name], d_ref["bn"][name], atol=grad_tol * 10, rtol=grad_tol)
+  assert (float(jnp.mean(_f32(y) == 0)) > 0.2) == relu  # the ReLU (when fused) gates about half the outputs
+
+
+def test_eval_mode_uses_running_statistics_like_flax():
+  x = jax.random.normal(jax.random.PRNGKey(2), (3, 40, 6))
+  stats = {"mean": jnp.linspace(-1, 1, 6), "var": jnp.linspace(0.5, 3, 6)}
+  ours = BatchNorm(relu=True).apply({"params": {"scale": SCALE, "bias": BIAS}, "batch_stats": stats}, x, False)
+  ref = FlaxBatchNorm(True, jnp.float32).apply(
+      {"params": {"bn": {"scale": SCALE, "bias": BIAS}}, "batch_stats": {"bn": stats}}, x, False)
+  np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+
+
+def test_statistics_are_over_the_global_batch_when_sharded():
+  mesh = make_mesh()
+  x = jax.random.normal(jax.random.PRNGKey(3), (16, 30, 6)) + jnp.arange(16.0)[:, None, None]  # rows differ
+  module, variables = BatchNorm(), {"params": {"scale": SCALE, "bias": BIAS},
+                                    "batch_stats": {"mean": jnp.zeros(6), "var": jnp.ones(6)}}
+  apply = jax.jit(lambda x: module.apply(variables, x, True, mutable=["batch_stats"]))
+  (y, stats), (y_sharded, stats_sharded) = apply(x), apply(jax.device_put(x, data_sharding(mesh)))
+  np.testing.assert_allclose(np.asarray(y_sharded), np.asarray(y), atol=1e-6)
+  np.testing.assert_allclose(stats_sharded["batch_stats"]["var"], stats["batch_stats"]["var"], rtol=1e-6)
+  assert float(stats["batch_stats"]["var"][0]) > 2.0  # the spread between rows is in the variance
+
+
+def test_bf16_resnet_backward_keeps_no_float32_activations():
+  """Residuals of jax.vjp: before the custom VJP, 40 float32 (T, C) tensors per ECG (25.6 MB at width 64)."""
+  model, batch = ResNet1d(depth=18, width=8, dtype=jnp.bfloat16), 2
+  ecg = jax.random.normal(jax.random.PRNGKey(4), (batch, 1000, 12))
+  variables = model.init(jax.random.PRNGKey(5), ecg, False)
+  forward = lambda p: model.apply({"params": p, "batch_stats": variables["batch_stats"]}, ecg, True,
+                                  mutable=["batch_stats"])[0]
+  _, vjp = jax.vjp(forward, variables["params"])
+  activations = [leaf for leaf in jax.tree_util.tree_leaves(vjp)
+                 if hasattr(leaf, "dtype") and leaf.size >= batch * 63 * 8]  # the smallest (T, C) map
+  by_dtype = {str(d): sum(1 for a in activations if a.dtype == d) for d in {a.dtype for a in activations}}
+  assert by_dtype.get("float32", 0) == 0, by_dtype
+  assert by_dtype["bfloat16"] >= 20  # every BatchNorm input is kept, in bf16
