@@ -17,6 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.dataset = "synthetic_ecg_ja/demo"
   c.data_dir = ""  # "" -> $ECG_CONTRASTIVE_DATA or ~/.cache/ecg_contrastive/tfds
+  c.source_dir = ""  # folder of the raw records for ptbxl / mimic_iv_ecg / ecg_manifest (docs/data.md)
   c.train_split = "train"
   c.eval_splits = ("validation", "test")
   c.ecg_length = 5000

@@ -18,6 +18,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = default.get_config()
   c.dataset = dataset or "synthetic_ecg_ja/large"
   c.text.model_dir = model_dir
+  c.source_dir = ""  # folder of the raw records for ptbxl / mimic_iv_ecg / ecg_manifest (docs/data.md)
   c.text.standin = dict(hidden_size=768, num_layers=12, num_heads=12, seed=0)
   c.text.pooling = "mean"
   c.text.max_length = 256

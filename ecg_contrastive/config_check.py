@@ -22,6 +22,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   known = pipeline.known_datasets()
   if dataset not in known:
     raise ConfigError(f"config.dataset={config.dataset!r}: unknown dataset {dataset!r}; known: {sorted(known)}")
+  if pipeline.needs_source(dataset):
+    _check_source_dir(config, known[dataset])
   m = config.model
   if m.depth not in STAGE_SIZES:
     raise ConfigError(f"config.model.depth={m.depth}: unknown model ResNet1d-{m.depth}; use one of {sorted(STAGE_SIZES)}")
@@ -49,3 +51,22 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.text.templates={tuple(config.text.templates)}: each template needs a '{{}}' "
                       "placeholder for the label")
 
+
+
+def _check_source_dir(config: ml_collections.ConfigDict, builder_class) -> None:
+  """A real-data dataset that is not prepared yet needs config.source_dir with the files it reads."""
+  import tensorflow_datasets as tfds
+
+  from ecg_contrastive.data.builders.local_source import SourceError
+
+  if tfds.builder(config.dataset, data_dir=config.data_dir or pipeline.data_dir_default()).is_prepared():
+    return  # built before: the raw folder is not read again
+  source_dir = config.get("source_dir", "")
+  if not source_dir:
+    raise ConfigError(f"config.dataset={config.dataset!r} is built from a folder of records on local disk and is not "
+                      f"prepared yet: set config.source_dir, e.g. --config.source_dir=/data/{builder_class.name} "
+                      "(see docs/data.md for the folder each dataset expects)")
+  try:
+    builder_class.check_source(source_dir)
+  except SourceError as e:
+    raise ConfigError(f"config.source_dir={source_dir!r}: {e}") from e

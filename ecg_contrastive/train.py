@@ -138,7 +138,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # 3. data
   splits = [config.train_split] + [s for s in config.eval_splits if s != config.train_split]
-  sources = {s: pipeline.open_source(config.dataset, s, config.data_dir or None) for s in splits}
+  sources = {s: pipeline.open_source(config.dataset, s, config.data_dir or None,
+                                    source_dir=config.get("source_dir") or None) for s in splits}
   train_source = sources[config.train_split]
   steps_per_epoch = len(train_source) // config.batch_size
   if steps_per_epoch == 0:

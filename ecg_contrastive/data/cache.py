@@ -4,7 +4,9 @@ Files, in `<dataset dir>/ecg_cache/`: `<split>.ecg.npy` (int16 (n, 5000, 12)) an
 (fingerprint, metadata columns, skipped records). The fingerprint names the dataset, config,
 version, split size and each shard's name and size; a cache whose fingerprint, shape or file size
 does not match is rebuilt. Records that cannot be decoded, or whose ECG is not int16 (5000, 12),
-are skipped, counted and listed with their reason (a warning names them).
+are skipped, counted and listed with their reason (a warning names them). The real-data builders
+list the records they skipped while building in `<dataset dir>/skipped_records.json`; those come
+first in the skip list of their split (with "stage": "build" and no index, as they have no row).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ecg_contrastive.data.signal import NUM_LEADS, NUM_SAMPLES
 CACHE_VERSION = 1
 READ_BATCH = 256
 META_COLUMNS = ("reports", "labels", "primary_label", "record_id", "patient_id")
+BUILD_SKIPS_FILE = "skipped_records.json"
 log = logging.getLogger(__name__)
 
 
@@ -64,10 +67,23 @@ def load_or_build(builder, split: str) -> tuple[np.ndarray, dict[str, list], lis
     if loaded is None:
       raise RuntimeError(f"the cache just written at {ecg_path} does not read back; check free disk space")
   ecg, meta = loaded
-  if meta["skipped"]:
-    log.warning("%s/%s: %d record(s) skipped as unreadable, e.g. %s", builder.name, split, len(meta["skipped"]),
-                meta["skipped"][:3])
-  return ecg, {k: meta[k] for k in META_COLUMNS}, meta["skipped"]
+  skipped = build_skips(str(builder.data_dir), split) + meta["skipped"]
+  if skipped:
+    log.warning("%s/%s: %d record(s) skipped, e.g. %s", builder.name, split, len(skipped),
+                [(s["record_id"], s["reason"]) for s in skipped[:3]])
+  return ecg, {k: meta[k] for k in META_COLUMNS}, skipped
+
+
+def build_skips(dataset_dir: str, split: str) -> list[dict]:
+  """Records of `split` the builder skipped (from BUILD_SKIPS_FILE, if the builder writes one), each
+  {'index': None, 'stage': 'build', 'record_id', 'patient_id', 'path', 'reason'}."""
+  path = os.path.join(dataset_dir, BUILD_SKIPS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    listed = json.load(f)["skipped"]
+  return [{"index": None, "stage": "build", **{k: v for k, v in s.items() if k != "split"}}
+          for s in listed if s["split"] == split]
 
 
 def _problem(example) -> str | None:

@@ -14,6 +14,8 @@ the mesh as a global jax.Array; int16 travels, the model scales to float on the 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import os
 
 import numpy as np
@@ -22,6 +24,7 @@ from ecg_contrastive.data import cache
 from ecg_contrastive.data.batches import BatchIterator  # noqa: F401  (public API)
 
 DEFAULT_DATA_DIR = os.path.join("~", ".cache", "ecg_contrastive", "tfds")
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -82,8 +85,12 @@ def data_dir_default() -> str:
   return os.path.expanduser(os.environ.get("ECG_CONTRASTIVE_DATA") or DEFAULT_DATA_DIR)
 
 
-def open_source(dataset: str, split: str, data_dir: str | None = None) -> EcgSource:
-  """Opens `split` of `dataset` ("name" or "name/config"), preparing the dataset and its cache if needed."""
+def open_source(dataset: str, split: str, data_dir: str | None = None, source_dir: str | None = None) -> EcgSource:
+  """Opens `split` of `dataset` ("name" or "name/config"), preparing the dataset and its cache if needed.
+
+  source_dir: the folder of the raw records, for the real-data datasets (ptbxl, mimic_iv_ecg,
+  ecg_manifest); used only when the dataset is not prepared yet (TFDS's manual_dir).
+  """
   import tensorflow_datasets as tfds
 
   name = dataset.split("/")[0]
@@ -93,8 +100,44 @@ def open_source(dataset: str, split: str, data_dir: str | None = None) -> EcgSou
                      f"e.g. 'synthetic_ecg_ja/tiny')")
   builder = tfds.builder(dataset, data_dir=data_dir or data_dir_default(), file_format="array_record")
   if not builder.is_prepared():
-    builder.download_and_prepare()
+    builder.download_and_prepare(download_config=_download_config(builder, source_dir))
+  elif source_dir and needs_source(name):
+    _warn_if_other_source(builder, source_dir)
   if split not in builder.info.splits:
     raise ValueError(f"{dataset}: no split {split!r}; it has {sorted(builder.info.splits)}")
   ecg, meta, skipped = cache.load_or_build(builder, split)
   return EcgSource(ecg, SplitMeta(**meta), skipped, f"{dataset}:{split}")
+
+
+def needs_source(name: str) -> bool:
+  """Whether dataset `name` is built from a local folder of raw records (config.source_dir)."""
+  from ecg_contrastive.data.builders.local_source import LocalEcgBuilder
+  return issubclass(known_datasets()[name], LocalEcgBuilder)
+
+
+def _download_config(builder, source_dir: str | None):
+  """TFDS DownloadConfig with manual_dir = source_dir, after checking the folder (real-data datasets)."""
+  import tensorflow_datasets as tfds
+  from ecg_contrastive.data.builders.local_source import SourceError
+
+  if not needs_source(builder.name):
+    return tfds.download.DownloadConfig()
+  if not source_dir:
+    raise SourceError(f"{builder.name} is built from a local folder of records and is not prepared in "
+                            f"{builder.data_dir_root}: set config.source_dir (--config.source_dir=/path/to/the/folder) "
+                            f"or pass source_dir= to open_source; see docs/data.md")
+  type(builder).check_source(source_dir)
+  return tfds.download.DownloadConfig(manual_dir=source_dir)
+
+
+def _warn_if_other_source(builder, source_dir: str) -> None:
+  """A prepared dataset is never rebuilt from another folder: say so when source_dir differs."""
+  path = os.path.join(str(builder.data_dir), cache.BUILD_SKIPS_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    built_from = json.load(f).get("source_dir")
+  if built_from and os.path.abspath(source_dir) != built_from:
+    log.warning(
+        "%s in %s was built from %s, not from source_dir=%s; delete that folder to rebuild from the new one",
+        builder.name, builder.data_dir, built_from, source_dir)
