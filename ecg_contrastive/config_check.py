@@ -52,7 +52,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       "placeholder for the label")
 
 
-
 def _check_source_dir(config: ml_collections.ConfigDict, builder_class) -> None:
   """A real-data dataset that is not prepared yet needs config.source_dir with the files it reads."""
   import tensorflow_datasets as tfds
