@@ -72,7 +72,8 @@ def test_mimic_and_manifest_splits_follow_the_patient_hash_or_the_split_column(f
   split_of = {r["record_id"] or os.path.splitext(r["path"])[0]: r["split"] or hash_split(r["patient_id"]) for r in rows}
   assert {r["split"] for r in rows} == {"", *SPLITS}  # both rules are exercised
   for s in SPLITS:
-    assert _ids(sources["ecg_manifest"][s]) == {r for r, v in split_of.items() if v == s} - set(folders["ecg_manifest"].bad)
+    expected = {r for r, v in split_of.items() if v == s} - set(folders["ecg_manifest"].bad)
+    assert _ids(sources["ecg_manifest"][s]) == expected
   _assert_disjoint_by_patient(sources["ecg_manifest"])
   # pins the hash itself: a change would move patients of an existing dataset to other splits
   assert [len(sources["mimic_iv_ecg"][s]) for s in SPLITS] == [48, 4, 4]  # 60 listed, 4 bad
@@ -97,7 +98,8 @@ def test_waveforms_come_back_in_contract_lead_order(folders, sources):
       raw = np.load(os.path.join(fake.root, rows[record_id]["path"])).T
       assert np.array_equal(ecg, signal.standardize(raw, 250, list(signal.LEADS), 1e-3))
       inner = slice(100, -100)  # away from the resampling filter's edges
-      assert np.abs(ecg[inner].astype(float) - fake.ecg[record_id][inner]).max() < 0.05 * np.abs(fake.ecg[record_id]).max()
+      error = np.abs(ecg[inner].astype(float) - fake.ecg[record_id][inner]).max()
+      assert error < 0.05 * np.abs(fake.ecg[record_id]).max()
       npy_checked += 1
     else:
       assert np.array_equal(ecg, fake.ecg[record_id])
@@ -145,7 +147,8 @@ def test_reports_and_labels_of_known_records(folders, sources, root):
 
 
 @pytest.mark.parametrize("name, reasons", [
-    ("ptbxl", {"missing .dat": "missing file", "truncated .dat": "truncated file", "no mapped code": "no SCP statement"}),
+    ("ptbxl", {"missing .dat": "missing file", "truncated .dat": "truncated file",
+               "no mapped code": "no SCP statement"}),
     ("mimic_iv_ecg", {"missing record folder": "missing file", "8 leads": "missing lead(s) ['V3', 'V4', 'V5', 'V6']",
                       "NaN samples": "NaN/inf", "no machine_measurements row": "no row for study"}),
     ("ecg_manifest", {"missing .dat": "missing file", "NaN samples": "NaN/inf"}),

@@ -189,7 +189,7 @@ def write_mimic_iv_ecg(out_dir: str, n_records: int = 60, seed: int = 0) -> Fake
     fake.patient[record_id], fake.suspected[record_id] = str(subject), suspected
   good = list(fake.ecg)
   _break(os.path.join(out_dir, os.path.dirname(listed[2][4])), "missing record folder", fake, good[2])
-  _write_wfdb(os.path.join(out_dir, os.path.dirname(listed[3][4])), good[3], records.ecg[3][:, :8], MIMIC_LEADS[:8], 200.0)
+  _write_wfdb(os.path.join(out_dir, os.path.dirname(listed[3][4])), good[3], records.ecg[3], MIMIC_LEADS[:8], 200.0)
   fake.bad[good[3]] = "8 leads"
   gap = records.ecg[4].astype(np.float64)
   gap[1000:1200, 7] = np.nan
@@ -197,7 +197,8 @@ def write_mimic_iv_ecg(out_dir: str, n_records: int = 60, seed: int = 0) -> Fake
   fake.bad[good[4]] = "NaN samples"
   del measured[5]
   fake.bad[good[5]] = "no machine_measurements row"
-  _write_csv(os.path.join(out_dir, "record_list.csv"), ["subject_id", "study_id", "file_name", "ecg_time", "path"], listed)
+  _write_csv(os.path.join(out_dir, "record_list.csv"), ["subject_id", "study_id", "file_name", "ecg_time", "path"],
+             listed)
   _write_csv(os.path.join(out_dir, "machine_measurements.csv"),
              ["subject_id", "study_id", "cart_id", "ecg_time"] + [f"report_{k}" for k in range(18)]
              + ["bandwidth", "filtering", "rr_interval", "p_onset", "p_end", "qrs_onset", "qrs_end", "t_end", "p_axis",

@@ -58,7 +58,8 @@ class MimicIvEcg(LocalEcgBuilder):
           skipped.append(skip(split, record_id, patient_id, path, f"no machine statement maps to a term: {texts}"))
           continue
         rows.append(RecordRow(split, record_id, patient_id, path, report_ja.render(mapped.labels, mapped.suspected),
-                              "; ".join(texts), report_ja.ordered(mapped.labels), report_ja.primary_label(mapped.labels)))
+                              "; ".join(texts), report_ja.ordered(mapped.labels),
+                              report_ja.primary_label(mapped.labels)))
     return Listing(rows, skipped, term_maps.count_unmapped(mapped_all))
 
 
