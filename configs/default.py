@@ -10,6 +10,7 @@ embeddings, zero-shot over 98 labels), at CPU size: width 16 instead of 64 and t
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -33,12 +34,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.text.cache_dir = ""  # "" -> $ECG_CONTRASTIVE_CACHE or ~/.cache/ecg_contrastive/text
   c.text.templates = ("{}", "{}を認める。", "所見：{}。")
 
-  c.model = dict(depth=18, width=16, downsample=5, embed_dim=128, temperature=0.07, dtype="float32")
+  c.model = dict(depth=18, width=16, downsample=5, embed_dim=128, temperature=0.07, dtype="float32",
+                 logit_bias=config_dict.placeholder(float))  # logit_bias: the sigmoid loss's initial bias (SigLIP: -10.0)
   c.learn_temperature = False
   c.text_head_trainable = True
-  c.loss = dict(name="softmax", duplicate_reports_positive=True)
+  c.loss = dict(name="softmax", duplicate_reports_positive=True)  # name: "softmax" (InfoNCE) | "sigmoid" (SigLIP)
 
   c.batch_size = 256
+  c.microbatches = 1  # k > 1: exact gradient of the batch's loss with activations of batch_size / k ECGs at a time
   c.eval_batch_size = 512
   c.num_epochs = 12
   c.num_steps = 0  # > 0 overrides num_epochs

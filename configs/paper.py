@@ -9,6 +9,7 @@ Sweep batch sizes with launch/sweep_batch_size.sh.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import default
 
@@ -22,7 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.text.standin = dict(hidden_size=768, num_layers=12, num_heads=12, seed=0)
   c.text.pooling = "mean"
   c.text.max_length = 256
-  c.model = dict(depth=18, width=64, downsample=1, embed_dim=256, temperature=0.07, dtype="bfloat16")
+  c.model = dict(depth=18, width=64, downsample=1, embed_dim=256, temperature=0.07, dtype="bfloat16",
+                 logit_bias=config_dict.placeholder(float))
   c.learn_temperature = False
   c.loss.duplicate_reports_positive = False  # plain InfoNCE, as in the paper
   c.batch_size = 256

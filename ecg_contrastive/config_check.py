@@ -9,7 +9,7 @@ import ml_collections
 from ecg_contrastive.data import pipeline
 from ecg_contrastive.models.resnet1d import STAGE_SIZES
 
-LOSSES = ("softmax",)
+LOSSES = ("softmax", "sigmoid")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -36,6 +36,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.model.temperature={m.temperature}: must be in (0, 1), the paper uses 0.07")
   if config.loss.name not in LOSSES:
     raise ConfigError(f"config.loss.name={config.loss.name!r}: unknown loss; use one of {LOSSES}")
+  if (config.loss.name == "sigmoid") != (m.get("logit_bias") is not None):
+    raise ConfigError(f"config.loss.name={config.loss.name!r} with config.model.logit_bias={m.get('logit_bias')}: "
+                      "the sigmoid loss needs a learnable bias (set --config.model.logit_bias=-10.0, SigLIP's "
+                      "initialisation) and the softmax loss has none (leave it None)")
+  microbatches = config.get("microbatches", 1)
+  if not isinstance(microbatches, int) or microbatches < 1:
+    raise ConfigError(f"config.microbatches={microbatches!r}: use a positive integer (1: no gradient caching)")
   if config.batch_size <= 0 or config.eval_batch_size <= 0:
     raise ConfigError(f"config.batch_size ({config.batch_size}) and eval_batch_size ({config.eval_batch_size}) must be > 0")
   if not (config.num_steps or config.num_epochs):

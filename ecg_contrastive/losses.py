@@ -1,4 +1,4 @@
-"""Contrastive losses computed across the device mesh.
+"""Contrastive losses computed across the device mesh: softmax (CLIP / InfoNCE) and sigmoid (SigLIP).
 
 Each device holds its b = B / n rows of ECG and text embeddings. It all-gathers the
 other side's embeddings (B rows) and computes only its own (b, B) logit blocks, so memory
@@ -7,6 +7,10 @@ offset + i with offset = device index x b (or, with `positive_ids`, every column
 text is the same report: duplicates in a batch are positives, not negatives). Gradients
 flow through the all-gather (its transpose is a reduce-scatter), so the result equals
 the single-device full-batch loss.
+
+The sigmoid loss (SigLIP, arXiv 2303.15343) scores every (ECG, report) pair on its own:
+-log sigmoid(+-(scale * cos + bias)), + for positives, summed over the B x B pairs and divided
+by B. It needs only the text side gathered, and no softmax normaliser across the batch.
 """
 
 from __future__ import annotations
@@ -62,3 +66,44 @@ def softmax_loss(ecg: jax.Array, txt: jax.Array, scale: jax.Array, mesh: Mesh,
     body = _local_softmax_loss
     specs, args = (P(DATA_AXIS), P(DATA_AXIS), P(), P(DATA_AXIS)), (ecg, txt, scale, positive_ids)
   return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=(P(), P()))(*args)
+
+
+def _positives(ids, ids_all, b: int, B: int) -> jax.Array:
+  """(b, B) float32 1 where column j is a positive of local row i: its own pair, or the same report id."""
+  if ids is None:
+    own = jax.lax.axis_index(DATA_AXIS) * b + jnp.arange(b)
+    return (own[:, None] == jnp.arange(B)[None, :]).astype(jnp.float32)
+  return (ids[:, None] == ids_all[None, :]).astype(jnp.float32)
+
+
+def _local_sigmoid_loss(ecg, txt, scale, bias, ids):
+  """Per-device body of sigmoid_loss: ecg, txt (b, E), scale (), bias (), ids (b,) or None."""
+  b = ecg.shape[0]
+  txt_all = jax.lax.all_gather(txt, DATA_AXIS, tiled=True)  # (B, E)
+  B = txt_all.shape[0]
+  ids_all = None if ids is None else jax.lax.all_gather(ids, DATA_AXIS, tiled=True)
+  positive = _positives(ids, ids_all, b, B)
+  logits = scale * jnp.dot(ecg, txt_all.T, preferred_element_type=jnp.float32) + bias  # (b, B)
+  pair_loss = -jax.nn.log_sigmoid((2.0 * positive - 1.0) * logits)
+  hit = jnp.take_along_axis(positive, jnp.argmax(logits, axis=-1)[:, None], axis=1)[:, 0]
+  loss = jax.lax.psum(jnp.sum(pair_loss), DATA_AXIS) / B
+  accuracy = jax.lax.psum(jnp.sum(hit), DATA_AXIS) / B
+  return loss, accuracy
+
+
+def sigmoid_loss(ecg: jax.Array, txt: jax.Array, scale: jax.Array, bias: jax.Array, mesh: Mesh,
+                 positive_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Sigmoid (SigLIP) loss over the global batch.
+
+  Args:
+    ecg, txt: (B, E) L2-normalised embeddings, rows sharded over mesh axis 'data'.
+    scale, bias: () logit scale and bias (SigLIP initialises them to 10 and -10).
+    mesh: the device mesh.
+    positive_ids: optional (B,) int ids; equal ids are positives (else only the diagonal).
+  Returns:
+    (loss (), e->t top-1 accuracy ()) replicated; loss = sum over all B x B pairs / B.
+  """
+  ids = positive_ids if positive_ids is not None else jnp.zeros(ecg.shape[:1], jnp.int32)
+  body = lambda e, t, s, c, i: _local_sigmoid_loss(e, t, s, c, i if positive_ids is not None else None)
+  specs = (P(DATA_AXIS), P(DATA_AXIS), P(), P(), P(DATA_AXIS))
+  return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=(P(), P()))(ecg, txt, scale, bias, ids)

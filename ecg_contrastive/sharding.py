@@ -32,14 +32,19 @@ class BatchSizes:
   per_device: int
   processes: int
   devices: int
+  microbatches: int = 1
 
   def describe(self) -> str:
-    return (f"global batch {self.global_} = {self.processes} process(es) x {self.per_process} "
+    text = (f"global batch {self.global_} = {self.processes} process(es) x {self.per_process} "
             f"= {self.devices} device(s) x {self.per_device}")
+    if self.microbatches > 1:
+      text += (f"; gradient caching over {self.microbatches} micro-batches of {self.global_ // self.microbatches} "
+               f"({self.per_device // self.microbatches} per device)")
+    return text
 
 
-def batch_sizes(global_batch: int, mesh: Mesh) -> BatchSizes:
-  """Splits a global batch over processes and devices; a ValueError names the numbers if it cannot."""
+def batch_sizes(global_batch: int, mesh: Mesh, microbatches: int = 1) -> BatchSizes:
+  """Splits a global batch over processes, devices (and micro-batches); a ValueError names the numbers if it cannot."""
   devices = mesh.devices.size
   processes = jax.process_count()
   if global_batch <= 0:
@@ -50,4 +55,8 @@ def batch_sizes(global_batch: int, mesh: Mesh) -> BatchSizes:
                      f"use a multiple of {devices} (e.g. {lo or hi} or {hi})")
   if global_batch % processes:
     raise ValueError(f"batch_size {global_batch} does not divide over {processes} processes")
-  return BatchSizes(global_batch, global_batch // processes, global_batch // devices, processes, devices)
+  per_device = global_batch // devices
+  if per_device % microbatches:
+    raise ValueError(f"microbatches {microbatches} does not divide the {per_device} ECGs per device (batch_size "
+                     f"{global_batch} over {devices} devices); use a divisor of {per_device}")
+  return BatchSizes(global_batch, global_batch // processes, per_device, processes, devices, microbatches)

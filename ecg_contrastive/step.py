@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ecg_contrastive.data.signal import MV_PER_UNIT
-from ecg_contrastive.losses import softmax_loss
+from ecg_contrastive.losses import sigmoid_loss, softmax_loss
 from ecg_contrastive.models.two_tower import TwoTower
-from ecg_contrastive.sharding import replicated
+from ecg_contrastive.sharding import DATA_AXIS, replicated
 
 
 def ecg_millivolts(ecg: jax.Array) -> jax.Array:
@@ -60,22 +62,39 @@ def init_state(config, model: TwoTower, tx, text_dim: int, mesh) -> dict:
   return jax.jit(init, out_shardings=replicated(mesh))(jax.random.PRNGKey(config.seed))
 
 
+def make_loss(config, mesh):
+  """(z_ecg, z_txt, scale, bias, report_rows) -> (loss, accuracy), the config's loss across the mesh."""
+  ids = (lambda rows: rows) if config.loss.duplicate_reports_positive else (lambda rows: None)
+  if config.loss.name == "sigmoid":
+    return lambda e, t, scale, bias, rows: sigmoid_loss(e, t, scale, bias, mesh, ids(rows))
+  return lambda e, t, scale, bias, rows: softmax_loss(e, t, scale, mesh, ids(rows))
+
+
 def make_train_step(config, model: TwoTower, tx, schedule, mesh):
-  """jit(state, batch, table) -> (state, metrics). batch: 'ecg' int16 (B, T, 12), 'report_row' (B,)."""
-  positives_by_report = config.loss.duplicate_reports_positive
+  """jit(state, batch, table) -> (state, metrics). batch: 'ecg' int16 (B, T, 12), 'report_row' (B,).
+
+  With config.microbatches = k > 1 the gradient is that of the whole batch's contrastive loss (every
+  ECG against all B reports) while the ECG tower holds the activations of only B / k ECGs at a time
+  (gradient caching, arXiv 2101.06983): see `_cached_gradients`.
+  """
+  loss_of = make_loss(config, mesh)
+  microbatches = config.get("microbatches", 1)
 
   def step(state, batch, table):
-    ecg = ecg_millivolts(batch["ecg"])
     rows = batch["report_row"]
     txt = table[rows]
-
-    def loss_fn(params):
-      (z_ecg, z_txt, scale), updates = model.apply(
-          {"params": params, "batch_stats": state["batch_stats"]}, ecg, txt, train=True, mutable=["batch_stats"])
-      loss, acc = softmax_loss(z_ecg, z_txt, scale, mesh, rows if positives_by_report else None)
-      return loss, (acc, scale, updates["batch_stats"])
-
-    (loss, (acc, scale, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    if microbatches > 1:
+      loss, (acc, scale, batch_stats), grads = _cached_gradients(
+          model, loss_of, state, batch["ecg"], txt, rows, microbatches, mesh)
+    else:
+      def loss_fn(params):
+        (z_ecg, z_txt, scale), updates = model.apply(
+            {"params": params, "batch_stats": state["batch_stats"]}, ecg_millivolts(batch["ecg"]), txt, train=True,
+            mutable=["batch_stats"])
+        bias = model.apply({"params": params}, method=TwoTower.bias)
+        loss, acc = loss_of(z_ecg, z_txt, scale, bias, rows)
+        return loss, (acc, scale, updates["batch_stats"])
+      (loss, (acc, scale, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                  "batch_stats": batch_stats, "opt_state": opt_state}
@@ -85,3 +104,60 @@ def make_train_step(config, model: TwoTower, tx, schedule, mesh):
 
   rep = replicated(mesh)
   return jax.jit(step, out_shardings=(rep, rep), donate_argnums=0)
+
+
+def microbatch_rows(global_batch: int, microbatches: int, devices: int) -> np.ndarray:
+  """(k, B / k) global row indices of each micro-batch: B / (k n) rows from each device's block."""
+  m = global_batch // (microbatches * devices)
+  return np.arange(global_batch).reshape(devices, microbatches, m).transpose(1, 0, 2).reshape(microbatches, -1)
+
+
+def _cached_gradients(model: TwoTower, loss_of, state, ecg, txt, rows, k: int, mesh):
+  """Exact gradient of the contrastive loss over the global batch, computed k micro-batches at a time.
+
+  1. embed every micro-batch without keeping activations -> z (B, E) (in the batch's row order);
+  2. loss over the whole batch, gradient w.r.t. z (and the text head, scale, bias);
+  3. per micro-batch, re-run the ECG tower and pull its slice of dL/dz back into the parameters.
+  Each device gives every micro-batch B / (k n) of its own rows (`microbatch_rows`), so nothing
+  moves between devices but the (B, E) embeddings. BatchNorm uses each micro-batch's statistics
+  (as it would with B / k ECGs per step) and the running averages get one update per step, with
+  the mean of the micro-batch statistics.
+  Returns (loss, (accuracy, scale, new batch_stats), gradients).
+  """
+  n, (B, T, C) = mesh.devices.size, ecg.shape
+  m = B // (k * n)
+  chunk_sharding = NamedSharding(mesh, P(None, DATA_AXIS))
+  chunks = jax.lax.with_sharding_constraint(ecg.reshape(n, k, m, T, C).swapaxes(0, 1).reshape(k, n * m, T, C),
+                                            chunk_sharding)
+  variables = lambda params: {"params": params, "batch_stats": state["batch_stats"]}
+
+  def embed(params, chunk):  # (n m, T, C) int16 -> (n m, E), updated batch_stats
+    chunk = jax.lax.with_sharding_constraint(chunk, NamedSharding(mesh, P(DATA_AXIS)))
+    z, updates = model.apply(variables(params), ecg_millivolts(chunk), train=True, mutable=["batch_stats"],
+                             method=TwoTower.encode_ecg)
+    return z, updates["batch_stats"]
+
+  params = state["params"]
+  z_chunks, stats = jax.lax.map(lambda chunk: embed(params, chunk), chunks)  # (k, n m, E)
+  E = z_chunks.shape[-1]
+  z = z_chunks.reshape(k, n, m, E).swapaxes(0, 1).reshape(B, E)
+
+  def loss_fn(z, params):
+    z_txt = model.apply({"params": params}, txt, method=TwoTower.encode_text)
+    scale = model.apply({"params": params}, method=TwoTower.scale)
+    bias = model.apply({"params": params}, method=TwoTower.bias)
+    loss, acc = loss_of(z, z_txt, scale, bias, rows)
+    return loss, (acc, scale)
+
+  (loss, (acc, scale)), (dz, grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(z, params)
+  dz_chunks = jax.lax.with_sharding_constraint(dz.reshape(n, k, m, E).swapaxes(0, 1).reshape(k, n * m, E),
+                                               chunk_sharding)
+
+  def accumulate(grads, chunk_and_dz):
+    chunk, dz_chunk = chunk_and_dz
+    _, pull_back = jax.vjp(lambda p: embed(p, chunk)[0], params)
+    return jax.tree_util.tree_map(jnp.add, grads, pull_back(dz_chunk)[0]), None
+
+  grads, _ = jax.lax.scan(accumulate, grads, (chunks, dz_chunks))
+  batch_stats = jax.tree_util.tree_map(lambda s: jnp.mean(s, axis=0), stats)
+  return loss, (acc, scale, batch_stats), grads

@@ -131,7 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # 2. mesh and batch sizes
   mesh = make_mesh()
-  sizes = batch_sizes(config.batch_size, mesh)
+  sizes = batch_sizes(config.batch_size, mesh, config.get("microbatches", 1))
   batch_sizes(config.eval_batch_size, mesh)
   log.info("mesh %s over %d device(s) (%s); %s", dict(mesh.shape), mesh.devices.size, jax.devices()[0].platform,
            sizes.describe())

@@ -2,9 +2,10 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from ecg_contrastive.losses import softmax_loss
+from ecg_contrastive.losses import sigmoid_loss, softmax_loss
 from ecg_contrastive.sharding import batch_sizes, data_sharding, make_mesh
 
 
@@ -94,3 +95,44 @@ def test_batch_sizes_name_the_numbers():
   assert (sizes.global_, sizes.per_device, sizes.devices) == (64, 8, 8)
   with pytest.raises(ValueError, match=r"batch_size 60 does not divide over the 8 devices.*56 or 64"):
     batch_sizes(60, mesh)
+  assert "gradient caching over 4 micro-batches of 16 (2 per device)" in batch_sizes(64, mesh, 4).describe()
+  with pytest.raises(ValueError, match=r"microbatches 3 does not divide the 8 ECGs per device.*divisor of 8"):
+    batch_sizes(64, mesh, 3)
+
+
+def full_batch_sigmoid_loss(ecg, txt, scale, bias, ids=None):
+  """SigLIP on one device, written from the paper's pseudocode: every pair, +-1 labels, / B."""
+  B = ecg.shape[0]
+  labels = 2.0 * (jnp.eye(B) if ids is None else (ids[:, None] == ids[None, :])) - 1.0
+  logits = scale * ecg @ txt.T + bias
+  return -jnp.sum(jnp.log(1.0 / (1.0 + jnp.exp(-labels * logits)))) / B
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_sigmoid_mesh_loss_and_grads_equal_full_batch(with_ids):
+  mesh, B = make_mesh(), 32
+  k = jax.random.split(jax.random.PRNGKey(7), 3)
+  ecg, txt = unit_rows(k[0], (B, 16)), unit_rows(k[1], (B, 16))
+  ids = jax.random.randint(k[2], (B,), 0, B // 2) if with_ids else None
+  sharded = lambda x: jax.device_put(x, data_sharding(mesh))
+  sids = sharded(ids) if with_ids else None
+  args = (sharded(ecg), sharded(txt), jnp.float32(10.0), jnp.float32(-10.0))
+  value, grads = jax.jit(jax.value_and_grad(lambda e, t, s, c: sigmoid_loss(e, t, s, c, mesh, sids)[0],
+                                            argnums=(0, 1, 2, 3)))(*args)
+  ref_value, ref_grads = jax.value_and_grad(lambda e, t, s, c: full_batch_sigmoid_loss(e, t, s, c, ids),
+                                            argnums=(0, 1, 2, 3))(ecg, txt, jnp.float32(10.0), jnp.float32(-10.0))
+  np.testing.assert_allclose(float(value), float(ref_value), rtol=1e-5)
+  for g, r in zip(grads, ref_grads):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(r))))
+  # at SigLIP's initialisation (scale 10, bias -10) the loss is about log(2) per positive and ~0 per negative
+  positives = B if ids is None else int(jnp.sum(ids[:, None] == ids[None, :]))
+  assert 0.2 * positives / B < float(value) < 20.0 * positives / B
+
+
+def test_sigmoid_loss_prefers_matched_pairs():
+  mesh = make_mesh()
+  e = jax.device_put(unit_rows(jax.random.PRNGKey(8), (16, 8)), data_sharding(mesh))
+  shuffled = jax.device_put(jnp.roll(e, 3, axis=0), data_sharding(mesh))
+  matched, acc = sigmoid_loss(e, e, jnp.float32(10.0), jnp.float32(-5.0), mesh)
+  mismatched, acc_bad = sigmoid_loss(e, shuffled, jnp.float32(10.0), jnp.float32(-5.0), mesh)
+  assert float(matched) < float(mismatched) and float(acc) == 1.0 and float(acc_bad) < 0.2

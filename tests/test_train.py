@@ -96,6 +96,8 @@ def test_resume_continues_bitwise(data_dirs, tmp_path, monkeypatch):
     ("dataset", "ptbxl_typo/x", r"unknown dataset 'ptbxl_typo'"),
     ("model.depth", 50, r"unknown model ResNet1d-50"),
     ("text.model_dir", "/nonexistent/bert", r"no such directory.*local Hugging Face"),
+    ("microbatches", 3, r"microbatches 3 does not divide the 4 ECGs per device.*divisor of 4"),
+    ("loss.name", "sigmoid", r"sigmoid loss needs a learnable bias.*logit_bias=-10"),
 ])
 def test_bad_config_fails_before_training(data_dirs, tmp_path, key, value, message):
   config = tiny_config(data_dirs)

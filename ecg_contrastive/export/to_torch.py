@@ -43,6 +43,8 @@ from ecg_contrastive.models.two_tower import MAX_LOGIT_SCALE, TwoTower
 MODELING_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "modeling_ecg.py")
 MODEL_KEYS = ("depth", "width", "downsample", "embed_dim", "temperature", "dtype")
 TEXT_HEAD = ("params/txt_head/kernel", "params/txt_head/bias")
+NOT_EXPORTED = ("params/logit_bias",)  # the sigmoid loss's bias: a constant shift of every score
+TRAINING_ONLY_KEYS = ("logit_bias",)  # config.model keys that do not change the exported encoder
 TOLERANCE = 1e-5
 LAYOUTS = {
     "conv": lambda a: np.transpose(a, (2, 1, 0)),  # (width, in, out) -> (out, in, width)
@@ -96,7 +98,7 @@ def architecture(config: Any) -> dict:
   if "model" not in config:
     raise ExportError("cannot export: the workdir config has no 'model' section")
   model = config.model.to_dict()
-  unknown = sorted(set(model) - set(MODEL_KEYS))
+  unknown = sorted(set(model) - set(MODEL_KEYS) - set(TRAINING_ONLY_KEYS))
   if unknown:
     raise ExportError(f"cannot export: unknown model option(s) {unknown} in config.model; the exporter "
                       f"knows TwoTower({', '.join(MODEL_KEYS)})")
@@ -122,7 +124,7 @@ def to_state_dict(variables: dict, depth: int) -> dict[str, np.ndarray]:
   flat = _flatten(variables)
   entries = layout_map(depth)
   expected = {e.flax for e in entries} | set(TEXT_HEAD)
-  missing, unexpected = sorted(expected - set(flat)), sorted(set(flat) - expected)
+  missing, unexpected = sorted(expected - set(flat)), sorted(set(flat) - expected - set(NOT_EXPORTED))
   if missing or unexpected:
     raise ExportError(f"cannot export: the checkpoint is not a TwoTower with a ResNet1d-{depth} ECG tower; "
                       f"unexpected variables: {unexpected or 'none'}; missing variables: {missing or 'none'}")

@@ -5,6 +5,7 @@ Parameter tree (names double as the interface for freezing, loading and export):
   ecg_head/     Dense(features -> embed_dim)
   txt_head/     Dense(text_dim -> embed_dim) on the frozen text embeddings
   logit_scale   scalar log(1 / temperature) (trained only when `learn_temperature`)
+  logit_bias    scalar, only with the sigmoid loss (`logit_bias` set): SigLIP's learnable bias
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ class TwoTower(nn.Module):
   embed_dim: int = 256
   temperature: float = 0.07
   dtype: Any = jnp.float32
+  logit_bias: float | None = None  # initial value of the sigmoid loss's bias; None: no bias parameter
 
   def setup(self):
     self.ecg = ResNet1d(self.depth, self.width, self.downsample, self.dtype)
     self.ecg_head = nn.Dense(self.embed_dim, dtype=jnp.float32)
     self.txt_head = nn.Dense(self.embed_dim, dtype=jnp.float32)
     self.logit_scale = self.param("logit_scale", lambda _: jnp.asarray(np.log(1.0 / self.temperature), jnp.float32))
+    if self.logit_bias is not None:
+      self.bias_param = self.param("logit_bias", lambda _: jnp.asarray(self.logit_bias, jnp.float32))
 
   def encode_ecg(self, ecg_mv: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """(B, T, 12) float mV -> (B, embed_dim) unit-norm embeddings."""
@@ -50,6 +54,10 @@ class TwoTower(nn.Module):
   def scale(self) -> jnp.ndarray:
     """exp(logit_scale), clamped to at most 100."""
     return jnp.exp(jnp.minimum(self.logit_scale, MAX_LOGIT_SCALE))
+
+  def bias(self) -> jnp.ndarray:
+    """The sigmoid loss's logit bias (0 without one). A constant shift: it never changes a ranking."""
+    return self.bias_param if self.logit_bias is not None else jnp.zeros((), jnp.float32)
 
   def __call__(self, ecg_mv: jnp.ndarray, text_emb: jnp.ndarray, train: bool = False):
     """Returns (ecg embeddings (B, E), text embeddings (B, E), logit scale ())."""
