@@ -4,9 +4,11 @@
 #      PyTorch step of the same architecture (eager and torch.compile), side by side in one process,
 #      plus a profile of ours at 1024 (where the time goes);
 #   2. ours at 1024 fed by the real input pipeline (int16 on the wire) next to device-resident batches;
-#   3. the tables again, last, with the targets.
-# Writes under $OUT (./bench_out when OUT is unset), at most 8 files: gpu_run.log, step.json, step.csv,
-# pipeline.json, pipeline.csv, profile_summary.txt, perfetto_trace.json.gz.
+#   3. if time is left (under ~6.5 minutes spent): ours at a batch 4x larger, plain and with gradient
+#      caching over 4 micro-batches (config.microbatches), for what fits and what caching costs;
+#   4. the tables again, last, with the targets.
+# Writes under $OUT (./bench_out when OUT is unset), at most 10 files: gpu_run.log, step.json, step.csv,
+# pipeline.json, pipeline.csv, big.json, big.csv, profile_summary.txt, perfetto_trace.json.gz.
 #
 # Device-machine call (tool `run`):  command "bash bench/gpu_run.sh", carry [".whl"], timeout_s 600,
 # after `bash bench/fetch_wheels.sh` here (the ~14 MB of wheels the image lacks: ml_collections,
@@ -49,10 +51,10 @@ run() {
 
   if [ "${BENCH_TINY:-0}" = 1 ]; then  # CPU check of this script: tiny model, tiny sizes
     MODEL=tiny; BATCHES=8,16; BATCH=16; TIMING=(--warmup 1 --windows 2 --steps 2); TORCH=eager
-    DATASET=synthetic_ecg_ja/tiny; STEP_LIMIT=900; PIPE_LIMIT=600
+    DATASET=synthetic_ecg_ja/tiny; STEP_LIMIT=900; PIPE_LIMIT=600; BIG=64; BIG_BY=400
   else
     MODEL=paper; BATCHES=256,1024; BATCH=1024; TIMING=(--warmup 3 --windows 5 --steps 10); TORCH=eager,compile
-    DATASET="${BENCH_DATASET:-synthetic_ecg_ja/demo}"; STEP_LIMIT=360; PIPE_LIMIT=200
+    DATASET="${BENCH_DATASET:-synthetic_ecg_ja/demo}"; STEP_LIMIT=360; PIPE_LIMIT=200; BIG=4096; BIG_BY=390
   fi
 
   echo "== machine"
@@ -74,9 +76,18 @@ run() {
     --dataset "$DATASET" --data-dir "$WORK/data" "${TIMING[@]}" --out "$OUT_DIR/pipeline"
   echo "pipeline: exit $?"
 
+  if [ "$SECONDS" -lt "$BIG_BY" ]; then
+    echo "== large batch: ours at $BIG, plain and with gradient caching over 4 micro-batches"
+    timeout $((570 - SECONDS)) python3 -m ecg_contrastive.bench step --model "$MODEL" --batch-sizes "$BIG" \
+      --microbatches 1,4 --torch none --warmup 2 --windows 3 --steps 3 --out "$OUT_DIR/big"
+    echo "large batch: exit $?"
+  else
+    echo "== large batch: skipped ($SECONDS s spent)"
+  fi
+
   echo "== results"
   RESULTS=()
-  for f in "$OUT_DIR/step.json" "$OUT_DIR/pipeline.json"; do [ -f "$f" ] && RESULTS+=("$f"); done
+  for f in "$OUT_DIR/step.json" "$OUT_DIR/pipeline.json" "$OUT_DIR/big.json"; do [ -f "$f" ] && RESULTS+=("$f"); done
   [ -f "$OUT_DIR/profile_summary.txt" ] && { echo; echo "profile of ours at batch $BATCH:"; cat "$OUT_DIR/profile_summary.txt"; }
   if [ "${#RESULTS[@]}" -gt 0 ]; then
     python3 -m ecg_contrastive.bench show "${RESULTS[@]}"

@@ -77,6 +77,19 @@ def test_step_command_runs_ours_and_torch_side_by_side(tmp_path, capsys):
   assert out[-4].startswith("| implementation") and out[-1].startswith("|    torch eager |")  # the table, last
 
 
+def test_plan_only_shows_gradient_caching_cuts_memory(tmp_path):
+  prefix = str(tmp_path / "plan")
+  assert main(["step", "--model", "tiny", "--batch-sizes", "64", "--microbatches", "1,3,4", "--plan-only",
+               "--out", prefix]) == 0
+  rows = load(prefix)["rows"]
+  # 3 does not divide the 8 ECGs per device: skipped; PyTorch is not run for a plan
+  assert [r["impl"] for r in rows] == ["jax (ours)", "jax (ours), 4 micro-batches"]
+  plain, cached = rows
+  assert plain["ecg_per_s"] is None and positive(plain["plan_gib"]) and positive(cached["plan_gib"])
+  assert cached["plan_gib"] < 0.8 * plain["plan_gib"]  # activations of 2 ECGs per device at a time, not 8
+  assert cached["gflop_per_ecg_xla"] > 0
+
+
 def test_pipeline_command_feeds_our_step_through_the_input_pipeline(tmp_path, capsys):
   prefix = str(tmp_path / "pipeline")
   assert main(["pipeline", "--model", "tiny", "--batch-size", "8", "--dataset", "synthetic_ecg_ja/tiny",

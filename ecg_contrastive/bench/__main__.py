@@ -59,6 +59,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p = sub.add_parser("step", help="our training step vs PyTorch eager / torch.compile")
   _model_args(p)
   p.add_argument("--batch-sizes", type=_ints, default=[256, 1024], help="global batch sizes, comma-separated")
+  p.add_argument("--microbatches", type=_ints, default=[1],
+                 help="ours with each of these micro-batch counts (gradient caching, config.microbatches), e.g. 1,4")
+  p.add_argument("--plan-only", action="store_true",
+                 help="compile ours only and report XLA's memory plan per device (what fits), without running")
   p.add_argument("--torch", type=_modes, default=["eager", "compile"], help="'eager,compile', 'eager' or 'none'")
   p.add_argument("--buffers", type=int, default=4, help="distinct input batches rotated through")
   p.add_argument("--torch-threads", type=int, default=0,
@@ -108,17 +112,18 @@ def _workload(args: argparse.Namespace) -> Workload:
 
 
 def _step(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
-  import torch
-
   from ecg_contrastive.bench import results, step
   from ecg_contrastive.bench.rows import STEP_COLUMNS
   workload = _workload(args)
-  if args.torch_threads:
-    torch.set_num_threads(args.torch_threads)
-  meta.update(workload=dict(workload.__dict__, train_gflop_per_ecg=workload.train_flops_per_ecg() / 1e9),
-              torch_threads=torch.get_num_threads())
+  meta.update(workload=dict(workload.__dict__, train_gflop_per_ecg=workload.train_flops_per_ecg() / 1e9))
+  if args.torch and not args.plan_only:
+    import torch
+    if args.torch_threads:
+      torch.set_num_threads(args.torch_threads)
+    meta.update(torch_threads=torch.get_num_threads())
   rows = step.run(workload, args.batch_sizes, args.torch, warmup=args.warmup, windows=args.windows,
                   steps=args.steps, buffers=args.buffers, seed=args.seed, profile_dir=args.profile,
+                  microbatches=args.microbatches, plan_only=args.plan_only,
                   on_row=lambda rows: results.write_results(args.out, meta, rows, STEP_COLUMNS))
   return rows, STEP_COLUMNS
 

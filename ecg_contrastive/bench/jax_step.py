@@ -25,11 +25,18 @@ log = logging.getLogger("ecg_contrastive.bench")
 SCHEDULE_STEPS = 100_000  # length of the learning-rate schedule; speed does not depend on it
 
 
+def ours_impl(microbatches: int) -> str:
+  """The implementation name of our step's rows ("jax (ours)", or with its micro-batch count)."""
+  return "jax (ours)" if microbatches == 1 else f"jax (ours), {microbatches} micro-batches"
+
+
 class ProjectStep:
   """State, compiled step and frozen text table of the project's trainer for one workload and batch size."""
 
-  def __init__(self, workload: Workload, batch_size: int, table: np.ndarray, example_batch: dict[str, Any]):
+  def __init__(self, workload: Workload, batch_size: int, table: np.ndarray, example_batch: dict[str, Any],
+               microbatches: int = 1):
     config = workload.config(batch_size)
+    config.microbatches = microbatches
     self.mesh = make_mesh()
     model = step_lib.make_model(config)
     tx, schedule = step_lib.make_optimizer(config, SCHEDULE_STEPS)
@@ -55,16 +62,24 @@ class ProjectStep:
 
 def bench_project_step(workload: Workload, batch_size: int, host_batches: list[dict[str, np.ndarray]],
                        table: np.ndarray, *, warmup: int, windows: int, steps: int,
-                       profile_dir: str | None = None) -> dict[str, Any]:
+                       profile_dir: str | None = None, microbatches: int = 1,
+                       plan_only: bool = False) -> dict[str, Any]:
   """One results row for the project's step on device-resident batches (rotated, never zeros).
 
+  microbatches > 1: the gradient-caching step (config.microbatches); its analytic TFLOP/s count the
+  useful work only (3x forward per ECG), not the extra forward pass caching costs.
   With `profile_dir`, `steps` more steps are traced there and row["profile"] holds the breakdown.
   """
-  step = ProjectStep(workload, batch_size, table, host_batches[0])
+  step = ProjectStep(workload, batch_size, table, host_batches[0], microbatches)
+  if plan_only:  # compiled, not run: XLA's memory plan and FLOP count (e.g. what fits, from a CPU)
+    flops = compiled_flops(step.compiled)
+    return {"impl": ours_impl(microbatches), "model": workload.name, "batch": batch_size, "ecg_per_s": None,
+            "plan_gib": compiled_bytes_per_device(step.compiled) / 2**30,
+            "gflop_per_ecg_xla": None if flops is None else flops / batch_size / 1e9}
   batches = [step.put(b) for b in host_batches]
   run_step = lambda i: step(batches[i % len(batches)])
   timing = time_windows(run_step, step.sync, warmup=warmup, windows=windows, steps=steps)
-  row = step_row("jax (ours)", workload, batch_size, timing, step.loss(),
+  row = step_row(ours_impl(microbatches), workload, batch_size, timing, step.loss(),
                  peak_device_bytes(list(step.mesh.devices.flat)), compiled_bytes_per_device(step.compiled),
                  compiled_flops(step.compiled))
   if profile_dir:

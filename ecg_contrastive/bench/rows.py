@@ -8,6 +8,7 @@ from ecg_contrastive.bench.results import Column
 from ecg_contrastive.bench.timing import Timing
 from ecg_contrastive.bench.workload import Workload
 
+TORCH_MODES = ("eager", "compile")  # the PyTorch steps ours is compared with (bench/torch_step.py)
 STEP_COLUMNS: list[Column] = [
     ("impl", "implementation", ""), ("batch", "global batch", "d"), ("ecg_per_s", "ECG/s", ",.0f"),
     ("step_ms", "step ms (median)", ".2f"), ("step_ms_min", "min", ".2f"), ("step_ms_max", "max", ".2f"),

@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Sequence
 
-from ecg_contrastive.bench import jax_step, torch_step
+import jax
+
+from ecg_contrastive.bench import jax_step
+from ecg_contrastive.bench.rows import TORCH_MODES
 from ecg_contrastive.bench.workload import Workload, random_batches, random_table
 
 log = logging.getLogger("ecg_contrastive.bench")
@@ -19,28 +22,37 @@ log = logging.getLogger("ecg_contrastive.bench")
 def add_speedups(rows: list[dict[str, Any]]) -> None:
   """Sets vs_torch_<mode> = ECG/s of each row / ECG/s of torch <mode> at the same batch size."""
   for row in rows:
-    for mode in torch_step.MODES:
+    for mode in TORCH_MODES:
       ref = [r for r in rows if r["impl"] == f"torch {mode}" and r["batch"] == row["batch"]]
       ok = ref and row["ecg_per_s"] and ref[0]["ecg_per_s"]
       row[f"vs_torch_{mode}"] = row["ecg_per_s"] / ref[0]["ecg_per_s"] if ok else None
 
 
 def run(workload: Workload, batch_sizes: Sequence[int], torch_modes: Sequence[str], *, warmup: int, windows: int,
-        steps: int, buffers: int, seed: int, profile_dir: str | None = None,
-        on_row: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
+        steps: int, buffers: int, seed: int, profile_dir: str | None = None, microbatches: Sequence[int] = (1,),
+        plan_only: bool = False, on_row: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
   """Results rows: one per (implementation, batch size). `profile_dir`: trace ours at the largest batch.
+
+  microbatches: ours once per count that divides the batch per device (gradient caching for k > 1).
+  plan_only: compile ours and report XLA's memory plan per device, without running (no PyTorch rows).
 
   on_row(rows so far) after each row: a run cut short by a time limit still leaves its figures.
   """
+  torch_modes = [] if plan_only else list(torch_modes)
+  if torch_modes:
+    from ecg_contrastive.bench import torch_step  # PyTorch only where it is compared (not a core requirement)
   table = random_table(workload, seed)
   rows = []
   for batch_size in sorted(batch_sizes):
     host_batches = random_batches(workload, batch_size, buffers, seed + batch_size)
     kw = dict(warmup=warmup, windows=windows, steps=steps)
     profile_here = profile_dir if batch_size == max(batch_sizes) else None
-    rows.append(measured_row("jax (ours)", batch_size, lambda: jax_step.bench_project_step(
-        workload, batch_size, host_batches, table, profile_dir=profile_here, **kw)))
-    _done(rows, on_row)
+    per_device = batch_size // jax.device_count()
+    for k in [k for k in microbatches if per_device % k == 0]:
+      rows.append(measured_row(jax_step.ours_impl(k), batch_size, lambda: jax_step.bench_project_step(
+          workload, batch_size, host_batches, table, profile_dir=profile_here if k == 1 else None,
+          microbatches=k, plan_only=plan_only, **kw)))
+      _done(rows, on_row)
     for mode in torch_modes:
       rows.append(measured_row(f"torch {mode}", batch_size, lambda: torch_step.bench_torch_step(
           workload, batch_size, mode, host_batches, table, seed=seed, **kw)))

@@ -20,13 +20,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ecg_contrastive.bench.rows import step_row
+from ecg_contrastive.bench.rows import TORCH_MODES, step_row
 from ecg_contrastive.bench.timing import time_windows
 from ecg_contrastive.bench.workload import Workload
 from ecg_contrastive.data.signal import MV_PER_UNIT
 from ecg_contrastive.export import modeling_ecg
 
-MODES = ("eager", "compile")
+MODES = TORCH_MODES
 
 
 def torch_device() -> torch.device:
