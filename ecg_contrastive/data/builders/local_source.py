@@ -24,13 +24,12 @@ import logging
 import multiprocessing
 import os
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from ecg_contrastive.data import cache, record_reader
+from ecg_contrastive.data.builders.features import CONTRACT, ecg_report_features
 from ecg_contrastive.data.builders.synthetic_ecg_ja import _workers
 from ecg_contrastive.data.builders.tf_free import plain_file_spill
-from ecg_contrastive.data.signal import LEADS, MV_PER_UNIT, NUM_SAMPLES, SAMPLE_RATE
 
 SPLITS = ("train", "validation", "test")
 HASH_SPLIT_PERCENT = (("train", 80), ("validation", 90), ("test", 100))  # cumulative
@@ -155,16 +154,9 @@ class LocalEcgBuilder(tfds.core.GeneratorBasedBuilder):
     raise NotImplementedError
 
   def _info(self) -> tfds.core.DatasetInfo:
-    text = tfds.features.Text()
     return self.dataset_info_from_configs(
-        description=(f"{self.SOURCE_KIND}: 12-lead ECGs ({SAMPLE_RATE} Hz, {NUM_SAMPLES // SAMPLE_RATE} s, leads "
-                     f"{', '.join(LEADS)}; int16, 1 unit = {MV_PER_UNIT} mV) with Japanese reports."),
-        features=tfds.features.FeaturesDict({
-            "ecg": tfds.features.Tensor(shape=(NUM_SAMPLES, len(LEADS)), dtype=np.int16,
-                                        encoding=tfds.features.Encoding.BYTES),
-            "report": text, "report_original": text, "labels": tfds.features.Sequence(text),
-            "primary_label": text, "record_id": text, "patient_id": text,
-        }),
+        description=f"{self.SOURCE_KIND}: {CONTRACT} with Japanese reports.",
+        features=ecg_report_features("report_original"),
         supervised_keys=None,
     )
 

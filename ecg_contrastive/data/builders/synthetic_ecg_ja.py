@@ -5,8 +5,8 @@
     tfds.builder("synthetic_ecg_ja/tiny", data_dir=...).download_and_prepare()
 
 Records come from `ecg_contrastive.data.synth`; splits are disjoint by patient (each split draws its
-own patients). Shards are array_record (random access, no TensorFlow needed) and byte-identical
-for the same version and config. Generation runs chunks in worker processes (2 by default,
+own patients). Shards are array_record (random access, no TensorFlow needed) and hold the same
+records in the same order for the same version and config (their compressed bytes may differ between processes). Generation runs chunks in worker processes (2 by default,
 `ECG_CONTRASTIVE_WORKERS` to change; a split of one chunk runs inline), in order, so the output does
 not depend on the worker count.
 """
@@ -18,12 +18,11 @@ import dataclasses
 import multiprocessing
 import os
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from ecg_contrastive.data import synth
+from ecg_contrastive.data.builders.features import CONTRACT, ecg_report_features
 from ecg_contrastive.data.builders.tf_free import plain_file_spill
-from ecg_contrastive.data.signal import LEADS, MV_PER_UNIT, NUM_SAMPLES, SAMPLE_RATE
 
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 
@@ -72,17 +71,8 @@ class SyntheticEcgJa(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description=(f"Synthetic 12-lead ECGs ({SAMPLE_RATE} Hz, {NUM_SAMPLES // SAMPLE_RATE} s, leads "
-                     f"{', '.join(LEADS)}; int16, 1 unit = {MV_PER_UNIT} mV) with Japanese ECG reports."),
-        features=tfds.features.FeaturesDict({
-            "ecg": tfds.features.Tensor(shape=(NUM_SAMPLES, len(LEADS)), dtype=np.int16,
-                                        encoding=tfds.features.Encoding.BYTES),
-            "report": tfds.features.Text(),
-            "labels": tfds.features.Sequence(tfds.features.Text()),
-            "primary_label": tfds.features.Text(),
-            "record_id": tfds.features.Text(),
-            "patient_id": tfds.features.Text(),
-        }),
+        description=f"Synthetic {CONTRACT} with Japanese ECG reports.",
+        features=ecg_report_features(),
         supervised_keys=None,
         homepage="https://github.com/ecg_contrastive",
     )
