@@ -1,0 +1,42 @@
+"""launch/sweep_batch_size.sh: one run per batch size (linear lr, micro-batches by ECGS_PER_MICROBATCH), a summary."""
+
+import json
+import os
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEP = os.path.join(ROOT, "launch", "sweep_batch_size.sh")
+
+
+def sweep(tmp_path, sizes: str, **env) -> subprocess.CompletedProcess:
+  return subprocess.run(["bash", SWEEP, str(tmp_path), sizes, "--config", "configs/default.py:tiny"], cwd=ROOT,
+                        capture_output=True, text=True, env={**os.environ, "LAUNCH": "echo", **env})
+
+
+def test_commands_scale_the_learning_rate_and_cache_gradients_above_the_limit(tmp_path):
+  result = sweep(tmp_path, "256 1024 2048", ECGS_PER_MICROBATCH="512")
+  assert result.returncode == 0, result.stderr
+  commands = [line.split() for line in result.stdout.splitlines() if line.startswith("--config")]
+  flags = [dict(arg.split("=", 1) for arg in c if arg.startswith("--config.")) for c in commands]
+  assert [f["--config.batch_size"] for f in flags] == ["256", "1024", "2048"]
+  assert [float(f["--config.optimizer.lr"]) for f in flags] == [1e-3, 4e-3, 8e-3]
+  assert [f["--config.microbatches"] for f in flags] == ["1", "2", "4"]
+  assert result.stdout.count("pending: no") == 3  # submitted, not run yet (as with LAUNCH=sbatch)
+
+
+def test_a_batch_that_is_not_a_multiple_of_the_micro_batch_stops(tmp_path):
+  result = sweep(tmp_path, "768", ECGS_PER_MICROBATCH="512")
+  assert result.returncode == 2 and "batch 768 is not a multiple of ECGS_PER_MICROBATCH=512" in result.stderr
+
+
+def test_summary_reads_each_finished_run(tmp_path):
+  run = tmp_path / "b1024"
+  (run / "eval").mkdir(parents=True)
+  (run / "config.json").write_text(json.dumps({"microbatches": 2}))
+  (run / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in [
+      {"step": 5, "ecg_per_s": 100.0}, {"step": 10, "ecg_per_s": 300.0}, {"step": 15, "ecg_per_s": 200.0},
+      {"step": 15, "eval/test/top1": 0.5}]))
+  (run / "eval" / "test.json").write_text(json.dumps({"top1": 0.5, "top5": 0.875}))
+  result = sweep(tmp_path, "1024", LAUNCH="true")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.splitlines()[-1].split() == ["1024", "2", "200", "0.500", "0.875"]
