@@ -33,6 +33,8 @@ def _random_like(tree: dict, rng: np.random.Generator) -> dict:
       out[key] = rng.uniform(0.5, 1.5, value.shape).astype(np.float32)
     elif key in ("bias", "mean"):
       out[key] = rng.normal(0.0, 0.1, value.shape).astype(np.float32)
+    elif key == "logit_bias":  # the sigmoid loss's bias
+      out[key] = np.asarray(-10.0, np.float32)
     else:
       raise ValueError(f"no random rule for variable {key!r}")
   return out

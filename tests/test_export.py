@@ -193,6 +193,17 @@ def test_export_of_unknown_architecture_fails_clearly(tmp_path, change, message)
     to_torch.export(str(workdir), str(tmp_path / "out"))
 
 
+def test_sigmoid_loss_checkpoint_exports_without_its_bias(tmp_path):
+  """The SigLIP bias is a constant shift of every score: training-only, not part of the exported encoder."""
+  workdir = make_workdir(str(tmp_path / "workdir"), model=dict(TINY_MODEL, logit_bias=-10.0))
+  assert "logit_bias" in restore_inference(workdir).variables["params"]
+  out = to_torch.export(workdir, str(tmp_path / "out"))  # verifies PyTorch/Flax parity before returning
+  names = set(load_file(f"{out}/model.safetensors"))
+  assert "logit_scale" in names and not any("logit_bias" in name for name in names)
+  with open(f"{out}/config.json", encoding="utf-8") as f:
+    assert "logit_bias" not in json.load(f)["architecture"]
+
+
 def test_export_of_unexpected_parameter_tree_lists_names(tmp_path):
   def corrupt(params: dict) -> dict:
     params["ecg"]["stage5_block1"] = {"conv1": {"kernel": np.zeros((3, 64, 64), np.float32)}}
