@@ -100,6 +100,8 @@ def make_train_step(config, model: TwoTower, tx, schedule, mesh):
                  "batch_stats": batch_stats, "opt_state": opt_state}
     metrics = {"loss": loss, "batch_accuracy": acc, "temperature": 1.0 / scale,
                "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state["step"])}
+    if model.logit_bias is not None:  # the sigmoid loss's learnable bias, worth watching
+      metrics["logit_bias"] = new_state["params"]["logit_bias"]
     return new_state, metrics
 
   rep = replicated(mesh)

@@ -88,7 +88,10 @@ def test_cached_gradient_equals_full_autodiff(two_microbatches):
   moved = jax.tree_util.tree_map(lambda new, old: np.asarray(new) - np.asarray(old),
                                  jax.device_get(new_state["params"]), params_before)
   if config.loss.name == "sigmoid":
-    assert float(jnp.abs(moved["logit_bias"])) > 1e-5  # SigLIP's bias trains
+    assert float(jnp.abs(moved["logit_bias"])) > 1e-5  # SigLIP's bias trains, and is logged
+    assert float(metrics["logit_bias"]) == pytest.approx(-10.0 + float(moved["logit_bias"]), abs=1e-6)
+  else:
+    assert "logit_bias" not in metrics
 
 
 @pytest.mark.parametrize("two_microbatches", ["softmax"], indirect=True)  # BatchNorm's behaviour, not the loss's
