@@ -210,3 +210,23 @@ def test_short_training_run_on_ptbxl(folders, root, tmp_path):
     losses = [json.loads(line)["loss"] for line in f if '"loss"' in line]
   assert len(losses) == 2 and np.all(np.isfinite(losses))
   assert set(results) == {"validation", "test"} and all(0 <= m["top1"] <= 1 for m in results.values())
+
+
+def test_worker_processes_read_what_one_process_reads(folders, monkeypatch, tmp_path):
+  """Large folders are read in spawn worker processes, chunk by chunk, in order: same arrays, same skip reasons."""
+  from ecg_contrastive.data.builders import local_source
+  from ecg_contrastive.data.builders.ecg_manifest import EcgManifest
+  listing = EcgManifest(data_dir=str(tmp_path))._list_records(folders["ecg_manifest"].root)
+  monkeypatch.setattr(local_source, "READ_CHUNK", 8)  # 30 records -> 4 chunks
+  monkeypatch.setenv("ECG_CONTRASTIVE_WORKERS", "1")
+  inline = list(local_source._read_in_order(listing.rows))
+  monkeypatch.setenv("ECG_CONTRASTIVE_WORKERS", "2")
+  pooled = list(local_source._read_in_order(listing.rows))
+  assert [row.record_id for row, _ in pooled] == [row.record_id for row in listing.rows]
+  assert len(inline) == len(pooled) == len(listing.rows) > 16
+  for (_, a), (_, b) in zip(inline, pooled):
+    if isinstance(a, str):
+      assert a == b  # the same skip reason
+    else:
+      np.testing.assert_array_equal(a, b)
+  assert any(isinstance(a, str) for _, a in inline) and any(not isinstance(a, str) for _, a in inline)
