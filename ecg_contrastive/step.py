@@ -123,7 +123,8 @@ def _cached_gradients(model: TwoTower, loss_of, state, ecg, txt, rows, k: int, m
   Each device gives every micro-batch B / (k n) of its own rows (`microbatch_rows`), so nothing
   moves between devices but the (B, E) embeddings. BatchNorm uses each micro-batch's statistics
   (as it would with B / k ECGs per step) and the running averages get one update per step, with
-  the mean of the micro-batch statistics. Both passes over the micro-batches are loops (lax.map /
+  the mean of the micro-batch statistics. Which rows share a micro-batch therefore depends on the
+  device layout (and on how processes order their rows): results differ slightly across topologies. Both passes over the micro-batches are loops (lax.map /
   lax.scan), which is what bounds memory: unrolled, XLA schedules the micro-batches side by side and
   the saving is gone (XLA:CPU plan of the paper step at B 32, k 4: 1.25 GiB unrolled, 0.40 GiB looped,
   1.27 GiB for k 1). XLA:CPU runs convolutions inside loops slowly (tiny model, B 64, k 4: 7x the
