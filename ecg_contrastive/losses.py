@@ -37,7 +37,7 @@ def _local_softmax_loss(ecg, txt, scale, ids):
     loss_e2t, loss_t2e = -pick(logits_e2t), -pick(logits_t2e)
     hit = jnp.argmax(logits_e2t, axis=-1) == own[:, 0]
   else:  # every column with the same report is a positive; the target spreads evenly over them
-    same = (ids[:, None] == ids_all[None, :]).astype(jnp.float32)
+    same = _positives(ids, ids_all, b, B)
     targets = same / jnp.sum(same, axis=1, keepdims=True)
     loss_e2t = -jnp.sum(targets * jax.nn.log_softmax(logits_e2t, axis=-1), axis=-1)
     loss_t2e = -jnp.sum(targets * jax.nn.log_softmax(logits_t2e, axis=-1), axis=-1)
@@ -59,13 +59,7 @@ def softmax_loss(ecg: jax.Array, txt: jax.Array, scale: jax.Array, mesh: Mesh,
   Returns:
     (loss (), e->t top-1 accuracy ()) replicated; loss = (l(e->t) + l(t->e)) / 2, mean over rows.
   """
-  if positive_ids is None:
-    body = lambda e, t, s: _local_softmax_loss(e, t, s, None)
-    specs, args = (P(DATA_AXIS), P(DATA_AXIS), P()), (ecg, txt, scale)
-  else:
-    body = _local_softmax_loss
-    specs, args = (P(DATA_AXIS), P(DATA_AXIS), P(), P(DATA_AXIS)), (ecg, txt, scale, positive_ids)
-  return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=(P(), P()))(*args)
+  return _on_mesh(_local_softmax_loss, mesh, (ecg, txt), (scale,), positive_ids)
 
 
 def _positives(ids, ids_all, b: int, B: int) -> jax.Array:
@@ -103,7 +97,15 @@ def sigmoid_loss(ecg: jax.Array, txt: jax.Array, scale: jax.Array, bias: jax.Arr
   Returns:
     (loss (), e->t top-1 accuracy ()) replicated; loss = sum over all B x B pairs / B.
   """
-  ids = positive_ids if positive_ids is not None else jnp.zeros(ecg.shape[:1], jnp.int32)
-  body = lambda e, t, s, c, i: _local_sigmoid_loss(e, t, s, c, i if positive_ids is not None else None)
-  specs = (P(DATA_AXIS), P(DATA_AXIS), P(), P(), P(DATA_AXIS))
-  return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=(P(), P()))(ecg, txt, scale, bias, ids)
+  return _on_mesh(_local_sigmoid_loss, mesh, (ecg, txt), (scale, bias), positive_ids)
+
+
+def _on_mesh(body, mesh: Mesh, rows: tuple, scalars: tuple, ids: jax.Array | None):
+  """shard_map of body(*rows, *scalars, ids or None) -> (loss, accuracy): `rows` and `ids` split over 'data',
+  `scalars` replicated, results replicated."""
+  if ids is None:
+    fn, args = (lambda *a: body(*a, None)), (*rows, *scalars)
+  else:
+    fn, args = body, (*rows, *scalars, ids)
+  specs = (P(DATA_AXIS),) * len(rows) + (P(),) * len(scalars) + ((P(DATA_AXIS),) if ids is not None else ())
+  return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=(P(), P()))(*args)

@@ -124,18 +124,26 @@ def _cached_gradients(model: TwoTower, loss_of, state, ecg, txt, rows, k: int, m
   moves between devices but the (B, E) embeddings. BatchNorm uses each micro-batch's statistics
   (as it would with B / k ECGs per step) and the running averages get one update per step, with
   the mean of the micro-batch statistics. Which rows share a micro-batch therefore depends on the
-  device layout (and on how processes order their rows): results differ slightly across topologies. Both passes over the micro-batches are loops (lax.map /
-  lax.scan), which is what bounds memory: unrolled, XLA schedules the micro-batches side by side and
-  the saving is gone (XLA:CPU plan of the paper step at B 32, k 4: 1.25 GiB unrolled, 0.40 GiB looped,
-  1.27 GiB for k 1). XLA:CPU runs convolutions inside loops slowly (tiny model, B 64, k 4: 7x the
-  time of k 1), so on CPUs use caching only when memory demands it.
+  device layout (and on how processes order their rows): results differ slightly across topologies.
+  Both passes over the micro-batches are loops (lax.map / lax.scan), which is what bounds memory:
+  unrolled, XLA schedules the micro-batches side by side and the saving is gone (XLA:CPU plan of the
+  paper step at B 32, k 4: 1.25 GiB unrolled, 0.40 GiB looped, 1.27 GiB for k 1). XLA:CPU runs
+  convolutions inside loops slowly (tiny model, B 64, k 4: 7x the time of k 1), so on CPUs use
+  caching only when memory demands it.
   Returns (loss, (accuracy, scale, new batch_stats), gradients).
   """
-  n, (B, T, C) = mesh.devices.size, ecg.shape
+  n, B = mesh.devices.size, ecg.shape[0]
   m = B // (k * n)
   chunk_sharding = NamedSharding(mesh, P(None, DATA_AXIS))
-  chunks = jax.lax.with_sharding_constraint(ecg.reshape(n, k, m, T, C).swapaxes(0, 1).reshape(k, n * m, T, C),
-                                            chunk_sharding)
+
+  def to_chunks(x):  # (B, ...) -> (k, B / k, ...): rows microbatch_rows(B, k, n), no data crossing devices
+    chunks = x.reshape(n, k, m, *x.shape[1:]).swapaxes(0, 1).reshape(k, n * m, *x.shape[1:])
+    return jax.lax.with_sharding_constraint(chunks, chunk_sharding)
+
+  def from_chunks(x):  # the inverse: (k, B / k, ...) -> (B, ...) in the batch's row order
+    return x.reshape(k, n, m, *x.shape[2:]).swapaxes(0, 1).reshape(B, *x.shape[2:])
+
+  chunks = to_chunks(ecg)
   variables = lambda params: {"params": params, "batch_stats": state["batch_stats"]}
 
   def embed(params, chunk):  # (n m, T, C) int16 -> (n m, E), updated batch_stats
@@ -146,8 +154,7 @@ def _cached_gradients(model: TwoTower, loss_of, state, ecg, txt, rows, k: int, m
 
   params = state["params"]
   z_chunks, stats = jax.lax.map(lambda chunk: embed(params, chunk), chunks)  # (k, n m, E)
-  E = z_chunks.shape[-1]
-  z = z_chunks.reshape(k, n, m, E).swapaxes(0, 1).reshape(B, E)
+  z = from_chunks(z_chunks)
 
   def loss_fn(z, params):
     z_txt = model.apply({"params": params}, txt, method=TwoTower.encode_text)
@@ -157,8 +164,7 @@ def _cached_gradients(model: TwoTower, loss_of, state, ecg, txt, rows, k: int, m
     return loss, (acc, scale)
 
   (loss, (acc, scale)), (dz, grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(z, params)
-  dz_chunks = jax.lax.with_sharding_constraint(dz.reshape(n, k, m, E).swapaxes(0, 1).reshape(k, n * m, E),
-                                               chunk_sharding)
+  dz_chunks = to_chunks(dz)
 
   def accumulate(grads, chunk_and_dz):
     chunk, dz_chunk = chunk_and_dz

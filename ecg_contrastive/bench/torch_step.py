@@ -26,8 +26,6 @@ from ecg_contrastive.bench.workload import Workload
 from ecg_contrastive.data.signal import MV_PER_UNIT
 from ecg_contrastive.export import modeling_ecg
 
-MODES = TORCH_MODES
-
 
 def torch_device() -> torch.device:
   return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -64,8 +62,8 @@ def make_adamw(model: nn.Module, optimizer: Any, device: torch.device) -> torch.
 def bench_torch_step(workload: Workload, batch_size: int, mode: str, host_batches: list[dict[str, np.ndarray]],
                      table: np.ndarray, *, warmup: int, windows: int, steps: int, seed: int = 0) -> dict[str, Any]:
   """One results row for the PyTorch step in `mode` ("eager" | "compile") on device-resident batches."""
-  if mode not in MODES:
-    raise ValueError(f"unknown torch mode {mode!r}; use one of {MODES}")
+  if mode not in TORCH_MODES:
+    raise ValueError(f"unknown torch mode {mode!r}; use one of {TORCH_MODES}")
   device = torch_device()
   config = workload.config(batch_size)
   torch.manual_seed(seed)
