@@ -4,11 +4,13 @@
 #      PyTorch step of the same architecture (eager and torch.compile), side by side in one process,
 #      plus a profile of ours at 1024 (where the time goes);
 #   2. ours at 1024 fed by the real input pipeline (int16 on the wire) next to device-resident batches;
-#   3. if time is left (under ~6.5 minutes spent): ours at a batch 4x larger, plain and with gradient
-#      caching over 4 micro-batches (config.microbatches), for what fits and what caching costs;
+#   3. if time is left (under ~6.5 minutes spent): ours at a batch 2x larger, plain and with gradient
+#      caching over 4 micro-batches (config.microbatches), for what caching costs;
 #   4. the tables again, last, with the issue's targets.
-# Writes under $OUT (./bench_out when OUT is unset), at most 10 files: gpu_run.log, step.json, step.csv,
-# pipeline.json, pipeline.csv, big.json, big.csv, profile_summary.txt, perfetto_trace.json.gz.
+# Writes under $OUT (./bench_out when OUT is unset) 7 files, as the device tool brings back at most 8:
+# gpu_run.log, step.json, pipeline.json, big.json, profile_summary.txt, perfetto_trace.json.gz and
+# ours.hlo.txt.gz (the optimized HLO of ours at 1024: what each fusion of the profile reads and writes).
+# Each phase's CSV is deleted once the phase ends ("bench show X.json" prints its table again).
 #
 # Device-machine call (tool `run`):  command "bash bench/gpu_run.sh", carry [".whl"], timeout_s 600,
 # after `bash bench/fetch_wheels.sh` here (the ~14 MB of wheels the image lacks: ml_collections,
@@ -41,7 +43,7 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 [ -n "${BENCH_XLA_FLAGS:-}" ] && export XLA_FLAGS="${BENCH_XLA_FLAGS}"
 
 run() {
-  if ! python3 -c "import ml_collections, matplotlib_fontja, tensorflow_datasets, array_record" 2> /dev/null \
+  if ! python3 -c "import ml_collections, matplotlib_fontja, tensorflow_datasets, array_record, wfdb" 2> /dev/null \
       && compgen -G ".whl/*.whl" > /dev/null; then  # the image lacks them: install the carried wheels
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl \
       || { echo "installing the carried wheels failed"; exit 1; }
@@ -51,10 +53,10 @@ run() {
 
   if [ "${BENCH_TINY:-0}" = 1 ]; then  # CPU check of this script: tiny model, tiny sizes
     MODEL=tiny; BATCHES=8,16; BATCH=16; TIMING=(--warmup 1 --windows 2 --steps 2); TORCH=eager
-    DATASET=synthetic_ecg_ja/tiny; STEP_LIMIT=900; PIPE_LIMIT=600; BIG=64; BIG_BY=400
+    DATASET=synthetic_ecg_ja/tiny; STEP_LIMIT=900; PIPE_LIMIT=600; BIG=32; BIG_BY=400
   else
     MODEL=paper; BATCHES=256,1024; BATCH=1024; TIMING=(--warmup 3 --windows 5 --steps 10); TORCH=eager,compile
-    DATASET="${BENCH_DATASET:-synthetic_ecg_ja/demo}"; STEP_LIMIT=360; PIPE_LIMIT=200; BIG=4096; BIG_BY=390
+    DATASET="${BENCH_DATASET:-synthetic_ecg_ja/demo}"; STEP_LIMIT=360; PIPE_LIMIT=200; BIG=2048; BIG_BY=390
   fi
 
   echo "== machine"
@@ -65,8 +67,8 @@ run() {
 
   echo "== step: ours vs PyTorch eager / torch.compile, batch $BATCHES"
   timeout "$STEP_LIMIT" python3 -m ecg_contrastive.bench step --model "$MODEL" --batch-sizes "$BATCHES" --torch "$TORCH" \
-    "${TIMING[@]}" --profile "$WORK/profile" --out "$OUT_DIR/step"
-  echo "step: exit $?"
+    "${TIMING[@]}" --profile "$WORK/profile" --dump-hlo "$OUT_DIR/ours.hlo.txt.gz" --out "$OUT_DIR/step"
+  echo "step: exit $?"; rm -f "$OUT_DIR/step.csv"
   cp "$WORK/profile/profile_summary.txt" "$OUT_DIR/" 2>/dev/null
   TRACE="$(ls -t "$WORK"/profile/plugins/profile/*/perfetto_trace.json.gz 2>/dev/null | head -1)"
   [ -n "$TRACE" ] && cp "$TRACE" "$OUT_DIR/perfetto_trace.json.gz"
@@ -74,13 +76,13 @@ run() {
   echo "== pipeline: ours at batch $BATCH through the input pipeline ($DATASET)"
   timeout "$PIPE_LIMIT" python3 -m ecg_contrastive.bench pipeline --model "$MODEL" --batch-size "$BATCH" \
     --dataset "$DATASET" --data-dir "$WORK/data" "${TIMING[@]}" --out "$OUT_DIR/pipeline"
-  echo "pipeline: exit $?"
+  echo "pipeline: exit $?"; rm -f "$OUT_DIR/pipeline.csv"
 
   if [ "$SECONDS" -lt "$BIG_BY" ]; then
     echo "== large batch: ours at $BIG, plain and with gradient caching over 4 micro-batches"
     timeout $((570 - SECONDS)) python3 -m ecg_contrastive.bench step --model "$MODEL" --batch-sizes "$BIG" \
       --microbatches 1,4 --torch none --warmup 2 --windows 3 --steps 3 --out "$OUT_DIR/big"
-    echo "large batch: exit $?"
+    echo "large batch: exit $?"; rm -f "$OUT_DIR/big.csv"
   else
     echo "== large batch: skipped ($SECONDS s spent)"
   fi

@@ -2,6 +2,7 @@
 positive, finite figures; the FLOP count, the memory comparison and the target check give the right
 numbers. Nothing here asserts a speed."""
 
+import gzip
 import json
 import math
 
@@ -79,12 +80,17 @@ def test_step_command_runs_ours_and_torch_side_by_side(tmp_path, capsys):
 
 def test_plan_only_shows_gradient_caching_cuts_memory(tmp_path):
   prefix = str(tmp_path / "plan")
-  assert main(["step", "--model", "tiny", "--batch-sizes", "64", "--microbatches", "1,3,4", "--plan-only",
-               "--out", prefix]) == 0
+  hlo = tmp_path / "ours.hlo.txt.gz"
+  assert main(["step", "--model", "tiny", "--batch-sizes", "32,64", "--microbatches", "1,3,4", "--plan-only",
+               "--dump-hlo", str(hlo), "--out", prefix]) == 0
   rows = load(prefix)["rows"]
   # 3 does not divide the 8 ECGs per device: skipped; PyTorch is not run for a plan
-  assert [r["impl"] for r in rows] == ["jax (ours)", "jax (ours), 4 micro-batches"]
-  plain, cached = rows
+  assert [(r["impl"], r["batch"]) for r in rows] == [("jax (ours)", 32), ("jax (ours), 4 micro-batches", 32),
+                                                    ("jax (ours)", 64), ("jax (ours), 4 micro-batches", 64)]
+  plain, cached = rows[2:]
+  with gzip.open(hlo, "rt") as f:  # the optimized HLO of the plain step at the largest batch only
+    text = f.read()
+  assert text.startswith("HloModule") and "ENTRY" in text and "s16[8,5000,12]" in text and "while" not in text
   assert plain["ecg_per_s"] is None and positive(plain["plan_gib"]) and positive(cached["plan_gib"])
   assert cached["plan_gib"] < 0.8 * plain["plan_gib"]  # activations of 2 ECGs per device at a time, not 8
   assert cached["gflop_per_ecg_xla"] > 0
@@ -197,3 +203,22 @@ def test_trace_summary_without_op_events_says_so():
   s = trace_summary.summarize({"traceEvents": []}, steps=4, wall_s=0.02)
   assert s["wall_ms_per_step"] == pytest.approx(5.0) and s["op_ms_per_step"] is None
   assert "no per-op events" in trace_summary.format_summary(s)
+
+
+def test_trace_summary_splits_command_buffers_into_their_kernels():
+  """The first H100 trace (XLA 0.11) had no "XLA Ops" line and ran fusions inside CUDA graphs: grouped by
+  `hlo_op`, a command buffer holding one reduction and one elementwise fusion all counted as "reduction"."""
+  def k(ts, dur, name, op):
+    return {"ph": "X", "pid": 1, "tid": 14, "ts": ts, "dur": dur, "name": name, "args": {"hlo_op": op}}
+  step = [k(0, 50, "Memset 3", "cudnn-conv.20"), k(50, 290, "sm90_xmma_fprop_implicit_gemm", "cudnn-conv.20"),
+          k(340, 120, "input_reduce_fusion_49", "command_buffer_47"),
+          k(460, 220, "loop_convert_fusion_25", "command_buffer_47")]
+  trace = {"traceEvents": [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+                           {"ph": "M", "pid": 1, "tid": 14, "name": "thread_name", "args": {"name": "Stream #14"}},
+                           *step, *[dict(e, ts=e["ts"] + 1000) for e in step]]}
+  s = trace_summary.summarize(trace, steps=2, wall_s=2e-3)
+  assert [o["op"] for o in s["top_ops"]] == ["cudnn-conv.20", "loop_convert_fusion_25", "input_reduce_fusion_49"]
+  assert [o["calls_per_step"] for o in s["top_ops"]] == [1, 1, 1]  # the conv's memset is not a second call
+  cats = {c: v["ms_per_step"] for c, v in s["by_category"].items()}
+  assert cats == pytest.approx({"convolution": 0.34, "elementwise fusion (BN apply, ReLU, residual, optimizer)": 0.22,
+                                "reduction fusion (BN statistics, BN backward sums)": 0.12})

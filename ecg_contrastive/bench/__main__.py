@@ -70,6 +70,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       "OpenMP threads waiting on each other)")
   p.add_argument("--profile", help="trace a few steps of ours at the largest batch into this folder and "
                                    "write a breakdown of device time (profile_summary.txt there)")
+  p.add_argument("--dump-hlo", help="write the optimized HLO of ours at the largest batch here, gzipped (the "
+                                    "fusions the profile names: what each reads and writes)")
   _timing_args(p, warmup=3, windows=5, steps=10)
   p.add_argument("--out", default="bench_out/step", help="writes OUT.json and OUT.csv")
 
@@ -123,7 +125,7 @@ def _step(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str
     meta.update(torch_threads=torch.get_num_threads())
   rows = step.run(workload, args.batch_sizes, args.torch, warmup=args.warmup, windows=args.windows,
                   steps=args.steps, buffers=args.buffers, seed=args.seed, profile_dir=args.profile,
-                  microbatches=args.microbatches, plan_only=args.plan_only,
+                  microbatches=args.microbatches, plan_only=args.plan_only, hlo_path=args.dump_hlo,
                   on_row=lambda rows: results.write_results(args.out, meta, rows, STEP_COLUMNS))
   return rows, STEP_COLUMNS
 

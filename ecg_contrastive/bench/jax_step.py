@@ -7,7 +7,9 @@ the per-device memory plan.
 
 from __future__ import annotations
 
+import gzip
 import logging
+import time
 from typing import Any
 
 import jax
@@ -43,7 +45,11 @@ class ProjectStep:
     self.state = step_lib.init_state(config, model, tx, workload.text_dim, self.mesh)
     self.table = jax.device_put(table, replicated(self.mesh))
     step = step_lib.make_train_step(config, model, tx, schedule, self.mesh)
+    log.info("compiling %s at batch %d", ours_impl(microbatches), batch_size)
+    start = time.perf_counter()
     self.compiled = step.lower(self.state, self.put(example_batch), self.table).compile()
+    log.info("compiled in %.1f s; XLA plan %.2f GiB per device", time.perf_counter() - start,
+             compiled_bytes_per_device(self.compiled) / 2**30)
     self.metrics: dict[str, jax.Array] = {}
 
   def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -63,14 +69,19 @@ class ProjectStep:
 def bench_project_step(workload: Workload, batch_size: int, host_batches: list[dict[str, np.ndarray]],
                        table: np.ndarray, *, warmup: int, windows: int, steps: int,
                        profile_dir: str | None = None, microbatches: int = 1,
-                       plan_only: bool = False) -> dict[str, Any]:
+                       plan_only: bool = False, hlo_path: str | None = None) -> dict[str, Any]:
   """One results row for the project's step on device-resident batches (rotated, never zeros).
 
   microbatches > 1: the gradient-caching step (config.microbatches); its analytic TFLOP/s count the
   useful work only (3x forward per ECG), not the extra forward pass caching costs.
   With `profile_dir`, `steps` more steps are traced there and row["profile"] holds the breakdown.
+  With `hlo_path`, the compiled step's optimized HLO (XLA's fusions, as the profile names them) is written
+  there, gzipped.
   """
   step = ProjectStep(workload, batch_size, table, host_batches[0], microbatches)
+  if hlo_path:
+    with gzip.open(hlo_path, "wt", encoding="utf-8") as f:
+      f.write(step.compiled.as_text())
   if plan_only:  # compiled, not run: XLA's memory plan and FLOP count (e.g. what fits, from a CPU)
     flops = compiled_flops(step.compiled)
     return {"impl": ours_impl(microbatches), "model": workload.name, "batch": batch_size, "ecg_per_s": None,

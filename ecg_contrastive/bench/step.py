@@ -30,8 +30,9 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
 
 def run(workload: Workload, batch_sizes: Sequence[int], torch_modes: Sequence[str], *, warmup: int, windows: int,
         steps: int, buffers: int, seed: int, profile_dir: str | None = None, microbatches: Sequence[int] = (1,),
-        plan_only: bool = False, on_row: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
-  """Results rows: one per (implementation, batch size). `profile_dir`: trace ours at the largest batch.
+        plan_only: bool = False, hlo_path: str | None = None, on_row: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
+  """Results rows: one per (implementation, batch size). `profile_dir`: trace ours at the largest batch;
+  `hlo_path`: write its optimized HLO there (gzipped).
 
   microbatches: ours once per count that divides the batch per device (gradient caching for k > 1).
   plan_only: compile ours and report XLA's memory plan per device, without running (no PyTorch rows).
@@ -51,6 +52,7 @@ def run(workload: Workload, batch_sizes: Sequence[int], torch_modes: Sequence[st
     for k in [k for k in microbatches if per_device % k == 0]:
       rows.append(measured_row(jax_step.ours_impl(k), batch_size, lambda: jax_step.bench_project_step(
           workload, batch_size, host_batches, table, profile_dir=profile_here if k == 1 else None,
+          hlo_path=hlo_path if k == 1 and batch_size == max(batch_sizes) else None,
           microbatches=k, plan_only=plan_only, **kw)))
       _done(rows, on_row)
     for mode in torch_modes:

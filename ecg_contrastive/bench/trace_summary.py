@@ -2,9 +2,10 @@
 
 Reads the Perfetto trace JAX writes (perfetto_trace.json.gz, plain JSON: no profiler plugin
 needed). Op events: on a GPU, the device's "XLA Ops" line where the trace has one, else its
-kernels (grouped by their `hlo_op` argument where present); on a CPU, XLA's op thunks. Each op
-is put in a category by name (convolutions, matmuls, reductions such as BatchNorm statistics,
-layout copies and transposes, other fusions, collectives).
+kernels, grouped by their `hlo_op` argument (a cuDNN convolution with its padding kernels is one op)
+except inside a command buffer (a CUDA graph of many fusions: there each kernel is its own op); on a
+CPU, XLA's op thunks. Each op is put in a category by name (convolutions, matmuls, reduction fusions
+such as BatchNorm statistics, elementwise fusions, layout copies and transposes, collectives).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ CATEGORIES = (  # first match wins; matched against the lower-case op and kernel
     ("convolution", ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm")),
     ("collective", ("all-reduce", "all-gather", "reduce-scatter", "nccl", "collective")),
     ("matmul", ("gemm", "dot", "cublas", "matmul")),
-    ("reduction (BN statistics, means)", ("reduce",)),
+    ("reduction fusion (BN statistics, BN backward sums)", ("reduce",)),
     ("copy / transpose (layout)", ("copy", "transpose", "memcpy", "memset")),
-    ("other fusion (elementwise, optimizer)", ("fusion",)),
+    ("elementwise fusion (BN apply, ReLU, residual, optimizer)", ("fusion",)),
 )
 
 
@@ -48,7 +49,10 @@ def _intervals_union(spans: list[tuple[float, float]]) -> float:
 
 
 def _op(event: dict[str, Any]) -> str:
-  return event.get("args", {}).get("hlo_op") or event["name"]
+  hlo_op = event.get("args", {}).get("hlo_op")
+  if not hlo_op or hlo_op.startswith("command_buffer"):  # a CUDA graph of many ops: its kernels are the ops
+    return event["name"]
+  return hlo_op
 
 
 def op_events(trace: dict[str, Any]) -> list[dict[str, Any]]:
@@ -77,8 +81,10 @@ def summarize(trace: dict[str, Any], steps: int, wall_s: float, top: int = 15) -
   if not ops:
     return dict(summary, busy_ms_per_step=None, op_ms_per_step=None, by_category={}, top_ops=[])
   by_op: dict[str, list[float]] = collections.defaultdict(list)
+  kernels: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
   for e in ops:
     by_op[_op(e)].append(e["dur"])
+    kernels[_op(e)][e["name"]] += 1  # an op's calls: its most frequent kernel's (a conv also launches a memset)
   names: dict[str, set[str]] = collections.defaultdict(set)
   for e in trace["traceEvents"]:
     if e.get("ph") == "X" and _op(e) in by_op:
@@ -95,7 +101,7 @@ def summarize(trace: dict[str, Any], steps: int, wall_s: float, top: int = 15) -
       by_category={k: {"ms_per_step": v / 1e3 / steps, "share": v / total_us}
                    for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
       top_ops=[{"op": op, "kernel": " ".join(sorted(names[op] - {op}))[:80], "category": label[op],
-                "calls_per_step": len(d) / steps, "ms_per_step": sum(d) / 1e3 / steps, "share": sum(d) / total_us}
+                "calls_per_step": max(kernels[op].values()) / steps, "ms_per_step": sum(d) / 1e3 / steps, "share": sum(d) / total_us}
                for op, d in ranked])
 
 
