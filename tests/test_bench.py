@@ -222,3 +222,15 @@ def test_trace_summary_splits_command_buffers_into_their_kernels():
   cats = {c: v["ms_per_step"] for c, v in s["by_category"].items()}
   assert cats == pytest.approx({"convolution": 0.34, "elementwise fusion (BN apply, ReLU, residual, optimizer)": 0.22,
                                 "reduction fusion (BN statistics, BN backward sums)": 0.12})
+
+
+def test_xla_flop_count_is_not_reported_on_gpus(monkeypatch):
+  """XLA's cost analysis leaves out cuDNN's convolutions: on the H100 it counted 1% of the step's FLOPs."""
+  from ecg_contrastive.bench import xla_stats
+
+  class Compiled:
+    def cost_analysis(self):
+      return {"flops": 1e9}
+  assert xla_stats.compiled_flops(Compiled()) == 1e9
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert xla_stats.compiled_flops(Compiled()) is None
