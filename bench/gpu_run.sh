@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 6's GPU run, in one call on the device machine (one H100; about 6 minutes there):
-#   1. the training step of ResNet1d-18 on (5000, 12) at global batch 256 and 1024: ours (JAX) and the
-#      PyTorch step of the same architecture (eager and torch.compile), side by side in one process,
+#   1. the training step of ResNet1d-18 on (5000, 12) at global batch 256 and 1024: ours (JAX), ours with
+#      BatchNorm's plain autodiff backward (config.model.bn_backward=autodiff: the A/B of the lean one) and
+#      the PyTorch step of the same architecture (eager and torch.compile), side by side in one process,
 #      plus a profile of ours at 1024 (where the time goes);
 #   2. ours at 1024 fed by the real input pipeline (int16 on the wire) next to device-resident batches;
 #   3. if time is left (under ~6.5 minutes spent): ours at a batch 2x larger, plain and with gradient
@@ -67,7 +68,7 @@ run() {
 
   echo "== step: ours vs PyTorch eager / torch.compile, batch $BATCHES"
   timeout "$STEP_LIMIT" python3 -m ecg_contrastive.bench step --model "$MODEL" --batch-sizes "$BATCHES" --torch "$TORCH" \
-    "${TIMING[@]}" --profile "$WORK/profile" --dump-hlo "$OUT_DIR/ours.hlo.txt.gz" --out "$OUT_DIR/step"
+    --bn-backward lean,autodiff "${TIMING[@]}" --profile "$WORK/profile" --dump-hlo "$OUT_DIR/ours.hlo.txt.gz" --out "$OUT_DIR/step"
   echo "step: exit $?"; rm -f "$OUT_DIR/step.csv"
   cp "$WORK/profile/profile_summary.txt" "$OUT_DIR/" 2>/dev/null
   TRACE="$(ls -t "$WORK"/profile/plugins/profile/*/perfetto_trace.json.gz 2>/dev/null | head -1)"

@@ -35,7 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.text.templates = ("{}", "{}を認める。", "所見：{}。")
 
   c.model = dict(depth=18, width=16, downsample=5, embed_dim=128, temperature=0.07, dtype="float32",
-                 logit_bias=config_dict.placeholder(float))  # logit_bias: the sigmoid loss's initial bias (SigLIP: -10.0)
+                 logit_bias=config_dict.placeholder(float),  # the sigmoid loss's initial bias (SigLIP: -10.0)
+                 bn_backward="lean")  # BatchNorm's backward: "lean" (keeps bf16 inputs only) | "autodiff" (as flax's)
   c.learn_temperature = False
   c.text_head_trainable = True
   c.loss = dict(name="softmax", duplicate_reports_positive=True)  # name: "softmax" (InfoNCE) | "sigmoid" (SigLIP)

@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.text.pooling = "mean"
   c.text.max_length = 256
   c.model = dict(depth=18, width=64, downsample=1, embed_dim=256, temperature=0.07, dtype="bfloat16",
-                 logit_bias=config_dict.placeholder(float))
+                 logit_bias=config_dict.placeholder(float), bn_backward="lean")
   c.learn_temperature = False
   c.loss.duplicate_reports_positive = False  # plain InfoNCE, as in the paper
   c.batch_size = 256

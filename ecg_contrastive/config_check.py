@@ -7,6 +7,7 @@ import os
 import ml_collections
 
 from ecg_contrastive.data import pipeline
+from ecg_contrastive.models.batch_norm import BACKWARDS
 from ecg_contrastive.models.resnet1d import STAGE_SIZES
 
 LOSSES = ("softmax", "sigmoid")
@@ -32,6 +33,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       f"downsample ({m.downsample}) >= 1")
   if m.dtype not in DTYPES:
     raise ConfigError(f"config.model.dtype={m.dtype!r}: use one of {DTYPES}")
+  if m.get("bn_backward", "lean") not in BACKWARDS:
+    raise ConfigError(f"config.model.bn_backward={m.bn_backward!r}: use one of {BACKWARDS} (the same results; "
+                      "'lean' keeps less for the backward pass)")
   if not 0 < m.temperature < 1:
     raise ConfigError(f"config.model.temperature={m.temperature}: must be in (0, 1), the paper uses 0.07")
   if config.loss.name not in LOSSES:

@@ -90,3 +90,31 @@ def test_bf16_resnet_backward_keeps_no_float32_activations():
   by_dtype = {str(d): sum(1 for a in activations if a.dtype == d) for d in {a.dtype for a in activations}}
   assert by_dtype.get("float32", 0) == 0, by_dtype
   assert by_dtype["bfloat16"] >= 20  # every BatchNorm input is kept, in bf16
+
+
+def test_autodiff_backward_gives_the_same_model_and_keeps_float32_maps():
+  """config.model.bn_backward="autodiff" (the A/B baseline): the same parameters, forward and gradients as
+  the lean backward, and what JAX keeps for the backward includes the float32 maps the lean one avoids."""
+  ecg = jax.random.normal(jax.random.PRNGKey(4), (2, 1000, 12))
+  results = {}
+  for backward in ("lean", "autodiff"):
+    for dtype in (jnp.float32, jnp.bfloat16):
+      model = ResNet1d(depth=18, width=8, dtype=dtype, bn_backward=backward)
+      variables = model.init(jax.random.PRNGKey(5), ecg, False)
+      forward = lambda p: model.apply({"params": p, "batch_stats": variables["batch_stats"]}, ecg, True,
+                                      mutable=["batch_stats"])
+      features, vjp = jax.vjp(lambda p: forward(p)[0], variables["params"])
+      grads = vjp(jnp.ones_like(features))[0]
+      kept = [leaf.dtype for leaf in jax.tree_util.tree_leaves(vjp) if hasattr(leaf, "dtype") and leaf.size >= 2 * 63 * 8]
+      results[backward, str(jnp.dtype(dtype))] = (variables, features, forward(variables["params"])[1], grads, kept)
+  for dtype in ("float32", "bfloat16"):
+    lean, auto = results["lean", dtype], results["autodiff", dtype]
+    assert jax.tree_util.tree_structure(lean[0]) == jax.tree_util.tree_structure(auto[0])
+    np.testing.assert_array_equal(_f32(lean[1]), _f32(auto[1]))  # the same forward, bit for bit
+    for a, b in zip(jax.tree_util.tree_leaves(lean[2]), jax.tree_util.tree_leaves(auto[2])):
+      np.testing.assert_array_equal(a, b)  # the same running statistics
+  for a, b in zip(jax.tree_util.tree_leaves(results["lean", "float32"][3]),
+                  jax.tree_util.tree_leaves(results["autodiff", "float32"][3])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert jnp.dtype("float32") not in results["lean", "bfloat16"][4]
+  assert jnp.dtype("float32") in results["autodiff", "bfloat16"][4]

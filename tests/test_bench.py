@@ -234,3 +234,17 @@ def test_xla_flop_count_is_not_reported_on_gpus(monkeypatch):
   assert xla_stats.compiled_flops(Compiled()) == 1e9
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   assert xla_stats.compiled_flops(Compiled()) is None
+
+
+def test_bn_backward_variants_run_side_by_side(tmp_path, capsys):
+  """--bn-backward lean,autodiff: the A/B of the BatchNorm backward in one run, both steps on the same batches."""
+  prefix = str(tmp_path / "ab")
+  assert main(["step", "--model", "tiny", "--batch-sizes", "8", "--torch", "none", "--bn-backward", "lean,autodiff",
+               "--buffers", "2", *TINY_TIMING, "--out", prefix]) == 0
+  lean, auto = load(prefix)["rows"]
+  assert (lean["impl"], auto["impl"]) == ("jax (ours)", "jax (ours), autodiff BN backward")
+  assert positive(lean["ecg_per_s"]) and positive(auto["ecg_per_s"])
+  assert lean["loss"] == pytest.approx(auto["loss"], rel=1e-5)  # the same model on the same batch: the same loss
+  with pytest.raises(SystemExit):
+    main(["step", "--bn-backward", "fused"])
+  assert "'fused': give one or more of lean, autodiff" in capsys.readouterr().err

@@ -98,6 +98,7 @@ def test_resume_continues_bitwise(data_dirs, tmp_path, monkeypatch):
     ("text.model_dir", "/nonexistent/bert", r"no such directory.*local Hugging Face"),
     ("microbatches", 3, r"microbatches 3 does not divide the 4 ECGs per device.*divisor of 4"),
     ("loss.name", "sigmoid", r"sigmoid loss needs a learnable bias.*logit_bias=-10"),
+    ("model.bn_backward", "fused", r"config.model.bn_backward='fused': use one of \('lean', 'autodiff'\)"),
 ])
 def test_bad_config_fails_before_training(data_dirs, tmp_path, key, value, message):
   config = tiny_config(data_dirs)

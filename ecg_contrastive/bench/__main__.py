@@ -39,6 +39,14 @@ def _modes(text: str) -> list[str]:
   return [] if text == "none" else [m for m in text.split(",") if m]
 
 
+def _bn_backwards(text: str) -> list[str]:
+  from ecg_contrastive.models.batch_norm import BACKWARDS  # imports JAX, but starts no backend (XLA_FLAGS still apply)
+  values = [v for v in text.split(",") if v]
+  if not values or set(values) - set(BACKWARDS):
+    raise argparse.ArgumentTypeError(f"{text!r}: give one or more of {', '.join(BACKWARDS)}, comma-separated")
+  return values
+
+
 def _timing_args(p: argparse.ArgumentParser, warmup: int, windows: int, steps: int) -> None:
   p.add_argument("--warmup", type=int, default=warmup, help="untimed steps first (compilation, autotuning)")
   p.add_argument("--windows", type=int, default=windows, help="timed windows; the median is reported")
@@ -61,6 +69,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--batch-sizes", type=_ints, default=[256, 1024], help="global batch sizes, comma-separated")
   p.add_argument("--microbatches", type=_ints, default=[1],
                  help="ours with each of these micro-batch counts (gradient caching, config.microbatches), e.g. 1,4")
+  p.add_argument("--bn-backward", type=_bn_backwards, default=["lean"],
+                 help="ours with each BatchNorm backward, e.g. lean,autodiff (config.model.bn_backward): an A/B in one run")
   p.add_argument("--plan-only", action="store_true",
                  help="compile ours only and report XLA's memory plan per device (what fits), without running")
   p.add_argument("--torch", type=_modes, default=["eager", "compile"], help="'eager,compile', 'eager' or 'none'")
@@ -126,6 +136,7 @@ def _step(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str
   rows = step.run(workload, args.batch_sizes, args.torch, warmup=args.warmup, windows=args.windows,
                   steps=args.steps, buffers=args.buffers, seed=args.seed, profile_dir=args.profile,
                   microbatches=args.microbatches, plan_only=args.plan_only, hlo_path=args.dump_hlo,
+                  bn_backwards=args.bn_backward,
                   on_row=lambda rows: results.write_results(args.out, meta, rows, STEP_COLUMNS))
   return rows, STEP_COLUMNS
 

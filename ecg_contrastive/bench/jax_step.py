@@ -27,25 +27,28 @@ log = logging.getLogger("ecg_contrastive.bench")
 SCHEDULE_STEPS = 100_000  # length of the learning-rate schedule; speed does not depend on it
 
 
-def ours_impl(microbatches: int) -> str:
-  """The implementation name of our step's rows ("jax (ours)", or with its micro-batch count)."""
-  return "jax (ours)" if microbatches == 1 else f"jax (ours), {microbatches} micro-batches"
+def ours_impl(microbatches: int, bn_backward: str = "lean") -> str:
+  """The implementation name of our step's rows: "jax (ours)", or with its micro-batch count and/or its
+  BatchNorm backward where these are not the defaults."""
+  parts = ["jax (ours)"] + ([f"{microbatches} micro-batches"] if microbatches > 1 else [])
+  return ", ".join(parts + ([f"{bn_backward} BN backward"] if bn_backward != "lean" else []))
 
 
 class ProjectStep:
   """State, compiled step and frozen text table of the project's trainer for one workload and batch size."""
 
   def __init__(self, workload: Workload, batch_size: int, table: np.ndarray, example_batch: dict[str, Any],
-               microbatches: int = 1):
+               microbatches: int = 1, bn_backward: str = "lean"):
     config = workload.config(batch_size)
     config.microbatches = microbatches
+    config.model.bn_backward = bn_backward
     self.mesh = make_mesh()
     model = step_lib.make_model(config)
     tx, schedule = step_lib.make_optimizer(config, SCHEDULE_STEPS)
     self.state = step_lib.init_state(config, model, tx, workload.text_dim, self.mesh)
     self.table = jax.device_put(table, replicated(self.mesh))
     step = step_lib.make_train_step(config, model, tx, schedule, self.mesh)
-    log.info("compiling %s at batch %d", ours_impl(microbatches), batch_size)
+    log.info("compiling %s at batch %d", ours_impl(microbatches, bn_backward), batch_size)
     start = time.perf_counter()
     self.compiled = step.lower(self.state, self.put(example_batch), self.table).compile()
     log.info("compiled in %.1f s; XLA plan %.2f GiB per device", time.perf_counter() - start,
@@ -69,7 +72,8 @@ class ProjectStep:
 def bench_project_step(workload: Workload, batch_size: int, host_batches: list[dict[str, np.ndarray]],
                        table: np.ndarray, *, warmup: int, windows: int, steps: int,
                        profile_dir: str | None = None, microbatches: int = 1,
-                       plan_only: bool = False, hlo_path: str | None = None) -> dict[str, Any]:
+                       plan_only: bool = False, hlo_path: str | None = None,
+                       bn_backward: str = "lean") -> dict[str, Any]:
   """One results row for the project's step on device-resident batches (rotated, never zeros).
 
   microbatches > 1: the gradient-caching step (config.microbatches); its analytic TFLOP/s count the
@@ -78,19 +82,20 @@ def bench_project_step(workload: Workload, batch_size: int, host_batches: list[d
   With `hlo_path`, the compiled step's optimized HLO (XLA's fusions, as the profile names them) is written
   there, gzipped.
   """
-  step = ProjectStep(workload, batch_size, table, host_batches[0], microbatches)
+  step = ProjectStep(workload, batch_size, table, host_batches[0], microbatches, bn_backward)
+  impl = ours_impl(microbatches, bn_backward)
   if hlo_path:
     with gzip.open(hlo_path, "wt", encoding="utf-8") as f:
       f.write(step.compiled.as_text())
   if plan_only:  # compiled, not run: XLA's memory plan and FLOP count (e.g. what fits, from a CPU)
     flops = compiled_flops(step.compiled)
-    return {"impl": ours_impl(microbatches), "model": workload.name, "batch": batch_size, "ecg_per_s": None,
+    return {"impl": impl, "model": workload.name, "batch": batch_size, "ecg_per_s": None,
             "plan_gib": compiled_bytes_per_device(step.compiled) / 2**30,
             "gflop_per_ecg_xla": None if flops is None else flops / batch_size / 1e9}
   batches = [step.put(b) for b in host_batches]
   run_step = lambda i: step(batches[i % len(batches)])
   timing = time_windows(run_step, step.sync, warmup=warmup, windows=windows, steps=steps)
-  row = step_row(ours_impl(microbatches), workload, batch_size, timing, step.loss(),
+  row = step_row(impl, workload, batch_size, timing, step.loss(),
                  peak_device_bytes(list(step.mesh.devices.flat)), compiled_bytes_per_device(step.compiled),
                  compiled_flops(step.compiled))
   if profile_dir:

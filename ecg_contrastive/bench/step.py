@@ -30,11 +30,13 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
 
 def run(workload: Workload, batch_sizes: Sequence[int], torch_modes: Sequence[str], *, warmup: int, windows: int,
         steps: int, buffers: int, seed: int, profile_dir: str | None = None, microbatches: Sequence[int] = (1,),
-        plan_only: bool = False, hlo_path: str | None = None, on_row: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
+        plan_only: bool = False, hlo_path: str | None = None, bn_backwards: Sequence[str] = ("lean",), on_row: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
   """Results rows: one per (implementation, batch size). `profile_dir`: trace ours at the largest batch;
   `hlo_path`: write its optimized HLO there (gzipped).
 
   microbatches: ours once per count that divides the batch per device (gradient caching for k > 1).
+  bn_backwards: and once per BatchNorm backward ("lean", "autodiff"; config.model.bn_backward), for A/B runs;
+  the profile and the HLO are of the first.
   plan_only: compile ours and report XLA's memory plan per device, without running (no PyTorch rows).
 
   on_row(rows so far) after each row: a run cut short by a time limit still leaves its figures.
@@ -49,11 +51,13 @@ def run(workload: Workload, batch_sizes: Sequence[int], torch_modes: Sequence[st
     kw = dict(warmup=warmup, windows=windows, steps=steps)
     profile_here = profile_dir if batch_size == max(batch_sizes) else None
     per_device = batch_size // jax.device_count()
-    for k in [k for k in microbatches if per_device % k == 0]:
-      rows.append(measured_row(jax_step.ours_impl(k), batch_size, lambda: jax_step.bench_project_step(
-          workload, batch_size, host_batches, table, profile_dir=profile_here if k == 1 else None,
-          hlo_path=hlo_path if k == 1 and batch_size == max(batch_sizes) else None,
-          microbatches=k, plan_only=plan_only, **kw)))
+    variants = [(k, bn) for bn in bn_backwards for k in microbatches if per_device % k == 0]
+    for k, bn in variants:
+      first = (k, bn) == variants[0] and k == 1
+      rows.append(measured_row(jax_step.ours_impl(k, bn), batch_size, lambda: jax_step.bench_project_step(
+          workload, batch_size, host_batches, table, profile_dir=profile_here if first else None,
+          hlo_path=hlo_path if first and batch_size == max(batch_sizes) else None,
+          microbatches=k, plan_only=plan_only, bn_backward=bn, **kw)))
       _done(rows, on_row)
     for mode in torch_modes:
       rows.append(measured_row(f"torch {mode}", batch_size, lambda: torch_step.bench_torch_step(

@@ -44,7 +44,7 @@ MODELING_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "modeli
 MODEL_KEYS = ("depth", "width", "downsample", "embed_dim", "temperature", "dtype")
 TEXT_HEAD = ("params/txt_head/kernel", "params/txt_head/bias")
 NOT_EXPORTED = ("params/logit_bias",)  # the sigmoid loss's bias: a constant shift of every score
-TRAINING_ONLY_KEYS = ("logit_bias",)  # config.model keys that do not change the exported encoder
+TRAINING_ONLY_KEYS = ("logit_bias", "bn_backward")  # config.model keys that do not change the exported encoder
 TOLERANCE = 1e-5
 LAYOUTS = {
     "conv": lambda a: np.transpose(a, (2, 1, 0)),  # (width, in, out) -> (out, in, width)

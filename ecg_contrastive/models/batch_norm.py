@@ -83,13 +83,21 @@ def _bwd(epsilon, relu, residuals, cotangents):
 batch_norm_train.defvjp(_fwd, _bwd)
 
 
+BACKWARDS = ("lean", "autodiff")
+
+
 class BatchNorm(nn.Module):
   """flax.linen.BatchNorm over the last axis (same names: params scale/bias, batch_stats mean/var),
-  with the lean backward pass above and an optional fused ReLU. Output in `dtype`."""
+  with an optional fused ReLU. Output in `dtype`.
+
+  backward: "lean" (the custom VJP above) or "autodiff" (JAX differentiates the same forward, as for
+  flax.linen.BatchNorm: what it keeps is left to XLA), for A/B measurements on each accelerator.
+  """
   momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Any = jnp.float32
   relu: bool = False
+  backward: str = "lean"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -102,7 +110,12 @@ class BatchNorm(nn.Module):
     if not train:
       y = _normalize(x, ra_mean.value, jax.lax.rsqrt(ra_var.value + self.epsilon), scale, bias)
       return (jnp.maximum(y, 0.0) if self.relu else y).astype(self.dtype)
-    y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.relu)
+    if self.backward == "lean":
+      y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.relu)
+    elif self.backward == "autodiff":
+      y, mean, var, _ = _forward(x, scale, bias, self.epsilon, self.relu)
+    else:
+      raise ValueError(f"BatchNorm backward={self.backward!r}: use one of {BACKWARDS}")
     if not self.is_initializing():
       m = self.momentum
       ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)

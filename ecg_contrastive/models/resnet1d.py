@@ -32,10 +32,10 @@ def conv1d(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn
                  dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
-def batch_norm(dtype: Any, name: str, relu: bool = False) -> BatchNorm:
-  """BatchNorm (+ ReLU) matching PyTorch defaults (momentum 0.1 there = 0.9 here, eps 1e-5); its backward
-  pass keeps only its compute-dtype input (models/batch_norm.py)."""
-  return BatchNorm(momentum=0.9, epsilon=1e-5, dtype=dtype, relu=relu, name=name)
+def batch_norm(dtype: Any, name: str, relu: bool = False, backward: str = "lean") -> BatchNorm:
+  """BatchNorm (+ ReLU) matching PyTorch defaults (momentum 0.1 there = 0.9 here, eps 1e-5); with the "lean"
+  backward it keeps only its compute-dtype input (models/batch_norm.py)."""
+  return BatchNorm(momentum=0.9, epsilon=1e-5, dtype=dtype, relu=relu, backward=backward, name=name)
 
 
 class BasicBlock(nn.Module):
@@ -43,16 +43,17 @@ class BasicBlock(nn.Module):
   features: int
   stride: int
   dtype: Any = jnp.float32
+  bn_backward: str = "lean"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     y = conv1d(self.features, 3, self.stride, self.dtype, "conv1")(x)
-    y = batch_norm(self.dtype, "bn1", relu=True)(y, train)
+    y = batch_norm(self.dtype, "bn1", relu=True, backward=self.bn_backward)(y, train)
     y = conv1d(self.features, 3, 1, self.dtype, "conv2")(y)
-    y = batch_norm(self.dtype, "bn2")(y, train)
+    y = batch_norm(self.dtype, "bn2", backward=self.bn_backward)(y, train)
     if self.stride != 1 or x.shape[-1] != self.features:
       x = conv1d(self.features, 1, self.stride, self.dtype, "shortcut_conv")(x)
-      x = batch_norm(self.dtype, "shortcut_bn")(x, train)
+      x = batch_norm(self.dtype, "shortcut_bn", backward=self.bn_backward)(x, train)
     return nn.relu(x + y)
 
 
@@ -62,6 +63,7 @@ class ResNet1d(nn.Module):
   width: int = 64
   downsample: int = 1
   dtype: Any = jnp.float32
+  bn_backward: str = "lean"  # "lean" | "autodiff": BatchNorm's backward pass (models/batch_norm.py); same results
 
   @nn.compact
   def __call__(self, ecg: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -73,10 +75,11 @@ class ResNet1d(nn.Module):
       x = nn.avg_pool(x, (self.downsample,), strides=(self.downsample,))
     x = x.astype(dtype)
     x = conv1d(self.width, 7, 2, dtype, "stem_conv")(x)
-    x = batch_norm(dtype, "stem_bn", relu=True)(x, train)
+    x = batch_norm(dtype, "stem_bn", relu=True, backward=self.bn_backward)(x, train)
     for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
       for block in range(num_blocks):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(self.width * 2**stage, stride, dtype, name=f"stage{stage + 1}_block{block + 1}")(x, train)
+        x = BasicBlock(self.width * 2**stage, stride, dtype, self.bn_backward,
+                       name=f"stage{stage + 1}_block{block + 1}")(x, train)
     return jnp.mean(x.astype(jnp.float32), axis=1)
 

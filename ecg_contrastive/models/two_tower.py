@@ -34,9 +34,10 @@ class TwoTower(nn.Module):
   temperature: float = 0.07
   dtype: Any = jnp.float32
   logit_bias: float | None = None  # initial value of the sigmoid loss's bias; None: no bias parameter
+  bn_backward: str = "lean"  # BatchNorm's backward pass: "lean" | "autodiff" (same results; A/B of speed, memory)
 
   def setup(self):
-    self.ecg = ResNet1d(self.depth, self.width, self.downsample, self.dtype)
+    self.ecg = ResNet1d(self.depth, self.width, self.downsample, self.dtype, self.bn_backward)
     self.ecg_head = nn.Dense(self.embed_dim, dtype=jnp.float32)
     self.txt_head = nn.Dense(self.embed_dim, dtype=jnp.float32)
     self.logit_scale = self.param("logit_scale", lambda _: jnp.asarray(np.log(1.0 / self.temperature), jnp.float32))
