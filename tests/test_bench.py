@@ -71,6 +71,7 @@ def test_step_command_runs_ours_and_torch_side_by_side(tmp_path, capsys):
   assert ours["vs_torch_compile"] is None
   profile = ours["profile"]
   assert profile["steps"] == 1 and positive(profile["op_ms_per_step"]) and profile["top_ops"]
+  assert any(positive(o["gb_per_s"]) for o in profile["top_ops"])  # joined to the compiled step's HLO
   assert (tmp_path / "profile" / "profile_summary.txt").exists()
   meta = data["meta"]
   assert meta["subcommand"] == "step" and meta["platform"] == "cpu" and meta["versions"]["jax"]
@@ -248,3 +249,36 @@ def test_bn_backward_variants_run_side_by_side(tmp_path, capsys):
   with pytest.raises(SystemExit):
     main(["step", "--bn-backward", "fused"])
   assert "'fused': give one or more of lean, autodiff" in capsys.readouterr().err
+
+
+def test_hlo_bytes_give_each_op_its_rate():
+  """Operand + result bytes per instruction of an optimized HLO module (GPU style: a fusion inside a command
+  buffer's computation, a cuDNN custom call with a tuple result), joined to the trace by name ('.' = '_')."""
+  hlo = """HloModule jit_step
+%command_buffer {
+  %p.1 = bf16[1000,1000]{1,0} parameter(0)
+  %p.2 = f32[1000]{0} parameter(1)
+  ROOT %loop_convert_fusion.25 = bf16[1000,1000]{1,0} fusion(%p.1, %p.2), kind=kLoop, calls=%fused_computation.1
+}
+ENTRY %main {
+  %x = bf16[1000,1000]{1,0} parameter(0)
+  %cudnn-conv.20 = (bf16[1000,1000]{1,0}, u8[4096]{0}) custom-call(%x), custom_call_target="__cudnn$convForward"
+}
+"""
+  sizes = trace_summary.hlo_bytes(hlo)
+  assert sizes["loop_convert_fusion_25"] == 2_000_000 + 4_000 + 2_000_000
+  assert sizes["cudnn-conv_20"] == 2_000_000 + 4096 + 2_000_000
+  def k(ts, dur, name, op):
+    return {"ph": "X", "pid": 1, "tid": 14, "ts": ts, "dur": dur, "name": name, "args": {"hlo_op": op}}
+  trace = {"traceEvents": [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+                           k(0, 2.0, "sm90_xmma_fprop", "cudnn-conv.20"),
+                           k(2, 4.0, "loop_convert_fusion_25", "command_buffer_3"),
+                           k(6, 1.0, "input_reduce_fusion_9", "command_buffer_3")]}
+  s = trace_summary.summarize(trace, steps=1, wall_s=1e-5, op_bytes=sizes)
+  rates = {o["op"]: o["gb_per_s"] for o in s["top_ops"]}
+  assert rates["loop_convert_fusion_25"] == pytest.approx(4_004_000 / 4.0 / 1e3)  # bytes / us / 1e3 = GB/s
+  assert rates["cudnn-conv.20"] == pytest.approx(4_004_096 / 2.0 / 1e3)
+  assert rates["input_reduce_fusion_9"] is None  # not in the HLO: no rate rather than a wrong one
+  elementwise = s["by_category"]["elementwise fusion (BN apply, ReLU, residual, optimizer)"]
+  assert elementwise["gb_per_s"] == pytest.approx(rates["loop_convert_fusion_25"])
+  assert "1,001 GB/s" in trace_summary.format_summary(s)

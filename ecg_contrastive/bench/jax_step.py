@@ -100,7 +100,7 @@ def bench_project_step(workload: Workload, batch_size: int, host_batches: list[d
                  compiled_flops(step.compiled))
   if profile_dir:
     try:
-      row["profile"] = trace_summary.trace_steps(run_step, step.sync, steps, profile_dir)
+      row["profile"] = trace_summary.trace_steps(run_step, step.sync, steps, profile_dir, step.compiled.as_text())
     except Exception as e:  # noqa: BLE001  (the timing stands without its profile)
       log.exception("profiling failed")
       row["profile_error"] = f"{type(e).__name__}: {e}"[:500]
