@@ -105,7 +105,8 @@ def test_autodiff_backward_gives_the_same_model_and_keeps_float32_maps():
                                       mutable=["batch_stats"])
       features, vjp = jax.vjp(lambda p: forward(p)[0], variables["params"])
       grads = vjp(jnp.ones_like(features))[0]
-      kept = [leaf.dtype for leaf in jax.tree_util.tree_leaves(vjp) if hasattr(leaf, "dtype") and leaf.size >= 2 * 63 * 8]
+      kept = [leaf.dtype for leaf in jax.tree_util.tree_leaves(vjp)
+              if hasattr(leaf, "dtype") and leaf.size >= 2 * 63 * 8]  # the (T, C) maps, as in the test above
       results[backward, str(jnp.dtype(dtype))] = (variables, features, forward(variables["params"])[1], grads, kept)
   for dtype in ("float32", "bfloat16"):
     lean, auto = results["lean", dtype], results["autodiff", dtype]

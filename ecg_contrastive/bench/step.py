@@ -30,7 +30,8 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
 
 def run(workload: Workload, batch_sizes: Sequence[int], torch_modes: Sequence[str], *, warmup: int, windows: int,
         steps: int, buffers: int, seed: int, profile_dir: str | None = None, microbatches: Sequence[int] = (1,),
-        plan_only: bool = False, hlo_path: str | None = None, bn_backwards: Sequence[str] = ("lean",), on_row: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
+        plan_only: bool = False, hlo_path: str | None = None, bn_backwards: Sequence[str] = ("lean",),
+        on_row: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
   """Results rows: one per (implementation, batch size). `profile_dir`: trace ours at the largest batch;
   `hlo_path`: write its optimized HLO there (gzipped).
 

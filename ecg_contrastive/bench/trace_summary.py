@@ -46,8 +46,8 @@ def category(name: str) -> str:
 
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
           "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
-_DEFINITION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\([^=]*?\)|[a-z0-9]+\[[0-9,]*\](?:\{[^}]*\})?) ([\w\-]+)\((.*?)\)",
-                         re.M)
+_DEFINITION = re.compile(  # %name = shape op(operands...): the shape an array or a tuple of arrays
+    r"^\s*(?:ROOT )?%([\w.\-]+) = (\([^=]*?\)|[a-z0-9]+\[[0-9,]*\](?:\{[^}]*\})?) ([\w\-]+)\((.*?)\)", re.M)
 _ARRAY = re.compile(r"([a-z][a-z0-9]*)\[([0-9,]*)\]")
 
 
