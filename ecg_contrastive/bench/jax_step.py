@@ -84,9 +84,10 @@ def bench_project_step(workload: Workload, batch_size: int, host_batches: list[d
   """
   step = ProjectStep(workload, batch_size, table, host_batches[0], microbatches, bn_backward)
   impl = ours_impl(microbatches, bn_backward)
+  hlo_text = step.compiled.as_text() if hlo_path or profile_dir else None  # the module is large: print it once
   if hlo_path:
     with gzip.open(hlo_path, "wt", encoding="utf-8") as f:
-      f.write(step.compiled.as_text())
+      f.write(hlo_text)
   if plan_only:  # compiled, not run: XLA's memory plan and FLOP count (e.g. what fits, from a CPU)
     flops = compiled_flops(step.compiled)
     return {"impl": impl, "model": workload.name, "batch": batch_size, "ecg_per_s": None,
@@ -100,7 +101,7 @@ def bench_project_step(workload: Workload, batch_size: int, host_batches: list[d
                  compiled_flops(step.compiled))
   if profile_dir:
     try:
-      row["profile"] = trace_summary.trace_steps(run_step, step.sync, steps, profile_dir, step.compiled.as_text())
+      row["profile"] = trace_summary.trace_steps(run_step, step.sync, steps, profile_dir, hlo_text)
     except Exception as e:  # noqa: BLE001  (the timing stands without its profile)
       log.exception("profiling failed")
       row["profile_error"] = f"{type(e).__name__}: {e}"[:500]
