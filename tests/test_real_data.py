@@ -148,7 +148,7 @@ def test_reports_and_labels_of_known_records(folders, sources, root):
 
 @pytest.mark.parametrize("name, reasons", [
     ("ptbxl", {"missing .dat": "missing file", "truncated .dat": "truncated file",
-               "no mapped code": "no SCP statement"}),
+               "no mapped code": "no SCP statement", "unreadable patient_id": "patient_id 'n/a'"}),
     ("mimic_iv_ecg", {"missing record folder": "missing file", "8 leads": "missing lead(s) ['V3', 'V4', 'V5', 'V6']",
                       "NaN samples": "NaN/inf", "no machine_measurements row": "no row for study"}),
     ("ecg_manifest", {"missing .dat": "missing file", "NaN samples": "NaN/inf"}),

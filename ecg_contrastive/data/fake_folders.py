@@ -64,7 +64,6 @@ class FakeFolder:
   patient: dict[str, str] = dataclasses.field(default_factory=dict)
   bad: dict[str, str] = dataclasses.field(default_factory=dict)             # record_id -> what is broken
   suspected: dict[str, set[str]] = dataclasses.field(default_factory=dict)  # terms written as possible
-  unknown_statements: int = 0                                               # records with UNKNOWN_STATEMENT
 
 
 def _scp_code_of() -> dict[str, str]:
@@ -124,6 +123,8 @@ def write_ptbxl(out_dir: str, n_records: int = 60, seed: int = 0) -> FakeFolder:
                  repr(codes), "", "", "", "", "False", "False", "True", "", "", "", "", "", "", patient % 10 + 1,
                  f"records100/{folder}/{record_id}_lr", f"records500/{folder}/{record_id}_hr"])
     fake.ecg[record_id], fake.findings[record_id], fake.patient[record_id] = records.ecg[i], labels, str(patient)
+  good = [r for r in fake.ecg if r not in fake.bad]
+  rows[int(good[4]) - 1][1], fake.bad[good[4]] = "n/a", "unreadable patient_id"  # a corrupt cell, not a crash
   _write_csv(os.path.join(out_dir, "ptbxl_database.csv"),
              ["ecg_id", "patient_id", "age", "sex", "height", "weight", "nurse", "site", "device", "recording_date",
               "report", "scp_codes", "heart_axis", "infarction_stadium1", "infarction_stadium2", "validated_by",
@@ -131,7 +132,6 @@ def write_ptbxl(out_dir: str, n_records: int = 60, seed: int = 0) -> FakeFolder:
               "burst_noise", "electrodes_problems", "extra_beats", "pacemaker", "strat_fold", "filename_lr",
               "filename_hr"], rows)
   _write_scp_statements(os.path.join(out_dir, "scp_statements.csv"))
-  good = [r for r in fake.ecg if r not in fake.bad]
   _break(os.path.join(out_dir, "records500", "00000", f"{good[2]}_hr.dat"), "missing .dat", fake, good[2])
   _break(os.path.join(out_dir, "records500", "00000", f"{good[3]}_hr.dat"), "truncated .dat", fake, good[3])
   return fake
@@ -164,7 +164,7 @@ def write_mimic_iv_ecg(out_dir: str, n_records: int = 60, seed: int = 0) -> Fake
   """record_list.csv, machine_measurements.csv and files/pNNNN/pSUBJECT/sSTUDY/STUDY (MIMIC-IV-ECG 1.0 layout)."""
   fake, records = _generate(out_dir, n_records, seed)
   rng = np.random.default_rng([seed, 2])
-  listed, measured, unknown = [], [], 0
+  listed, measured = [], []
   for i in range(n_records):
     subject, study = 10000000 + 37 * int(records.patient_id[i][1:]), 40000000 + 1013 * i
     record_id, path = str(study), f"files/p{str(subject)[:4]}/p{subject}/s{study}/{study}"
@@ -177,7 +177,6 @@ def write_mimic_iv_ecg(out_dir: str, n_records: int = 60, seed: int = 0) -> Fake
         statements.append(STATEMENT[term])
     if rng.random() < 0.15:
       statements.append(UNKNOWN_STATEMENT)
-      unknown += 1
     if rng.random() < 0.3:
       statements.append("Unconfirmed")  # boilerplate: no term, not counted
     time = f"2180-{1 + i % 12:02d}-{1 + i % 28:02d} 08:{i % 60:02d}:00"
@@ -203,7 +202,6 @@ def write_mimic_iv_ecg(out_dir: str, n_records: int = 60, seed: int = 0) -> Fake
              ["subject_id", "study_id", "cart_id", "ecg_time"] + [f"report_{k}" for k in range(18)]
              + ["bandwidth", "filtering", "rr_interval", "p_onset", "p_end", "qrs_onset", "qrs_end", "t_end", "p_axis",
                 "qrs_axis", "t_axis"], measured)
-  fake.unknown_statements = unknown
   return fake
 
 

@@ -4,9 +4,9 @@
     ecg = read_ecg("x.npy", fs=250, units="uV")           # (T, 12) or (12, T), leads in LEADS order
     results = read_many([("a", None, None), ...])        # per record: the int16 array, or the reason (str)
 
-Conversion is `signal.standardize` (resample to 500 Hz, leads by name, first 10 s, int16 uV) with
-the units of `export.preprocess.mv_per_unit`, the same path as the predictor. A record that cannot
-be used raises RecordError whose message starts with its kind: "missing file", "truncated file",
+Conversion is `signal.standardize` (resample to 500 Hz, leads by name, first 10 s, int16 uV) after
+the loaders of `export.preprocess` (units per channel, .npy shapes), as in the predictor. A record
+that cannot be used raises RecordError whose message starts with its kind: "missing file", "truncated file",
 "unreadable", "bad signal" (NaN/inf, missing leads, beyond +-32.767 mV), "too short" (under
 MIN_DURATION_S), "flat signal" (every lead constant). No TensorFlow / TFDS import: worker processes
 of the dataset builders import only this module.
@@ -21,7 +21,7 @@ import numpy as np
 import wfdb
 
 from ecg_contrastive.data import signal
-from ecg_contrastive.export.preprocess import mv_per_unit
+from ecg_contrastive.export.preprocess import LeadShapeError, load_npy, load_wfdb, wfdb_base
 
 MIN_DURATION_S = 5.0
 _BYTES_PER_SAMPLE = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5, "310": 4 / 3,
@@ -67,7 +67,7 @@ def _to_contract(values: np.ndarray, rate: float, leads: list[str], what: str) -
 
 def read_wfdb(path: str) -> np.ndarray:
   """WFDB record (path with or without .hea/.dat) -> int16 (5000, 12); each channel's units converted."""
-  base = os.path.splitext(path)[0] if path.endswith((".hea", ".dat")) else path
+  base = wfdb_base(path)
   if not os.path.exists(base + ".hea"):
     raise RecordError(f"missing file: {base}.hea")
   try:
@@ -76,11 +76,10 @@ def read_wfdb(path: str) -> np.ndarray:
     raise RecordError(f"unreadable: header {base}.hea: {type(e).__name__}: {e}") from e
   _check_dat_files(base, header)
   try:
-    record = wfdb.rdrecord(base)
-    scale = np.array([mv_per_unit(u or "mV") for u in record.units])
+    values, rate, leads = load_wfdb(base)
   except Exception as e:  # noqa: BLE001
     raise RecordError(f"unreadable: {base}: {type(e).__name__}: {e}") from e
-  return _to_contract(record.p_signal * scale, record.fs, list(record.sig_name), base)
+  return _to_contract(values, rate, leads, base)
 
 
 def read_npy(path: str, fs: float, units: str) -> np.ndarray:
@@ -88,15 +87,12 @@ def read_npy(path: str, fs: float, units: str) -> np.ndarray:
   if not os.path.exists(path):
     raise RecordError(f"missing file: {path}")
   try:
-    values = np.load(path, allow_pickle=False)
-    scale = mv_per_unit(units)
+    values = load_npy(path, units, list(signal.LEADS))
+  except LeadShapeError as e:
+    raise RecordError(f"bad signal: {e}") from e
   except Exception as e:  # noqa: BLE001
     raise RecordError(f"unreadable: {path}: {type(e).__name__}: {e}") from e
-  if values.ndim != 2 or signal.NUM_LEADS not in values.shape:
-    raise RecordError(f"bad signal: {path}: shape {values.shape}, expected (samples, 12) or (12, samples)")
-  if values.shape[1] != signal.NUM_LEADS:
-    values = values.T
-  return _to_contract(values.astype(np.float64) * scale, float(fs), list(signal.LEADS), path)
+  return _to_contract(values, float(fs), list(signal.LEADS), path)
 
 
 def read_ecg(path: str, fs: float | None = None, units: str | None = None) -> np.ndarray:

@@ -48,22 +48,43 @@ def standardize(values: np.ndarray, rate: float, leads: list[str], what: str) ->
   return Record(signal.to_millivolts(units), float(rate), values.shape[0] / rate)
 
 
+def wfdb_base(path: str) -> str:
+  """A WFDB record's path without .hea/.dat."""
+  return os.path.splitext(path)[0] if path.endswith((".hea", ".dat")) else path
+
+
+def load_wfdb(path: str) -> tuple[np.ndarray, float, list[str]]:
+  """A WFDB record -> (float (T, C) mV, rate, lead names): each channel's units converted, a channel without
+  units read as mV (the WFDB default). Shared by the predictor and the dataset builders' record reader."""
+  record = wfdb.rdrecord(wfdb_base(path))
+  scale = np.array([mv_per_unit(u or "mV") for u in record.units])
+  return record.p_signal * scale, float(record.fs), list(record.sig_name)
+
+
+class LeadShapeError(ValueError):
+  """An array whose shape is not (samples, leads) or (leads, samples)."""
+
+
+def load_npy(path: str, units: str, leads: list[str]) -> np.ndarray:
+  """A .npy array (T, C) or (C, T), C = len(leads), in `units` -> float (T, C) mV; LeadShapeError on another shape."""
+  values = np.load(path, allow_pickle=False)
+  if values.ndim != 2 or len(leads) not in values.shape:
+    raise LeadShapeError(f"{path}: array of shape {values.shape} does not fit {len(leads)} leads {leads}; "
+                     "expected (samples, leads) or (leads, samples)")
+  if values.shape[1] != len(leads):
+    values = values.T
+  return values.astype(np.float64) * mv_per_unit(units)
+
+
 def read_wfdb(path: str) -> Record:
   """A WFDB record (path with or without .hea/.dat) -> Record, converting each channel's units."""
-  record = wfdb.rdrecord(os.path.splitext(path)[0] if path.endswith((".hea", ".dat")) else path)
-  scale = np.array([mv_per_unit(u) for u in record.units])
-  return standardize(record.p_signal * scale, record.fs, record.sig_name, what=path)
+  values, rate, leads = load_wfdb(path)
+  return standardize(values, rate, leads, what=path)
 
 
 def read_npy(path: str, rate: float, units: str, leads: list[str]) -> Record:
   """A .npy array (T, C) or (C, T), C = len(leads), in `units` at `rate` Hz -> Record."""
-  values = np.load(path)
-  if values.ndim != 2 or len(leads) not in values.shape:
-    raise ValueError(f"{path}: array of shape {values.shape} does not fit {len(leads)} leads {leads}; "
-                     "expected (samples, leads) or (leads, samples)")
-  if values.shape[1] != len(leads):
-    values = values.T
-  return standardize(values.astype(np.float64) * mv_per_unit(units), rate, leads, what=path)
+  return standardize(load_npy(path, units, leads), rate, leads, what=path)
 
 
 def read_record(path: str, rate: float | None = None, units: str | None = None,

@@ -26,7 +26,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from ecg_contrastive.data import cache, record_reader
+from ecg_contrastive.data import cache
 from ecg_contrastive.data.builders.features import CONTRACT, ecg_report_features
 from ecg_contrastive.data.builders.synthetic_ecg_ja import _workers
 from ecg_contrastive.data.builders.tf_free import plain_file_spill
@@ -97,6 +97,7 @@ def csv_rows(path: str, required: tuple[str, ...] = ()) -> tuple[list[str], csv.
 
 def _read_in_order(rows: list[RecordRow]):
   """Yields (row, int16 (5000, 12) array or skip reason) in row order; chunks run in worker processes."""
+  from ecg_contrastive.data import record_reader  # here: wfdb and pandas load only when records are read
   items = [(r.path, r.fs, r.units) for r in rows]
   chunks = [items[i:i + READ_CHUNK] for i in range(0, len(items), READ_CHUNK)]
   workers = min(_workers(), len(chunks))
@@ -114,6 +115,7 @@ def _read_in_order(rows: list[RecordRow]):
 
 def _bounded(pool: concurrent.futures.ProcessPoolExecutor, chunks: list, window: int):
   """pool.map(read_many, chunks) in order, with at most `window` chunks in flight (bounded memory)."""
+  from ecg_contrastive.data import record_reader
   with pool:
     pending = collections.deque()
     for chunk in chunks:

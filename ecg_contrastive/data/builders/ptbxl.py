@@ -29,9 +29,12 @@ STATEMENTS = "scp_statements.csv"
 FOLD_SPLIT = {**{f: "train" for f in range(1, 9)}, 9: "validation", 10: "test"}
 
 
-def _int_text(value: str) -> str:
-  """'15709.0' -> '15709' (PTB-XL writes ids as floats)."""
-  return str(int(float(value)))
+def _number(value: str) -> int | None:
+  """'15709.0' -> 15709 (PTB-XL writes ids as floats); an empty or unreadable cell -> None."""
+  try:
+    return int(float(value))
+  except ValueError:
+    return None
 
 
 class Ptbxl(LocalEcgBuilder):
@@ -52,10 +55,15 @@ class Ptbxl(LocalEcgBuilder):
     _, reader, f = csv_rows(os.path.join(source_dir, DATABASE), self.SOURCE_FILES[DATABASE])
     with f:
       for line in reader:
-        record_id, patient_id = f"{int(float(line['ecg_id'])):05d}", _int_text(line["patient_id"] or "-1")
         path = os.path.join(source_dir, line["filename_hr"])
-        fold = int(float(line["strat_fold"] or 0))
-        split = FOLD_SPLIT.get(fold)
+        split = FOLD_SPLIT.get(_number(line["strat_fold"]))
+        ecg_id, patient = _number(line["ecg_id"]), _number(line["patient_id"] or "-1")
+        record_id = line["ecg_id"] if ecg_id is None else f"{ecg_id:05d}"
+        if ecg_id is None or patient is None:
+          skipped.append(skip(split or "", record_id, line["patient_id"], path,
+                              f"unreadable ecg_id {line['ecg_id']!r} or patient_id {line['patient_id']!r}"))
+          continue
+        patient_id = str(patient)
         if split is None:
           skipped.append(skip("", record_id, patient_id, path, f"strat_fold {line['strat_fold']!r} is not 1-10"))
           continue
