@@ -11,7 +11,6 @@ activations at a time); --config.loss.name=sigmoid --config.model.logit_bias=-10
 """
 
 import ml_collections
-from ml_collections import config_dict
 
 from configs import default
 
@@ -21,12 +20,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = default.get_config()
   c.dataset = dataset or "synthetic_ecg_ja/large"
   c.text.model_dir = model_dir
-  c.source_dir = ""  # folder of the raw records for ptbxl / mimic_iv_ecg / ecg_manifest (docs/data.md)
   c.text.standin = dict(hidden_size=768, num_layers=12, num_heads=12, seed=0)
   c.text.pooling = "mean"
   c.text.max_length = 256
-  c.model = dict(depth=18, width=64, downsample=1, embed_dim=256, temperature=0.07, dtype="bfloat16",
-                 logit_bias=config_dict.placeholder(float), bn_backward="lean")
+  c.model.update(width=64, downsample=1, embed_dim=256, dtype="bfloat16")
   c.learn_temperature = False
   c.loss.duplicate_reports_positive = False  # plain InfoNCE, as in the paper
   c.batch_size = 256

@@ -24,7 +24,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if dataset not in known:
     raise ConfigError(f"config.dataset={config.dataset!r}: unknown dataset {dataset!r}; known: {sorted(known)}")
   if pipeline.needs_source(dataset):
-    _check_source_dir(config, known[dataset])
+    _check_source_dir(config)
   m = config.model
   if m.depth not in STAGE_SIZES:
     raise ConfigError(f"config.model.depth={m.depth}: unknown model ResNet1d-{m.depth}; use one of {sorted(STAGE_SIZES)}")
@@ -34,7 +34,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if m.dtype not in DTYPES:
     raise ConfigError(f"config.model.dtype={m.dtype!r}: use one of {DTYPES}")
   if m.get("bn_backward", "lean") not in BACKWARDS:
-    raise ConfigError(f"config.model.bn_backward={m.bn_backward!r}: use one of {BACKWARDS} (the same results; "
+    raise ConfigError(f"config.model.bn_backward={m.bn_backward!r}: use one of {BACKWARDS} (the same math; "
                       "'lean' keeps less for the backward pass)")
   if not 0 < m.temperature < 1:
     raise ConfigError(f"config.model.temperature={m.temperature}: must be in (0, 1), the paper uses 0.07")
@@ -63,20 +63,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       "placeholder for the label")
 
 
-def _check_source_dir(config: ml_collections.ConfigDict, builder_class) -> None:
-  """A real-data dataset that is not prepared yet needs config.source_dir with the files it reads."""
+def _check_source_dir(config: ml_collections.ConfigDict) -> None:
+  """A real-data dataset that is not prepared yet needs config.source_dir with the files it reads: the check
+  open_source makes before building, made here before any work."""
   import tensorflow_datasets as tfds
 
   from ecg_contrastive.data.builders.local_source import SourceError
 
-  if tfds.builder(config.dataset, data_dir=config.data_dir or pipeline.data_dir_default()).is_prepared():
+  builder = tfds.builder(config.dataset, data_dir=config.data_dir or pipeline.data_dir_default())
+  if builder.is_prepared():
     return  # built before: the raw folder is not read again
-  source_dir = config.get("source_dir", "")
-  if not source_dir:
-    raise ConfigError(f"config.dataset={config.dataset!r} is built from a folder of records on local disk and is not "
-                      f"prepared yet: set config.source_dir, e.g. --config.source_dir=/data/{builder_class.name} "
-                      "(see docs/data.md for the folder each dataset expects)")
   try:
-    builder_class.check_source(source_dir)
+    pipeline.source_download_config(builder, config.get("source_dir") or None)
   except SourceError as e:
-    raise ConfigError(f"config.source_dir={source_dir!r}: {e}") from e
+    raise ConfigError(f"config.dataset={config.dataset!r}, config.source_dir={config.get('source_dir')!r}: {e}") from e

@@ -32,7 +32,7 @@ def _local_softmax_loss(ecg, txt, scale, ids):
   logits_e2t = scale * jnp.dot(ecg, txt_all.T, preferred_element_type=jnp.float32)  # (b, B)
   logits_t2e = scale * jnp.dot(txt, ecg_all.T, preferred_element_type=jnp.float32)  # (b, B)
   if ids is None:  # one positive per row: global column offset + i
-    own = (jax.lax.axis_index(DATA_AXIS) * b + jnp.arange(b))[:, None]
+    own = _own_columns(b)[:, None]
     pick = lambda logits: jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), own, axis=1)[:, 0]
     loss_e2t, loss_t2e = -pick(logits_e2t), -pick(logits_t2e)
     hit = jnp.argmax(logits_e2t, axis=-1) == own[:, 0]
@@ -62,11 +62,15 @@ def softmax_loss(ecg: jax.Array, txt: jax.Array, scale: jax.Array, mesh: Mesh,
   return _on_mesh(_local_softmax_loss, mesh, (ecg, txt), (scale,), positive_ids)
 
 
+def _own_columns(b: int) -> jax.Array:
+  """(b,) the global columns of this device's b rows: their own pairs."""
+  return jax.lax.axis_index(DATA_AXIS) * b + jnp.arange(b)
+
+
 def _positives(ids, ids_all, b: int, B: int) -> jax.Array:
   """(b, B) float32 1 where column j is a positive of local row i: its own pair, or the same report id."""
   if ids is None:
-    own = jax.lax.axis_index(DATA_AXIS) * b + jnp.arange(b)
-    return (own[:, None] == jnp.arange(B)[None, :]).astype(jnp.float32)
+    return (_own_columns(b)[:, None] == jnp.arange(B)[None, :]).astype(jnp.float32)
   return (ids[:, None] == ids_all[None, :]).astype(jnp.float32)
 
 

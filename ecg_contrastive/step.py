@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ecg_contrastive.data.signal import MV_PER_UNIT
 from ecg_contrastive.losses import sigmoid_loss, softmax_loss
 from ecg_contrastive.models.two_tower import TwoTower
-from ecg_contrastive.sharding import DATA_AXIS, replicated
+from ecg_contrastive.sharding import DATA_AXIS, data_sharding, replicated
 
 
 def ecg_millivolts(ecg: jax.Array) -> jax.Array:
@@ -70,6 +70,16 @@ def make_loss(config, mesh):
   return lambda e, t, scale, bias, rows: softmax_loss(e, t, scale, mesh, ids(rows))
 
 
+def head_loss(model: TwoTower, loss_of, params, z_ecg, txt, rows):
+  """(loss, (accuracy, scale)) of ECG embeddings z_ecg against the frozen reports' embeddings txt through the
+  text head, at the model's scale and bias: the part of the step the plain and the cached gradient share."""
+  z_txt = model.apply({"params": params}, txt, method=TwoTower.encode_text)
+  scale = model.apply({"params": params}, method=TwoTower.scale)
+  bias = model.apply({"params": params}, method=TwoTower.bias)
+  loss, acc = loss_of(z_ecg, z_txt, scale, bias, rows)
+  return loss, (acc, scale)
+
+
 def make_train_step(config, model: TwoTower, tx, schedule, mesh):
   """jit(state, batch, table) -> (state, metrics). batch: 'ecg' int16 (B, T, 12), 'report_row' (B,).
 
@@ -88,11 +98,10 @@ def make_train_step(config, model: TwoTower, tx, schedule, mesh):
           model, loss_of, state, batch["ecg"], txt, rows, microbatches, mesh)
     else:
       def loss_fn(params):
-        (z_ecg, z_txt, scale), updates = model.apply(
-            {"params": params, "batch_stats": state["batch_stats"]}, ecg_millivolts(batch["ecg"]), txt, train=True,
-            mutable=["batch_stats"])
-        bias = model.apply({"params": params}, method=TwoTower.bias)
-        loss, acc = loss_of(z_ecg, z_txt, scale, bias, rows)
+        z_ecg, updates = model.apply({"params": params, "batch_stats": state["batch_stats"]},
+                                     ecg_millivolts(batch["ecg"]), train=True, mutable=["batch_stats"],
+                                     method=TwoTower.encode_ecg)
+        loss, (acc, scale) = head_loss(model, loss_of, params, z_ecg, txt, rows)
         return loss, (acc, scale, updates["batch_stats"])
       (loss, (acc, scale, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -147,7 +156,7 @@ def _cached_gradients(model: TwoTower, loss_of, state, ecg, txt, rows, k: int, m
   variables = lambda params: {"params": params, "batch_stats": state["batch_stats"]}
 
   def embed(params, chunk):  # (n m, T, C) int16 -> (n m, E), updated batch_stats
-    chunk = jax.lax.with_sharding_constraint(chunk, NamedSharding(mesh, P(DATA_AXIS)))
+    chunk = jax.lax.with_sharding_constraint(chunk, data_sharding(mesh))
     z, updates = model.apply(variables(params), ecg_millivolts(chunk), train=True, mutable=["batch_stats"],
                              method=TwoTower.encode_ecg)
     return z, updates["batch_stats"]
@@ -156,13 +165,7 @@ def _cached_gradients(model: TwoTower, loss_of, state, ecg, txt, rows, k: int, m
   z_chunks, stats = jax.lax.map(lambda chunk: embed(params, chunk), chunks)  # (k, n m, E)
   z = from_chunks(z_chunks)
 
-  def loss_fn(z, params):
-    z_txt = model.apply({"params": params}, txt, method=TwoTower.encode_text)
-    scale = model.apply({"params": params}, method=TwoTower.scale)
-    bias = model.apply({"params": params}, method=TwoTower.bias)
-    loss, acc = loss_of(z, z_txt, scale, bias, rows)
-    return loss, (acc, scale)
-
+  loss_fn = lambda z, params: head_loss(model, loss_of, params, z, txt, rows)
   (loss, (acc, scale)), (dz, grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(z, params)
   dz_chunks = to_chunks(dz)
 

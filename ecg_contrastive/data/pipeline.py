@@ -100,7 +100,7 @@ def open_source(dataset: str, split: str, data_dir: str | None = None, source_di
                      f"e.g. 'synthetic_ecg_ja/tiny')")
   builder = tfds.builder(dataset, data_dir=data_dir or data_dir_default(), file_format="array_record")
   if not builder.is_prepared():
-    builder.download_and_prepare(download_config=_download_config(builder, source_dir))
+    builder.download_and_prepare(download_config=source_download_config(builder, source_dir))
   elif source_dir and needs_source(name):
     _warn_if_other_source(builder, source_dir)
   if split not in builder.info.splits:
@@ -115,7 +115,7 @@ def needs_source(name: str) -> bool:
   return issubclass(known_datasets()[name], LocalEcgBuilder)
 
 
-def _download_config(builder, source_dir: str | None):
+def source_download_config(builder, source_dir: str | None):
   """TFDS DownloadConfig with manual_dir = source_dir, after checking the folder (real-data datasets)."""
   import tensorflow_datasets as tfds
   from ecg_contrastive.data.builders.local_source import SourceError
@@ -124,8 +124,8 @@ def _download_config(builder, source_dir: str | None):
     return tfds.download.DownloadConfig()
   if not source_dir:
     raise SourceError(f"{builder.name} is built from a local folder of records and is not prepared in "
-                            f"{builder.data_dir_root}: set config.source_dir (--config.source_dir=/path/to/the/folder) "
-                            f"or pass source_dir= to open_source; see docs/data.md")
+                      f"{builder.data_dir_root}: set config.source_dir (--config.source_dir=/path/to/the/folder, "
+                      f"or source_dir= of open_source); docs/data.md says what each dataset's folder holds")
   type(builder).check_source(source_dir)
   return tfds.download.DownloadConfig(manual_dir=source_dir)
 

@@ -54,10 +54,13 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
 def _forward(x, scale, bias, epsilon, relu):
   mean, var = _stats(x)
   rstd = jax.lax.rsqrt(var + epsilon)
+  return _output(x, mean, rstd, scale, bias, relu), mean, var, rstd
+
+
+def _output(x, mean, rstd, scale, bias, relu: bool):
+  """The normalised x (then ReLU, when fused) in x's dtype."""
   y = _normalize(x, mean, rstd, scale, bias)
-  if relu:
-    y = jnp.maximum(y, 0.0)
-  return y.astype(x.dtype), mean, var, rstd
+  return (jnp.maximum(y, 0.0) if relu else y).astype(x.dtype)
 
 
 def _fwd(x, scale, bias, epsilon, relu):
@@ -108,8 +111,7 @@ class BatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
     x = x.astype(self.dtype)
     if not train:
-      y = _normalize(x, ra_mean.value, jax.lax.rsqrt(ra_var.value + self.epsilon), scale, bias)
-      return (jnp.maximum(y, 0.0) if self.relu else y).astype(self.dtype)
+      return _output(x, ra_mean.value, jax.lax.rsqrt(ra_var.value + self.epsilon), scale, bias, self.relu)
     if self.backward == "lean":
       y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.relu)
     elif self.backward == "autodiff":

@@ -63,7 +63,7 @@ class ResNet1d(nn.Module):
   width: int = 64
   downsample: int = 1
   dtype: Any = jnp.float32
-  bn_backward: str = "lean"  # "lean" | "autodiff": BatchNorm's backward pass (models/batch_norm.py); same results
+  bn_backward: str = "lean"  # "lean" | "autodiff": BatchNorm's backward (models/batch_norm.py); same math, rounding aside
 
   @nn.compact
   def __call__(self, ecg: jnp.ndarray, train: bool = False) -> jnp.ndarray:

@@ -34,7 +34,7 @@ class TwoTower(nn.Module):
   temperature: float = 0.07
   dtype: Any = jnp.float32
   logit_bias: float | None = None  # initial value of the sigmoid loss's bias; None: no bias parameter
-  bn_backward: str = "lean"  # BatchNorm's backward pass: "lean" | "autodiff" (same results; A/B of speed, memory)
+  bn_backward: str = "lean"  # BatchNorm's backward: "lean" | "autodiff" (same math, rounding aside; for A/B runs)
 
   def setup(self):
     self.ecg = ResNet1d(self.depth, self.width, self.downsample, self.dtype, self.bn_backward)

@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 
 from ecg_contrastive.data import cache
 from ecg_contrastive.data.builders.features import CONTRACT, ecg_report_features
-from ecg_contrastive.data.builders.synthetic_ecg_ja import _workers
+from ecg_contrastive.data.builders.synthetic_ecg_ja import worker_count
 from ecg_contrastive.data.builders.tf_free import plain_file_spill
 
 SPLITS = ("train", "validation", "test")
@@ -100,7 +100,7 @@ def _read_in_order(rows: list[RecordRow]):
   from ecg_contrastive.data import record_reader  # here: wfdb and pandas load only when records are read
   items = [(r.path, r.fs, r.units) for r in rows]
   chunks = [items[i:i + READ_CHUNK] for i in range(0, len(items), READ_CHUNK)]
-  workers = min(_workers(), len(chunks))
+  workers = min(worker_count(), len(chunks))
   results = (record_reader.read_many(c) for c in chunks)
   if workers > 1:
     context = multiprocessing.get_context("spawn")  # never fork a process that may run JAX threads

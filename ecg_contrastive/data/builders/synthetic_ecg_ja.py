@@ -39,7 +39,8 @@ def split_sizes(num_records: int) -> dict[str, int]:
   return {"train": num_records - sum(held_out.values()), **held_out}
 
 
-def _workers() -> int:
+def worker_count() -> int:
+  """Worker processes for generating or reading records: ECG_CONTRASTIVE_WORKERS (default 2)."""
   value = os.environ.get("ECG_CONTRASTIVE_WORKERS", "2")
   if not value.isdigit() or int(value) < 1:
     raise ValueError(f"ECG_CONTRASTIVE_WORKERS={value!r}: use a positive integer (1 = no worker processes)")
@@ -87,7 +88,7 @@ class SyntheticEcgJa(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, n_records: int):
     seed, chunks = self.builder_config.seed, range(synth.num_chunks(n_records))
-    workers = min(_workers(), len(chunks))
+    workers = min(worker_count(), len(chunks))
     if workers <= 1:
       parts = (synth.generate_chunk(seed, split, n_records, c) for c in chunks)
       yield from _examples(parts)
