@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # N JAX processes on this machine (CPU, gloo collectives): the multi-host code path without a cluster.
 #   launch/local_multiprocess.sh 2 --config configs/default.py:tiny --workdir /tmp/mp
+# Runs the interpreter launch/python.sh finds ($PYTHON, the active venv, .venv, python3).
 # Each process gets DEVICES_PER_PROCESS virtual CPU devices (default 2). Logs: WORKDIR/process_<i>.log
 set -euo pipefail
+source "$(dirname "$0")/python.sh"
 n=${1:?usage: local_multiprocess.sh NUM_PROCESSES MAIN_ARGS...}; shift
 workdir=$(printf '%s\n' "$@" | sed -n 's/^--workdir[= ]//p' | head -1)
 [ -n "$workdir" ] || { echo "pass --workdir=DIR" >&2; exit 2; }
@@ -12,7 +14,7 @@ pids=()
 for ((i = 0; i < n; i++)); do
   JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-2}" \
   JAX_COORDINATOR_ADDRESS="127.0.0.1:$port" JAX_NUM_PROCESSES="$n" JAX_PROCESS_ID="$i" \
-    python -m ecg_contrastive.main --distributed "$@" >"$workdir/process_$i.log" 2>&1 &
+    "$PYTHON" -m ecg_contrastive.main --distributed "$@" >"$workdir/process_$i.log" 2>&1 &
   pids+=($!)
 done
 status=0

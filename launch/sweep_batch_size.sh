@@ -6,10 +6,11 @@
 # ECGS_PER_MICROBATCH=N: batches larger than N run with gradient caching over batch / N micro-batches
 # (config.microbatches; the exact full-batch gradient with the activation memory of N ECGs).
 set -euo pipefail
+source "$(dirname "$0")/python.sh"
 root=${1:?usage: sweep_batch_size.sh ROOT "SIZES" MAIN_ARGS...}; sizes=${2:?}; shift 2
 base_lr=${BASE_LR:-1e-3}
 for b in $sizes; do
-  lr=$(python -c "print($base_lr * $b / 256)")
+  lr=$("$PYTHON" -c "print($base_lr * $b / 256)")
   k=1
   if [ -n "${ECGS_PER_MICROBATCH:-}" ] && [ "$b" -gt "$ECGS_PER_MICROBATCH" ]; then
     if [ $((b % ECGS_PER_MICROBATCH)) -ne 0 ]; then
@@ -17,10 +18,10 @@ for b in $sizes; do
     fi
     k=$((b / ECGS_PER_MICROBATCH))
   fi
-  ${LAUNCH:-python -m ecg_contrastive.main} "$@" --workdir "$root/b$b" --config.batch_size="$b" --config.optimizer.lr="$lr" \
+  ${LAUNCH:-"$PYTHON" -m ecg_contrastive.main} "$@" --workdir "$root/b$b" --config.batch_size="$b" --config.optimizer.lr="$lr" \
       --config.microbatches="$k"
 done
-python - "$root" $sizes <<'PY'
+"$PYTHON" - "$root" $sizes <<'PY'
 import json, os, sys, statistics
 root, sizes = sys.argv[1], sys.argv[2:]
 print(f"{'batch':>6} {'micro':>5} {'ECG/s':>9} {'top1':>7} {'top5':>7}")

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = os.path.join(ROOT, "launch", "sweep_batch_size.sh")
@@ -10,7 +11,7 @@ SWEEP = os.path.join(ROOT, "launch", "sweep_batch_size.sh")
 
 def sweep(tmp_path, sizes: str, **env) -> subprocess.CompletedProcess:
   return subprocess.run(["bash", SWEEP, str(tmp_path), sizes, "--config", "configs/default.py:tiny"], cwd=ROOT,
-                        capture_output=True, text=True, env={**os.environ, "LAUNCH": "echo", **env})
+                        capture_output=True, text=True, env={**os.environ, "LAUNCH": "echo", "PYTHON": sys.executable, **env})
 
 
 def test_commands_scale_the_learning_rate_and_cache_gradients_above_the_limit(tmp_path):
@@ -40,3 +41,31 @@ def test_summary_reads_each_finished_run(tmp_path):
   result = sweep(tmp_path, "1024", LAUNCH="true")
   assert result.returncode == 0, result.stderr
   assert result.stdout.splitlines()[-1].split() == ["1024", "2", "200", "0.500", "0.875"]
+
+
+def test_launchers_refuse_an_interpreter_without_the_packages(tmp_path):
+  """A launcher never falls back to a bare `python` without the packages: it stops with one line saying what to do."""
+  bare = tmp_path / "python"
+  bare.write_text("#!/bin/sh\nexit 1\n")  # an interpreter that cannot import anything
+  bare.chmod(0o755)
+  for script in ("local_multiprocess.sh", "sweep_batch_size.sh", "tpu_vm.sh"):
+    result = subprocess.run(["bash", os.path.join(ROOT, "launch", script), "2", "256", "--workdir=" + str(tmp_path)],
+                            cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHON": str(bare)})
+    assert result.returncode == 2, (script, result.stdout, result.stderr)
+    assert result.stderr.strip().startswith(f"error: {bare} cannot import ecg_contrastive"), (script, result.stderr)
+    assert "make setup" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_launchers_find_the_interpreter_with_the_packages_when_path_has_none(tmp_path):
+  """With a bare python3 first on PATH (a fresh machine) and no PYTHON set, the active venv is used."""
+  bare_bin = tmp_path / "bin"
+  bare_bin.mkdir()
+  for name in ("python", "python3"):
+    (bare_bin / name).write_text("#!/bin/sh\nexit 1\n")
+    (bare_bin / name).chmod(0o755)
+  env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+  env.update(PATH=f"{bare_bin}:{env['PATH']}", VIRTUAL_ENV=sys.prefix, LAUNCH="echo")
+  result = subprocess.run(["bash", SWEEP, str(tmp_path / "sweep"), "512", "--config", "configs/default.py:tiny"],
+                          cwd=ROOT, capture_output=True, text=True, env=env)
+  assert result.returncode == 0, result.stderr
+  assert "--config.optimizer.lr=0.002" in result.stdout

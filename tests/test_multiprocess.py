@@ -26,6 +26,7 @@ def run_main(workdir, data_dirs, env_extra, processes):
     cmd = [sys.executable, "-m", "ecg_contrastive.main", *args]
   else:
     env["DEVICES_PER_PROCESS"] = "2"
+    env["PYTHON"] = sys.executable  # the interpreter running the tests, never a bare `python` from PATH
     cmd = ["bash", "launch/local_multiprocess.sh", str(processes), *args]
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
