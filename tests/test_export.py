@@ -21,6 +21,7 @@ from ecg_contrastive.export.flax_scorer import FlaxScorer
 from export_helpers import TINY_MODEL, logit_scale_at, make_workdir
 
 TOL = 1e-5
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,44 @@ def test_export_folder_contents(exported, reference):
   assert len(labels) == 98 and labels[0] == reference.labels[0] and labels[0]["ja"] == "正常心電図"
   label_emb = load_file(os.path.join(out, "label_embeddings.safetensors"))["label_embeddings"]
   np.testing.assert_allclose(label_emb, reference.label_embeddings, atol=1e-7)
+
+
+def test_export_without_torch_writes_the_folder_and_says_parity_is_not_verified(exported, tmp_path):
+  """`make export` right after `make demo` (a core install has no torch): the CLI writes the folder, exits 0 and
+  says that parity was not verified; requiring verification without torch is a one-line error."""
+  no_torch = ("import runpy, sys\n"
+              "class NoTorch:  # as on a machine where torch was never installed\n"
+              "  def find_spec(self, name, path=None, target=None):\n"
+              "    if name.split('.')[0] == 'torch': raise ModuleNotFoundError(f'No module named {name!r}')\n"
+              "sys.meta_path.insert(0, NoTorch()); sys.argv = ['main'] + sys.argv[1:]\n"
+              "runpy.run_module('ecg_contrastive.main', run_name='__main__')")
+  out = tmp_path / "torch_free"
+  result = subprocess.run([sys.executable, "-c", no_torch, "--mode=export", f"--workdir={exported[0]}",
+                           f"--export_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "NOT verified (PyTorch is not installed)" in result.stderr
+  assert sorted(os.listdir(out)) == ["config.json", "label_embeddings.safetensors", "labels.json", "model.safetensors",
+                                     "modeling_ecg.py"]
+  assert json.load(open(out / "config.json"))["verified_parity"] is None
+  np.testing.assert_array_equal(load_file(str(out / "model.safetensors"))["ecg.stem_conv.weight"],
+                                load_file(os.path.join(exported[1], "model.safetensors"))["ecg.stem_conv.weight"])
+  verify = subprocess.run([sys.executable, "-c", no_torch.replace("ecg_contrastive.main", "ecg_contrastive.export.to_torch"),
+                           f"--workdir={exported[0]}", f"--out={tmp_path / 'v'}", "--verify"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert verify.returncode == 1 and verify.stderr.strip().splitlines() == [
+      "error: cannot verify the export: PyTorch is not installed; pip install torch (see README, 'Installing') or "
+      "pass --no-verify"]
+  assert not (tmp_path / "v").exists()
+
+
+def test_a_failed_export_leaves_no_partial_folder_and_the_previous_export_intact(exported, tmp_path, monkeypatch):
+  out = to_torch.export(exported[0], str(tmp_path / "out"), step=3, verify=False)
+  before = {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)}
+  monkeypatch.setattr(to_torch, "measure_parity", lambda *a: {"embeddings": 1.0, "scores": 1.0})
+  with pytest.raises(to_torch.ExportError, match="failed verification"):
+    to_torch.export(exported[0], out, step=5, verify=True)
+  assert sorted(os.listdir(tmp_path)) == ["out"]  # no .partial-* folder left behind
+  assert {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)} == before
 
 
 def test_export_chosen_step(exported, tmp_path):

@@ -3,9 +3,10 @@
   python -m ecg_contrastive.export.to_torch --workdir DIR [--step N] --out DIR [--no-verify]
 
 Writes model.safetensors, label_embeddings.safetensors, labels.json, config.json and a verbatim
-copy of modeling_ecg.py (see its docstring). Unless --no-verify, the written folder is loaded back
-(strict=True) and its embeddings and zero-shot scores on random ECGs are compared with the Flax
-model's; more than 1e-5 relative error fails the export. The measured errors go into config.json.
+copy of modeling_ecg.py (see its docstring). Writing needs no PyTorch. Where torch is installed (or with
+--verify), the written folder is loaded back (strict=True) and its embeddings and zero-shot scores on random
+ECGs are compared with the Flax model's; more than 1e-5 relative error fails the export. The measured errors
+go into config.json ("verified_parity": null when not verified, and the log says so).
 
 The name/layout map (`layout_map`) is the single place where Flax names meet PyTorch names:
   Flax params/<path>/kernel      Conv  (width, in, out) -> <path>.weight (out, in, width)
@@ -25,9 +26,11 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import sys
+import tempfile
 from typing import Any
 
 import jax.numpy as jnp
@@ -46,6 +49,7 @@ TEXT_HEAD = ("params/txt_head/kernel", "params/txt_head/bias")
 NOT_EXPORTED = ("params/logit_bias",)  # the sigmoid loss's bias: a constant shift of every score
 TRAINING_ONLY_KEYS = ("logit_bias", "bn_backward")  # config.model keys that do not change the exported encoder
 TOLERANCE = 1e-5
+log = logging.getLogger("ecg_contrastive")
 LAYOUTS = {
     "conv": lambda a: np.transpose(a, (2, 1, 0)),  # (width, in, out) -> (out, in, width)
     "dense": lambda a: a.T,                         # (in, out) -> (out, in)
@@ -180,8 +184,25 @@ def measure_parity(scorer: FlaxScorer, folder: str, ecg_mv: np.ndarray) -> dict[
           "scores": relative_error(scores, scorer.scores(ecg_mv))}
 
 
-def export(workdir: str, out: str, step: int | None = None, verify: bool = True) -> str:
-  """Exports checkpoint `step` (default: latest) of `workdir` into folder `out`; returns `out`."""
+def torch_available() -> bool:
+  """Whether PyTorch can be imported (writing an export needs no torch; verifying its parity does)."""
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+def export(workdir: str, out: str, step: int | None = None, verify: bool | None = None) -> str:
+  """Exports checkpoint `step` (default: latest) of `workdir` into folder `out`; returns `out`.
+
+  verify: True checks parity with PyTorch (needs torch), False skips it, None checks it when torch is installed
+  and otherwise says that it did not. The folder is written beside `out` and renamed into place only when
+  complete (and verified): a failed export leaves no half-written folder and an earlier export intact.
+  """
+  if verify and not torch_available():
+    raise ExportError("cannot verify the export: PyTorch is not installed; pip install torch (see README, "
+                      "'Installing') or pass --no-verify")
   try:
     run_config = checkpoints.read_config(workdir)
   except FileNotFoundError as e:
@@ -193,23 +214,48 @@ def export(workdir: str, out: str, step: int | None = None, verify: bool = True)
     raise ExportError(f"cannot export {workdir!r}: {e}") from e
   state = to_state_dict(inference.variables, arch["depth"])
   scorer = FlaxScorer(inference)
-  os.makedirs(out, exist_ok=True)
-  save_file(state, os.path.join(out, "model.safetensors"), metadata={"source_step": str(inference.step)})
-  save_file({"label_embeddings": scorer.label_embeddings}, os.path.join(out, "label_embeddings.safetensors"))
-  with open(os.path.join(out, "labels.json"), "w", encoding="utf-8") as f:
-    json.dump(inference.labels, f, ensure_ascii=False, indent=1)
-  shutil.copyfile(MODELING_FILE, os.path.join(out, "modeling_ecg.py"))
-  config = export_config(arch, len(inference.labels), workdir, inference.step)
-  _write_config(out, config)
-  if verify:
-    ecg = np.random.default_rng(0).normal(0.0, 0.5, (2, signal.NUM_SAMPLES, signal.NUM_LEADS))
-    errors = measure_parity(scorer, out, ecg.astype(np.float32))
-    if max(errors.values()) > TOLERANCE:
-      raise ExportError(f"export to {out!r} failed verification: relative errors {errors} exceed {TOLERANCE}")
-    config["verified_parity"] = {"inputs": "2 random ECGs, N(0, 0.5 mV)", "tolerance": TOLERANCE,
-                                 "max_relative_error": errors}
-    _write_config(out, config)
+  out = os.path.abspath(out)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  partial = tempfile.mkdtemp(prefix=os.path.basename(out) + ".partial-", dir=os.path.dirname(out))
+  try:
+    save_file(state, os.path.join(partial, "model.safetensors"), metadata={"source_step": str(inference.step)})
+    save_file({"label_embeddings": scorer.label_embeddings}, os.path.join(partial, "label_embeddings.safetensors"))
+    with open(os.path.join(partial, "labels.json"), "w", encoding="utf-8") as f:
+      json.dump(inference.labels, f, ensure_ascii=False, indent=1)
+    shutil.copyfile(MODELING_FILE, os.path.join(partial, "modeling_ecg.py"))
+    config = export_config(arch, len(inference.labels), workdir, inference.step)
+    _write_config(partial, config)  # modeling_ecg.load reads it
+    if verify is None:
+      verify = torch_available()
+      if not verify:
+        log.warning("export to %s: parity with the Flax model NOT verified (PyTorch is not installed); to verify, "
+                    "pip install torch and rerun the export", out)
+    if verify:
+      ecg = np.random.default_rng(0).normal(0.0, 0.5, (2, signal.NUM_SAMPLES, signal.NUM_LEADS))
+      errors = measure_parity(scorer, partial, ecg.astype(np.float32))
+      if max(errors.values()) > TOLERANCE:
+        raise ExportError(f"export to {out!r} failed verification: relative errors {errors} exceed {TOLERANCE}")
+      config["verified_parity"] = {"inputs": "2 random ECGs, N(0, 0.5 mV)", "tolerance": TOLERANCE,
+                                   "max_relative_error": errors}
+    else:
+      config["verified_parity"] = None
+    _write_config(partial, config)
+    _replace_folder(partial, out)
+  except BaseException:
+    shutil.rmtree(partial, ignore_errors=True)
+    raise
   return out
+
+
+def _replace_folder(new: str, out: str) -> None:
+  """Moves the complete folder `new` to `out`; an existing `out` is removed only once `new` is in place."""
+  old = None
+  if os.path.exists(out):
+    old = out + f".old-{os.getpid()}"
+    os.rename(out, old)
+  os.rename(new, out)
+  if old:
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_config(out: str, config: dict) -> None:
@@ -222,10 +268,12 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--workdir", required=True, help="training workdir (config.json + checkpoints/)")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   parser.add_argument("--out", required=True, help="export folder to write")
-  parser.add_argument("--no-verify", action="store_true", help="skip the PyTorch parity check (no torch needed)")
+  parser.add_argument("--verify", dest="verify", action="store_true", default=None,
+                      help="require the PyTorch parity check (default: checked when torch is installed)")
+  parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the PyTorch parity check")
   args = parser.parse_args(argv)
   try:
-    out = export(args.workdir, args.out, args.step, verify=not args.no_verify)
+    out = export(args.workdir, args.out, args.step, verify=args.verify)
   except ExportError as e:
     sys.exit(f"error: {e}")
   print(f"exported {args.workdir} -> {out}")
