@@ -1,23 +1,29 @@
 # Quick start:  make demo   (set up a venv, build the synthetic data, train + evaluate the demo)
 #               make test   (install the test extras, run the test suite)
+# PY: the interpreter the venv is made from (Python >= 3.11). TORCH_INDEX: where `make test` takes PyTorch from,
+# e.g. https://download.pytorch.org/whl/cpu for the CPU build (PyPI's Linux torch is a CUDA build of several GB).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= runs/demo
 CONFIG ?= configs/default.py
+TORCH_INDEX ?=
 
 $(BIN)/.core-installed: requirements.txt pyproject.toml
+	@$(PY) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v >= (3, 11) else f"error: $(PY) is Python {v[0]}.{v[1]}; ecg_contrastive needs Python >= 3.11 (jax 0.10, flax, orbax, numpy 2.4): make PY=python3.11 ...")'
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 $(BIN)/.dev-installed: $(BIN)/.core-installed requirements-dev.txt
+	$(if $(TORCH_INDEX),$(BIN)/pip install -q torch==2.13.0 --index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
-.PHONY: setup demo test export
+.PHONY: setup setup-dev demo test export
 setup: $(BIN)/.core-installed
+setup-dev: $(BIN)/.dev-installed
 
 demo: $(BIN)/.core-installed
 	$(BIN)/python -m ecg_contrastive.main --config $(CONFIG) --workdir $(WORKDIR)
