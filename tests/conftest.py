@@ -11,3 +11,14 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Every run starts from empty data and text caches, as on a machine that never saw the project: a test can never
+# pass on a dataset or embedding table left behind by an earlier run (or a user's own caches under ~/.cache).
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+_caches = tempfile.mkdtemp(prefix="ecg_contrastive_test_caches_")
+atexit.register(shutil.rmtree, _caches, ignore_errors=True)
+os.environ["ECG_CONTRASTIVE_DATA"] = os.path.join(_caches, "tfds")
+os.environ["ECG_CONTRASTIVE_CACHE"] = os.path.join(_caches, "text")
