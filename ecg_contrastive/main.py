@@ -84,7 +84,8 @@ def _explain_parse_error(argv: list[str], error: Exception) -> str:
   if spec is not None:
     path = spec.split(":", 1)[0]
     if not os.path.isfile(path):
-      return f"--config {spec}: no such file {path!r}; give a config file such as configs/default.py or configs/paper.py"
+      return (f"--config {spec}: no such file {path!r}; give a config file such as configs/default.py or "
+              "configs/paper.py")
     try:
       module = runpy.run_path(path)
       arg = spec.split(":", 1)[1] if ":" in spec else None

@@ -15,6 +15,7 @@ flat signal. A record between 5 and 10 s is zero-padded to 10 s, with a warning 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Protocol
 
@@ -40,6 +41,9 @@ class TorchScorer:
   """An export folder, loaded with its own modeling_ecg.py, behind the FlaxScorer interface."""
 
   def __init__(self, folder: str):
+    if not os.path.isfile(os.path.join(folder, "modeling_ecg.py")):
+      raise FileNotFoundError(f"{folder!r} is not an export folder (no modeling_ecg.py); write one with "
+                              "`python -m ecg_contrastive.main --mode export --workdir RUN --export_dir FOLDER`")
     self.module = load_exported(folder)
     self.labels = self.module.labels
 

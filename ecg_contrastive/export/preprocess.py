@@ -57,10 +57,14 @@ def mv_per_unit(units: str) -> float:
 
 def check_rate(rate: float, what: str, source: str) -> float:
   """`rate` as float if it is a plausible ECG sampling rate; else BadRecordError naming `what` and `source`."""
-  if not isinstance(rate, (int, float)) or not math.isfinite(rate) or not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
-    raise BadRecordError(f"bad rate: {what}: sampling rate {rate!r} Hz (from {source}) is not an ECG rate; give the rate the "
-                         f"record was sampled at, between {MIN_RATE_HZ:g} and {MAX_RATE_HZ:g} Hz (e.g. 500)")
-  return float(rate)
+  try:
+    value = float(rate)
+  except (TypeError, ValueError):
+    value = math.nan
+  if not math.isfinite(value) or not MIN_RATE_HZ <= value <= MAX_RATE_HZ:
+    raise BadRecordError(f"bad rate: {what}: sampling rate {rate!r} Hz (from {source}) is not an ECG rate; give the "
+                         f"rate the record was sampled at, between {MIN_RATE_HZ:g} and {MAX_RATE_HZ:g} Hz (e.g. 500)")
+  return value
 
 
 def to_contract(values: np.ndarray, rate: float, leads: list[str], what: str) -> np.ndarray:
