@@ -61,7 +61,7 @@ def read_npy(path: str, fs: float, units: str) -> np.ndarray:
 def read_ecg(path: str, fs: float | None = None, units: str | None = None) -> np.ndarray:
   """int16 (5000, 12) of a WFDB record or, for a .npy path, an array at `fs` Hz in `units`."""
   if path.endswith(".npy"):
-    if not fs or not units:
+    if fs is None or not units:
       raise RecordError(f"bad signal: {path}: a .npy record needs its sampling rate (fs) and units")
     return read_npy(path, fs, units)
   return read_wfdb(path)

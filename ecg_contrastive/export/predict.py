@@ -106,16 +106,16 @@ def main(argv: list[str] | None = None) -> None:
   leads = [name.strip() for name in args.leads.split(",")] if args.leads else None
   try:
     records = [preprocess.read_record(path, args.fs, args.units, leads) for path in args.records]
+    for path, record in zip(args.records, records):
+      if record.duration_s < preprocess.signal.DURATION_S:
+        print(f"warning: {path}: {record.duration_s:.2f} s, zero-padded to {preprocess.signal.DURATION_S} s; "
+              "findings of a short record are less reliable", file=sys.stderr)
     scorer, description = open_scorer(args.workdir, args.exported, args.step)
   except (UserError, FileNotFoundError, ValueError) as e:
     if args.verbose or want_traceback():
       raise
     print(f"error: {one_line(e)}", file=sys.stderr)
     sys.exit(2)
-  for path, record in zip(args.records, records):
-    if record.duration_s < preprocess.signal.DURATION_S:
-      print(f"warning: {path}: {record.duration_s:.2f} s, zero-padded to {preprocess.signal.DURATION_S} s; findings "
-            "of a short record are less reliable", file=sys.stderr)
   findings = predict(scorer, np.stack([r.ecg for r in records]), args.top_k)
   print(f"model: {description}")
   for path, record, found in zip(args.records, records, findings):
