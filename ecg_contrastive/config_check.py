@@ -127,6 +127,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   known = pipeline.known_datasets()
   if dataset not in known:
     raise ConfigError(f"config.dataset={config.dataset!r}: unknown dataset {dataset!r}; known: {sorted(known)}")
+  variant = config.dataset.partition("/")[2]
+  variants = [c.name for c in getattr(known[dataset], "BUILDER_CONFIGS", None) or []]
+  if variant and variants and variant not in variants:
+    raise ConfigError(f"config.dataset={config.dataset!r}: {dataset} has no variant {variant!r}; use one of "
+                      f"{', '.join(f'{dataset}/{v}' for v in variants)}")
   if pipeline.needs_source(dataset):
     _check_source_dir(config)
   m = config.model
@@ -141,6 +146,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       "initialisation) and the softmax loss has none (leave it None)")
   if not (config.num_steps or config.num_epochs):
     raise ConfigError("set config.num_steps or config.num_epochs (both are 0)")
+  _check_batch_sizes(config)
   if config.text.model_dir:
     missing = [f for f in ("config.json", "model.safetensors") if not os.path.exists(os.path.join(config.text.model_dir, f))]
     if not os.path.isdir(config.text.model_dir) or missing:
@@ -151,6 +157,20 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if not config.text.templates or any("{}" not in t for t in config.text.templates):
     raise ConfigError(f"config.text.templates={tuple(config.text.templates)}: each template needs a '{{}}' "
                       "placeholder for the label")
+
+
+def _check_batch_sizes(config: ml_collections.ConfigDict) -> None:
+  """batch_size (with microbatches) and eval_batch_size split evenly over this run's devices and processes (the
+  split train.py makes), checked before any data or model work."""
+  from ecg_contrastive.sharding import batch_sizes, make_mesh
+
+  mesh = make_mesh()
+  microbatches = config.get("microbatches", 1)
+  for key, microbatches in (("batch_size", microbatches), ("eval_batch_size", 1)):
+    try:
+      batch_sizes(config[key], mesh, microbatches)
+    except ValueError as e:
+      raise ConfigError(f"config.{key}={config[key]}: {e}") from e
 
 
 def _check_source_dir(config: ml_collections.ConfigDict) -> None:

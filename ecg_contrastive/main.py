@@ -156,6 +156,8 @@ def run(argv):
     return
   if FLAGS.config is None:
     fail("--config is required for training, e.g. --config configs/default.py (or --mode export)")
+  if os.path.isfile(FLAGS.workdir):
+    fail(f"--workdir {FLAGS.workdir}: is a file; give a directory (created if absent) for the run's checkpoints")
   from ecg_contrastive.config_check import check_config
   check_config(FLAGS.config)  # before JAX starts: a bad value fails in seconds
   from ecg_contrastive.train import train_and_evaluate

@@ -143,3 +143,29 @@ def test_traceback_on_request(tmp_path):
   for extra, env in (([], {"ECG_CONTRASTIVE_TRACEBACK": "1"}), (["--verbose"], None)):
     result = run_main(*args, *extra, env=env)
     assert result.returncode != 0 and "Traceback (most recent call last)" in result.stderr
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("dataset", "synthetic_ecg_ja/nope", "synthetic_ecg_ja has no variant 'nope'; use one of synthetic_ecg_ja/tiny"),
+    ("batch_size", 30, "config.batch_size=30: batch_size 30 does not divide over the 8 devices of the mesh; "
+                       "use a multiple of 8 (e.g. 24 or 32)"),
+    ("eval_batch_size", 12, "config.eval_batch_size=12: batch_size 12 does not divide over the 8 devices"),
+    ("microbatches", 3, "config.batch_size=32: microbatches 3 does not divide the 4 ECGs per device"),
+])
+def test_dataset_variant_and_batch_split_are_checked_before_any_work(key, value, says, tmp_path):
+  from ecg_contrastive.config_check import check_config
+  c = default.get_config("tiny")
+  c[key] = value
+  c.data_dir = str(tmp_path / "tfds")
+  with pytest.raises(ConfigError) as info:
+    check_config(c)
+  assert says in str(info.value)
+  assert not os.path.exists(tmp_path / "tfds")  # nothing was built
+
+
+def test_workdir_that_is_a_file_is_one_line(tmp_path):
+  (tmp_path / "afile").write_text("")
+  result = run_main("--config", "configs/default.py:tiny", "--workdir", str(tmp_path / "afile"))
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2 and lines == [f"error: --workdir {tmp_path / 'afile'}: is a file; give a directory "
+                                              "(created if absent) for the run's checkpoints"]
