@@ -66,6 +66,15 @@ def corrupt_npy(folder) -> str:
   return path
 
 
+def wfdb_with_units(folder, units: str) -> str:
+  base = write_wfdb(folder)
+  with open(base + ".hea") as f:
+    text = f.read()
+  with open(base + ".hea", "w") as f:
+    f.write(text.replace("/mV", f"/{units}"))
+  return base
+
+
 def wfdb_with_rate(folder, rate: float) -> str:
   base = write_wfdb(folder)
   with open(base + ".hea") as f:
@@ -87,6 +96,7 @@ BAD_RECORDS = {
     "missing-dat": (lambda d: (_without_dat(d), None), ["missing file", "rec.dat", "copy the record's signal file"]),
     "truncated-dat": (lambda d: (truncated_wfdb(d), None), ["truncated file", "rec.dat", "download the record again"]),
     "garbage-header": (lambda d: (garbage_header(d), None), ["unreadable", "rec.hea", "not a WFDB header"]),
+    "header-units": (lambda d: (wfdb_with_units(d, "kg"), None), ["unreadable", "rec.hea", "units 'kg'", "mV, uV"]),
     "zero-byte-npy": (lambda d: (zero_byte_npy(d), NPY), ["unreadable", "empty.npy", "numpy.save"]),
     "corrupt-npy": (lambda d: (corrupt_npy(d), NPY), ["unreadable", "corrupt.npy", "numpy.save"]),
     "pickled-npy": (lambda d: (save_npy(d, "obj.npy", np.array([{"a": 1}], dtype=object)), NPY),
@@ -289,3 +299,18 @@ def test_damaged_tokenizer_config_is_named(standin_dir):
   with pytest.raises(TokenizerError) as info:
     load_tokenizer(standin_dir)
   assert standin_dir in str(info.value) and "save_pretrained" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_damaged_text_model_stops_training_with_one_line(tmp_path):
+  """A UserError raised mid-run (here: the text model loads after the data) is one line from main, exit 2."""
+  from ecg_contrastive.text.standin import write_standin_model
+  model = write_standin_model(str(tmp_path / "model"), hidden_size=16, num_layers=1, num_heads=2)
+  _truncate(os.path.join(model, "model.safetensors"))
+  result = subprocess.run([sys.executable, "-m", "ecg_contrastive.main", "--config", "configs/default.py:tiny",
+                           "--workdir", str(tmp_path / "run"), f"--config.text.model_dir={model}",
+                           f"--config.data_dir={tmp_path / 'tfds'}", f"--config.text.cache_dir={tmp_path / 'text'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ") or "Traceback" in line]
+  assert result.returncode == 2 and errors == [errors[0]], result.stderr[-3000:]
+  assert f"{model}/model.safetensors: unreadable safetensors file" in errors[0] and "copy the model" in errors[0]
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
