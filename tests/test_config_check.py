@@ -85,7 +85,7 @@ def test_bad_value_is_named_with_what_to_use(key, value, use):
     ((), "non-empty tuple"),
     ("test", "non-empty tuple"),
     (("validation", "tset"), "unknown split(s) ['tset']"),
-])
+], ids=["empty", "a-string", "unknown-name"])
 def test_bad_eval_splits(splits, says):
   with pytest.raises(ConfigError, match="config.eval_splits=") as info:
     check_values(with_value("eval_splits", splits))
@@ -151,7 +151,7 @@ def test_traceback_on_request(tmp_path):
                        "use a multiple of 8 (e.g. 24 or 32)"),
     ("eval_batch_size", 12, "config.eval_batch_size=12: batch_size 12 does not divide over the 8 devices"),
     ("microbatches", 3, "config.batch_size=32: microbatches 3 does not divide the 4 ECGs per device"),
-])
+], ids=["dataset-variant", "batch-over-devices", "eval-batch-over-devices", "microbatches"])
 def test_dataset_variant_and_batch_split_are_checked_before_any_work(key, value, says, tmp_path):
   from ecg_contrastive.config_check import check_config
   c = default.get_config("tiny")
