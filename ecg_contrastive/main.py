@@ -13,6 +13,7 @@ import logging
 import os
 import runpy
 import sys
+from typing import NoReturn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -41,7 +42,7 @@ flags.DEFINE_bool("verbose", False, "Show the traceback of a user error too (as 
 flags.mark_flag_as_required("workdir")
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
   """`error: message` on stderr, exit code 2."""
   print(f"error: {message}", file=sys.stderr)
   sys.exit(2)
