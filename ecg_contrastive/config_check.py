@@ -154,9 +154,25 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                         + ("no such directory" if not os.path.isdir(config.text.model_dir) else f"missing {missing}")
                         + "; point it at a local Hugging Face BERT/RoBERTa directory (config.json, model.safetensors, "
                         "tokenizer files), or leave it empty to use the built-in stand-in")
+  _check_text_length(config)
   if not config.text.templates or any("{}" not in t for t in config.text.templates):
     raise ConfigError(f"config.text.templates={tuple(config.text.templates)}: each template needs a '{{}}' "
                       "placeholder for the label")
+
+
+def _check_text_length(config: ml_collections.ConfigDict) -> None:
+  """config.text.max_length fits the text model's position embeddings (config.json, or the stand-in's)."""
+  from ecg_contrastive.models.bert import BertConfig, max_tokens, read_hf_config
+  from ecg_contrastive.text import standin
+
+  if config.text.model_dir:
+    model, source = read_hf_config(os.path.join(config.text.model_dir, "config.json")), repr(config.text.model_dir)
+  else:
+    model = BertConfig.from_hf(standin._config(1, hidden_size=1, num_layers=1, num_heads=1, seed=0))
+    source = "the stand-in text model"
+  if config.text.max_length > max_tokens(model):
+    raise ConfigError(f"config.text.max_length={config.text.max_length}: {source} has {max_tokens(model)} "
+                      f"positions; use at most {max_tokens(model)}")
 
 
 def _check_batch_sizes(config: ml_collections.ConfigDict) -> None:

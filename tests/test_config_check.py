@@ -151,11 +151,14 @@ def test_traceback_on_request(tmp_path):
                        "use a multiple of 8 (e.g. 24 or 32)"),
     ("eval_batch_size", 12, "config.eval_batch_size=12: batch_size 12 does not divide over the 8 devices"),
     ("microbatches", 3, "config.batch_size=32: microbatches 3 does not divide the 4 ECGs per device"),
-], ids=["dataset-variant", "batch-over-devices", "eval-batch-over-devices", "microbatches"])
+    ("text.max_length", 1000, "config.text.max_length=1000: the stand-in text model has 512 positions; use at most "
+                              "512"),
+], ids=["dataset-variant", "batch-over-devices", "eval-batch-over-devices", "microbatches", "text-max-length"])
 def test_dataset_variant_and_batch_split_are_checked_before_any_work(key, value, says, tmp_path):
   from ecg_contrastive.config_check import check_config
   c = default.get_config("tiny")
-  c[key] = value
+  node, _, leaf = key.rpartition(".")
+  (c[node] if node else c)[leaf] = value
   c.data_dir = str(tmp_path / "tfds")
   with pytest.raises(ConfigError) as info:
     check_config(c)

@@ -214,6 +214,27 @@ def require_model_files(model_dir: str) -> list[str]:
   return required
 
 
+_REDO = "; copy the model directory again (e.g. save_pretrained(dir, safe_serialization=True))"
+
+
+def read_hf_config(path: str) -> BertConfig:
+  """A model directory's config.json -> BertConfig; TextModelError naming the file if it is not a JSON object
+  describing a BERT-family encoder."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      hf_config = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+    raise TextModelError(f"{path}: not valid JSON ({type(e).__name__}: {e}){_REDO}") from e
+  if not isinstance(hf_config, dict):
+    raise TextModelError(f"{path}: holds a {type(hf_config).__name__}, not a JSON object{_REDO}")
+  return BertConfig.from_hf(hf_config, source=path)
+
+
+def max_tokens(config: BertConfig) -> int:
+  """Tokens per text the encoder has positions for (RoBERTa's positions start after pad_token_id + 1)."""
+  return config.max_position_embeddings - (config.pad_token_id + 1 if config.family == "roberta" else 0)
+
+
 def load_hf_encoder(model_dir: str, dtype: Any = jnp.float32) -> tuple[BertEncoder, dict, BertConfig]:
   """Reads `config.json` + `model.safetensors` from `model_dir` -> (module, params, config).
 
@@ -223,19 +244,11 @@ def load_hf_encoder(model_dir: str, dtype: Any = jnp.float32) -> tuple[BertEncod
   from safetensors.numpy import load_file
 
   required = require_model_files(model_dir)
-  redo = "; copy the model directory again (e.g. save_pretrained(dir, safe_serialization=True))"
-  try:
-    with open(required[0], encoding="utf-8") as f:
-      hf_config = json.load(f)
-  except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
-    raise TextModelError(f"{required[0]}: not valid JSON ({type(e).__name__}: {e}){redo}") from e
-  if not isinstance(hf_config, dict):
-    raise TextModelError(f"{required[0]}: holds a {type(hf_config).__name__}, not a JSON object{redo}")
-  config = BertConfig.from_hf(hf_config, source=required[0])
+  config = read_hf_config(required[0])
   try:
     weights = load_file(required[1])
   except Exception as e:  # noqa: BLE001 (safetensors raises its own error type for a truncated or corrupt file)
-    raise TextModelError(f"{required[1]}: unreadable safetensors file ({type(e).__name__}: {e}){redo}") from e
+    raise TextModelError(f"{required[1]}: unreadable safetensors file ({type(e).__name__}: {e}){_REDO}") from e
   tensors: dict[str, np.ndarray] = {}
   skipped = []
   for name, value in weights.items():
