@@ -27,10 +27,10 @@ import os
 import tensorflow_datasets as tfds
 
 from ecg_contrastive.data import cache
-from ecg_contrastive.errors import UserError
 from ecg_contrastive.data.builders.features import CONTRACT, ecg_report_features
 from ecg_contrastive.data.builders.synthetic_ecg_ja import worker_count
 from ecg_contrastive.data.builders.tf_free import plain_file_spill
+from ecg_contrastive.errors import UserError
 
 SPLITS = ("train", "validation", "test")
 HASH_SPLIT_PERCENT = (("train", 80), ("validation", 90), ("test", 100))  # cumulative
