@@ -2,55 +2,151 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 
-from ecg_contrastive.data import pipeline
+from ecg_contrastive.data import pipeline, signal
+from ecg_contrastive.errors import UserError
 from ecg_contrastive.models.batch_norm import BACKWARDS
+from ecg_contrastive.models.bert import POOLINGS
 from ecg_contrastive.models.resnet1d import STAGE_SIZES
 
 LOSSES = ("softmax", "sigmoid")
 DTYPES = ("float32", "bfloat16")
+SPLITS = ("train", "validation", "test")  # every dataset's splits (builders/local_source.SPLITS, synthetic_ecg_ja)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A config value that cannot work; the message names the key and what to change."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """config.<key> must be of `kind` (int, float: finite, int accepted; str) and satisfy `ok`; else: use `use`."""
+  key: str
+  kind: type
+  ok: Callable[[Any], bool]
+  use: str
+
+
+def _choice(options: tuple) -> Callable[[Any], bool]:
+  return lambda v: v in options
+
+
+RULES = (
+    Rule("seed", int, lambda v: True, "an integer, e.g. 0"),
+    Rule("batch_size", int, lambda v: v > 0, "a positive integer (ECGs per step over all devices), e.g. 256"),
+    Rule("eval_batch_size", int, lambda v: v > 0, "a positive integer, e.g. 512"),
+    Rule("microbatches", int, lambda v: v >= 1, "a positive integer (1: no gradient caching)"),
+    Rule("num_steps", int, lambda v: v >= 0, "an integer >= 0 (0: train num_epochs epochs)"),
+    Rule("num_epochs", int, lambda v: v >= 0, "an integer >= 0 (ignored when num_steps > 0)"),
+    Rule("ecg_length", int, lambda v: v == signal.NUM_SAMPLES,
+         f"{signal.NUM_SAMPLES}: every dataset stores {signal.DURATION_S} s at {signal.SAMPLE_RATE} Hz "
+         "(the model's input contract); to compute at a lower rate set config.model.downsample"),
+    Rule("ecg_leads", int, lambda v: v == signal.NUM_LEADS,
+         f"{signal.NUM_LEADS}: every dataset stores the 12 standard leads (the model's input contract)"),
+    Rule("prefetch", int, lambda v: v >= 1, "an integer >= 1 (batches read ahead), e.g. 2"),
+    Rule("log_every", int, lambda v: v >= 1, "an integer >= 1 (steps between metric lines), e.g. 20"),
+    Rule("eval_every", int, lambda v: v >= 0, "an integer >= 0 (0: evaluate at the end only)"),
+    Rule("checkpoint_every", int, lambda v: v >= 1, "an integer >= 1 (steps between checkpoints), e.g. 500"),
+    Rule("keep_checkpoints", int, lambda v: v >= 1, "an integer >= 1 (checkpoints kept; 0 would delete them all)"),
+    Rule("optimizer.lr", float, lambda v: v > 0, "a number > 0, e.g. 1e-3 (a negative rate trains uphill)"),
+    Rule("optimizer.b1", float, lambda v: 0 <= v < 1, "a number in [0, 1), e.g. 0.9"),
+    Rule("optimizer.b2", float, lambda v: 0 <= v < 1, "a number in [0, 1), e.g. 0.999"),
+    Rule("optimizer.weight_decay", float, lambda v: v >= 0, "a number >= 0, e.g. 1e-4"),
+    Rule("optimizer.warmup_steps", int, lambda v: v >= 0, "an integer >= 0, e.g. 100"),
+    Rule("optimizer.final_lr_fraction", float, lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 0.01"),
+    Rule("optimizer.grad_clip_norm", float, lambda v: v >= 0, "a number >= 0 (0: no clipping)"),
+    Rule("model.width", int, lambda v: v > 0, "a positive integer, e.g. 64"),
+    Rule("model.embed_dim", int, lambda v: v > 0, "a positive integer, e.g. 256"),
+    Rule("model.downsample", int, lambda v: v >= 1, "an integer >= 1 (1: the full 500 Hz input)"),
+    Rule("model.temperature", float, lambda v: 0 < v < 1, "a number in (0, 1), the paper uses 0.07"),
+    Rule("model.dtype", str, _choice(DTYPES), f"one of {DTYPES}"),
+    Rule("loss.name", str, _choice(LOSSES), f"one of {LOSSES}"),
+    Rule("text.pooling", str, _choice(POOLINGS), f"one of {POOLINGS}"),
+    Rule("text.dtype", str, _choice(DTYPES), f"one of {DTYPES}"),
+    Rule("text.max_length", int, lambda v: v > 2, "an integer > 2 (tokens per report, special tokens included), "
+         "e.g. 128"),
+    Rule("text.batch_size", int, lambda v: v > 0, "a positive integer (texts per embedding batch), e.g. 256"),
+    Rule("train_split", str, _choice(SPLITS), f"one of {SPLITS}"),
+)
+
+_KIND = {int: "an integer", float: "a number", str: "a string"}
+_MISSING = object()
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+  node: Any = config
+  for part in key.split("."):
+    if part not in node:
+      return _MISSING
+    node = node[part]
+  return node
+
+
+def _kind_ok(value: Any, kind: type) -> bool:
+  if isinstance(value, bool):
+    return False  # True is an int to Python, not to a config
+  if kind is float:
+    return isinstance(value, (int, float))
+  return isinstance(value, kind)
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+  """ConfigError for the first value of RULES of the wrong type, NaN/inf or out of range, and for bad eval_splits.
+  Keys a config does not have are skipped (an older config.json)."""
+  for rule in RULES:
+    value = _get(config, rule.key)
+    if value is _MISSING:
+      continue
+    if not _kind_ok(value, rule.kind):
+      raise ConfigError(f"config.{rule.key}={value!r}: {type(value).__name__}, not {_KIND[rule.kind]}; "
+                        f"use {rule.use}")
+    if rule.kind is float and not math.isfinite(value):
+      raise ConfigError(f"config.{rule.key}={value!r}: not a finite number; use {rule.use}")
+    if not rule.ok(value):
+      raise ConfigError(f"config.{rule.key}={value!r}: out of range; use {rule.use}")
+  splits = _get(config, "eval_splits")
+  if splits is not _MISSING:
+    if isinstance(splits, str) or not isinstance(splits, (tuple, list)) or not splits:
+      raise ConfigError(f"config.eval_splits={splits!r}: use a non-empty tuple of split names from {SPLITS}, "
+                        "e.g. --config.eval_splits=\"('validation', 'test')\"")
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+      raise ConfigError(f"config.eval_splits={tuple(splits)!r}: unknown split(s) {unknown}; use names from {SPLITS}")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
+  check_values(config)
   dataset = config.dataset.split("/")[0]
   known = pipeline.known_datasets()
   if dataset not in known:
     raise ConfigError(f"config.dataset={config.dataset!r}: unknown dataset {dataset!r}; known: {sorted(known)}")
+  variant = config.dataset.partition("/")[2]
+  variants = [c.name for c in getattr(known[dataset], "BUILDER_CONFIGS", None) or []]
+  if variant and variants and variant not in variants:
+    raise ConfigError(f"config.dataset={config.dataset!r}: {dataset} has no variant {variant!r}; use one of "
+                      f"{', '.join(f'{dataset}/{v}' for v in variants)}")
   if pipeline.needs_source(dataset):
     _check_source_dir(config)
   m = config.model
   if m.depth not in STAGE_SIZES:
     raise ConfigError(f"config.model.depth={m.depth}: unknown model ResNet1d-{m.depth}; use one of {sorted(STAGE_SIZES)}")
-  if m.width <= 0 or m.embed_dim <= 0 or m.downsample < 1:
-    raise ConfigError(f"config.model: width ({m.width}), embed_dim ({m.embed_dim}) must be > 0 and "
-                      f"downsample ({m.downsample}) >= 1")
-  if m.dtype not in DTYPES:
-    raise ConfigError(f"config.model.dtype={m.dtype!r}: use one of {DTYPES}")
   if m.get("bn_backward", "lean") not in BACKWARDS:
     raise ConfigError(f"config.model.bn_backward={m.bn_backward!r}: use one of {BACKWARDS} (the same math; "
                       "'lean' keeps less for the backward pass)")
-  if not 0 < m.temperature < 1:
-    raise ConfigError(f"config.model.temperature={m.temperature}: must be in (0, 1), the paper uses 0.07")
-  if config.loss.name not in LOSSES:
-    raise ConfigError(f"config.loss.name={config.loss.name!r}: unknown loss; use one of {LOSSES}")
   if (config.loss.name == "sigmoid") != (m.get("logit_bias") is not None):
     raise ConfigError(f"config.loss.name={config.loss.name!r} with config.model.logit_bias={m.get('logit_bias')}: "
                       "the sigmoid loss needs a learnable bias (set --config.model.logit_bias=-10.0, SigLIP's "
                       "initialisation) and the softmax loss has none (leave it None)")
-  microbatches = config.get("microbatches", 1)
-  if not isinstance(microbatches, int) or microbatches < 1:
-    raise ConfigError(f"config.microbatches={microbatches!r}: use a positive integer (1: no gradient caching)")
-  if config.batch_size <= 0 or config.eval_batch_size <= 0:
-    raise ConfigError(f"config.batch_size ({config.batch_size}) and eval_batch_size ({config.eval_batch_size}) must be > 0")
   if not (config.num_steps or config.num_epochs):
     raise ConfigError("set config.num_steps or config.num_epochs (both are 0)")
+  _check_batch_sizes(config)
   if config.text.model_dir:
     missing = [f for f in ("config.json", "model.safetensors") if not os.path.exists(os.path.join(config.text.model_dir, f))]
     if not os.path.isdir(config.text.model_dir) or missing:
@@ -58,9 +154,39 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                         + ("no such directory" if not os.path.isdir(config.text.model_dir) else f"missing {missing}")
                         + "; point it at a local Hugging Face BERT/RoBERTa directory (config.json, model.safetensors, "
                         "tokenizer files), or leave it empty to use the built-in stand-in")
+  _check_text_length(config)
   if not config.text.templates or any("{}" not in t for t in config.text.templates):
     raise ConfigError(f"config.text.templates={tuple(config.text.templates)}: each template needs a '{{}}' "
                       "placeholder for the label")
+
+
+def _check_text_length(config: ml_collections.ConfigDict) -> None:
+  """config.text.max_length fits the text model's position embeddings (config.json, or the stand-in's)."""
+  from ecg_contrastive.models.bert import BertConfig, max_tokens, read_hf_config
+  from ecg_contrastive.text import standin
+
+  if config.text.model_dir:
+    model, source = read_hf_config(os.path.join(config.text.model_dir, "config.json")), repr(config.text.model_dir)
+  else:
+    model = BertConfig.from_hf(standin._config(1, hidden_size=1, num_layers=1, num_heads=1, seed=0))
+    source = "the stand-in text model"
+  if config.text.max_length > max_tokens(model):
+    raise ConfigError(f"config.text.max_length={config.text.max_length}: {source} has {max_tokens(model)} "
+                      f"positions; use at most {max_tokens(model)}")
+
+
+def _check_batch_sizes(config: ml_collections.ConfigDict) -> None:
+  """batch_size (with microbatches) and eval_batch_size split evenly over this run's devices and processes (the
+  split train.py makes), checked before any data or model work."""
+  from ecg_contrastive.sharding import batch_sizes, make_mesh
+
+  mesh = make_mesh()
+  microbatches = config.get("microbatches", 1)
+  for key, microbatches in (("batch_size", microbatches), ("eval_batch_size", 1)):
+    try:
+      batch_sizes(config[key], mesh, microbatches)
+    except ValueError as e:
+      raise ConfigError(f"config.{key}={config[key]}: {e}") from e
 
 
 def _check_source_dir(config: ml_collections.ConfigDict) -> None:

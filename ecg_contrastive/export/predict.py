@@ -7,17 +7,22 @@ RECORD is a WFDB record (`path/rec`, `rec.hea` or `rec.dat`) or a `.npy` array; 
 --fs and --units (and --leads if not I,II,III,aVR,aVL,aVF,V1..V6). Every record goes through the
 training standardisation (preprocess.py); both model forms compute in float32 and print the same
 findings: the JAX checkpoint via FlaxScorer, the export via its own modeling_ecg.py.
+A file or model that cannot be used stops the run with one line `error: ...` naming it (exit code 2): a missing,
+truncated or unreadable file, a wrong shape, NaN/inf samples, a rate outside 50..20000 Hz, a record under 5 s, a
+flat signal. A record between 5 and 10 s is zero-padded to 10 s, with a warning on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Protocol
 
 import numpy as np
 
 from ecg_contrastive.checkpoints import restore_inference
+from ecg_contrastive.errors import UserError, one_line, want_traceback
 from ecg_contrastive.export import preprocess
 from ecg_contrastive.export.flax_scorer import FlaxScorer
 from ecg_contrastive.export.to_torch import load_exported
@@ -36,6 +41,9 @@ class TorchScorer:
   """An export folder, loaded with its own modeling_ecg.py, behind the FlaxScorer interface."""
 
   def __init__(self, folder: str):
+    if not os.path.isfile(os.path.join(folder, "modeling_ecg.py")):
+      raise FileNotFoundError(f"{folder!r} is not an export folder (no modeling_ecg.py); write one with "
+                              "`python -m ecg_contrastive.main --mode export --workdir RUN --export_dir FOLDER`")
     self.module = load_exported(folder)
     self.labels = self.module.labels
 
@@ -90,14 +98,24 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--units", choices=("uV", "mV"), default=None, help=".npy only: sample units")
   parser.add_argument("--leads", default=None, help=".npy only: comma-separated lead names in column order")
   parser.add_argument("--top-k", type=int, default=5)
+  parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
   parser.add_argument("records", nargs="+", help="WFDB record paths or .npy files")
   args = parser.parse_args(argv)
-  leads = args.leads.split(",") if args.leads else None
+  if args.top_k < 1:
+    parser.error(f"--top-k {args.top_k}: give a positive number of findings per record, e.g. 5")
+  leads = [name.strip() for name in args.leads.split(",")] if args.leads else None
   try:
     records = [preprocess.read_record(path, args.fs, args.units, leads) for path in args.records]
+    for path, record in zip(args.records, records):
+      if record.duration_s < preprocess.signal.DURATION_S:
+        print(f"warning: {path}: {record.duration_s:.2f} s, zero-padded to {preprocess.signal.DURATION_S} s; "
+              "findings of a short record are less reliable", file=sys.stderr)
     scorer, description = open_scorer(args.workdir, args.exported, args.step)
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"error: {e}")
+  except (UserError, FileNotFoundError, ValueError) as e:
+    if args.verbose or want_traceback():
+      raise
+    print(f"error: {one_line(e)}", file=sys.stderr)
+    sys.exit(2)
   findings = predict(scorer, np.stack([r.ecg for r in records]), args.top_k)
   print(f"model: {description}")
   for path, record, found in zip(args.records, records, findings):

@@ -39,6 +39,7 @@ from safetensors.numpy import save_file
 
 from ecg_contrastive import checkpoints
 from ecg_contrastive.data import signal
+from ecg_contrastive.errors import UserError
 from ecg_contrastive.export.flax_scorer import FlaxScorer
 from ecg_contrastive.models.resnet1d import STAGE_SIZES
 from ecg_contrastive.models.two_tower import MAX_LOGIT_SCALE, TwoTower
@@ -57,7 +58,7 @@ LAYOUTS = {
 }
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
   """The workdir cannot be exported (no checkpoint, unknown architecture, failed parity)."""
 
 

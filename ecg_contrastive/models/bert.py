@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from ecg_contrastive.errors import UserError
+
 log = logging.getLogger(__name__)
 
 _FAMILIES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "camembert": "roberta"}
@@ -36,6 +38,10 @@ _ACTIVATIONS = {
 }
 _SKIPPED_PREFIXES = ("cls.", "lm_head.")  # pre-training heads; the encoder does not use them
 _SKIPPED_NAMES = ("embeddings.position_ids",)  # a buffer older checkpoints saved
+
+
+class TextModelError(UserError, ValueError):
+  """A text model directory whose files cannot be used; the message names the file and what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,20 +63,20 @@ class BertConfig:
   def from_hf(cls, hf: dict[str, Any], source: str = "config.json") -> "BertConfig":
     model_type = hf.get("model_type")
     if model_type not in _FAMILIES:
-      raise ValueError(f"{source}: model_type {model_type!r} is not a BERT-family encoder; "
+      raise TextModelError(f"{source}: model_type {model_type!r} is not a BERT-family encoder; "
                        f"supported: {sorted(_FAMILIES)}")
     if hf.get("position_embedding_type", "absolute") != "absolute":
-      raise ValueError(f"{source}: position_embedding_type {hf['position_embedding_type']!r} is not "
+      raise TextModelError(f"{source}: position_embedding_type {hf['position_embedding_type']!r} is not "
                        "supported; only 'absolute' position embeddings are implemented")
     if hf.get("hidden_act", "gelu") not in _ACTIVATIONS:
-      raise ValueError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported; use one of "
+      raise TextModelError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported; use one of "
                        f"{sorted(_ACTIVATIONS)}")
     try:
       return cls(**{f.name: hf[f.name] for f in dataclasses.fields(cls)
                     if f.name not in ("family", "hidden_act")},
                  hidden_act=hf.get("hidden_act", "gelu"), family=_FAMILIES[model_type])
     except KeyError as e:
-      raise ValueError(f"{source}: missing field {e.args[0]!r}") from None
+      raise TextModelError(f"{source}: missing field {e.args[0]!r}") from None
 
 
 def position_ids(input_ids: jax.Array, config: BertConfig) -> jax.Array:
@@ -208,6 +214,27 @@ def require_model_files(model_dir: str) -> list[str]:
   return required
 
 
+_REDO = "; copy the model directory again (e.g. save_pretrained(dir, safe_serialization=True))"
+
+
+def read_hf_config(path: str) -> BertConfig:
+  """A model directory's config.json -> BertConfig; TextModelError naming the file if it is not a JSON object
+  describing a BERT-family encoder."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      hf_config = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+    raise TextModelError(f"{path}: not valid JSON ({type(e).__name__}: {e}){_REDO}") from e
+  if not isinstance(hf_config, dict):
+    raise TextModelError(f"{path}: holds a {type(hf_config).__name__}, not a JSON object{_REDO}")
+  return BertConfig.from_hf(hf_config, source=path)
+
+
+def max_tokens(config: BertConfig) -> int:
+  """Tokens per text the encoder has positions for (RoBERTa's positions start after pad_token_id + 1)."""
+  return config.max_position_embeddings - (config.pad_token_id + 1 if config.family == "roberta" else 0)
+
+
 def load_hf_encoder(model_dir: str, dtype: Any = jnp.float32) -> tuple[BertEncoder, dict, BertConfig]:
   """Reads `config.json` + `model.safetensors` from `model_dir` -> (module, params, config).
 
@@ -217,11 +244,14 @@ def load_hf_encoder(model_dir: str, dtype: Any = jnp.float32) -> tuple[BertEncod
   from safetensors.numpy import load_file
 
   required = require_model_files(model_dir)
-  with open(required[0], encoding="utf-8") as f:
-    config = BertConfig.from_hf(json.load(f), source=required[0])
+  config = read_hf_config(required[0])
+  try:
+    weights = load_file(required[1])
+  except Exception as e:  # noqa: BLE001 (safetensors raises its own error type for a truncated or corrupt file)
+    raise TextModelError(f"{required[1]}: unreadable safetensors file ({type(e).__name__}: {e}){_REDO}") from e
   tensors: dict[str, np.ndarray] = {}
   skipped = []
-  for name, value in load_file(required[1]).items():
+  for name, value in weights.items():
     if name.startswith(_SKIPPED_PREFIXES) or _canonical(name) in _SKIPPED_NAMES:
       skipped.append(name)
     else:
@@ -231,7 +261,7 @@ def load_hf_encoder(model_dir: str, dtype: Any = jnp.float32) -> tuple[BertEncod
   expected = {hf for hfs, _ in names.values() for hf in hfs}
   missing, unexpected = sorted(expected - tensors.keys()), sorted(tensors.keys() - expected)
   if missing or unexpected:
-    raise ValueError(f"{required[1]}: weights do not match a {config.family} encoder with "
+    raise TextModelError(f"{required[1]}: weights do not match a {config.family} encoder with "
                      f"{config.num_hidden_layers} layers; missing {missing or 'none'}; "
                      f"unexpected {unexpected or 'none'}")
   if skipped:
@@ -245,7 +275,7 @@ def load_hf_encoder(model_dir: str, dtype: Any = jnp.float32) -> tuple[BertEncod
     values = [tensors[hf].T if transpose else tensors[hf] for hf in hfs]
     value = np.stack(values) if path.startswith("layers/") else values[0]
     if value.shape != shape.shape:
-      raise ValueError(f"{required[1]}: {hfs[0]} gives shape {value.shape} for {path}; "
+      raise TextModelError(f"{required[1]}: {hfs[0]} gives shape {value.shape} for {path}; "
                        f"config.json implies {shape.shape}")
     flat_params[path] = np.asarray(value, np.float32)
   return module, traverse_util.unflatten_dict(flat_params, sep="/"), config
@@ -257,9 +287,9 @@ POOLINGS = ("cls", "mean", "pooler")
 def check_pooling(pooling: str, has_pooler: bool) -> None:
   """ValueError unless `pooling` is one of POOLINGS and usable with this checkpoint."""
   if pooling not in POOLINGS:
-    raise ValueError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
+    raise TextModelError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
   if pooling == "pooler" and not has_pooler:
-    raise ValueError("pooling 'pooler' needs pooler weights (pooler.dense.*), which this "
+    raise TextModelError("pooling 'pooler' needs pooler weights (pooler.dense.*), which this "
                      "checkpoint lacks; use pooling 'mean' or 'cls'")
 
 

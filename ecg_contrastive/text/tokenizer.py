@@ -17,8 +17,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ecg_contrastive.errors import UserError
+
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
                     "sentencepiece.bpe.model", "spiece.model")
+
+
+class TokenizerError(UserError, ValueError):
+  """Tokenizer files that cannot be loaded; the message names the directory and what to do."""
 
 
 def load_tokenizer(model_dir: str):
@@ -36,6 +42,12 @@ def load_tokenizer(model_dir: str):
       f"the tokenizer of {model_dir!r} needs a package that is not installed ({e}); Japanese BERT "
       "tokenizers need `pip install fugashi unidic-lite` (or ipadic), SentencePiece ones "
       "`pip install sentencepiece`") from e
+  except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:  # a damaged or mismatched tokenizer file
+    present = [f for f in _TOKENIZER_FILES if os.path.isfile(os.path.join(model_dir, f))]
+    raise TokenizerError(
+      f"the tokenizer files {present} in {model_dir!r} cannot be loaded "
+      f"({type(e).__name__}: {' '.join(str(e).split())}); "
+      "copy the tokenizer saved with the model again (tokenizer.save_pretrained(dir))") from e
 
 
 @dataclasses.dataclass

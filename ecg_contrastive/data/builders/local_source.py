@@ -30,6 +30,7 @@ from ecg_contrastive.data import cache
 from ecg_contrastive.data.builders.features import CONTRACT, ecg_report_features
 from ecg_contrastive.data.builders.synthetic_ecg_ja import worker_count
 from ecg_contrastive.data.builders.tf_free import plain_file_spill
+from ecg_contrastive.errors import UserError
 
 SPLITS = ("train", "validation", "test")
 HASH_SPLIT_PERCENT = (("train", 80), ("validation", 90), ("test", 100))  # cumulative
@@ -37,7 +38,7 @@ READ_CHUNK = 64  # records per worker task
 log = logging.getLogger(__name__)
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
   """The source folder, a file in it or a column is missing or unreadable; the message says what to do."""
 
 

@@ -1,0 +1,32 @@
+"""UserError: the base of every error a user can fix (a bad config value, a missing or damaged file).
+
+The command lines (ecg_contrastive.main, ecg_contrastive.export.predict) print such an error as one line,
+`error: <message>`, and exit with code 2; any other exception is a bug and keeps its traceback.
+Set ECG_CONTRASTIVE_TRACEBACK=1 (or pass --verbose) to see the traceback of a UserError too.
+
+A module raises one by subclassing both UserError and the builtin class callers expect:
+
+    class SourceError(UserError, ValueError): ...
+
+and writes a message that names the key or file and says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+
+TRACEBACK_ENV = "ECG_CONTRASTIVE_TRACEBACK"
+
+
+class UserError(Exception):
+  """A mistake the user can fix; str(error) names the key or file and what to do."""
+
+
+def one_line(error: BaseException) -> str:
+  """The error's message on one line (newlines and runs of spaces collapsed)."""
+  return " ".join(str(error).split()) or type(error).__name__
+
+
+def want_traceback(argv: list[str] | None = None) -> bool:
+  """Whether --verbose is on the command line or $ECG_CONTRASTIVE_TRACEBACK is set (not '0' or empty)."""
+  return os.environ.get(TRACEBACK_ENV, "") not in ("", "0") or "--verbose" in (argv or [])
