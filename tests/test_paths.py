@@ -163,3 +163,55 @@ def test_gs_workdir_resumes(data_dirs, bucket, tmp_path, monkeypatch, caplog):
   assert [r["step"] for r in rows(run / "metrics.jsonl") if "loss" in r] == [1, 2, 3, 4, 5, 6]
   assert json.loads((run / "eval" / "validation.json").read_text())["step"] == 6
   assert no_local_gs_paths(tmp_path) == []
+
+
+def test_remote_data_dir_that_is_not_prepared_says_how_to_prepare_it(bucket):
+  from ecg_contrastive.data import pipeline
+  with pytest.raises(ValueError, match=r"not prepared in gs://bucket/tfds: array_record writes local files only"):
+    pipeline.open_source("synthetic_ecg_ja/tiny", "train", data_dir="gs://bucket/tfds")
+  assert not os.path.exists(bucket / "tfds" / "synthetic_ecg_ja" / "tiny" / "1.3.0")
+
+
+def test_int16_cache_of_a_remote_dataset_goes_to_a_local_folder(bucket, tmp_path, caplog):
+  from ecg_contrastive.data import cache
+  with caplog.at_level(logging.INFO, logger="ecg_contrastive"):
+    folder = cache.cache_folder("gs://bucket/tfds/synthetic_ecg_ja/tiny/1.3.0")
+  assert folder.startswith(str(tmp_path / "local" / "ecg_cache")) and folder.endswith("_1.3.0")
+  assert os.path.isdir(folder)
+  assert "is remote: its int16 cache goes to the local folder " + folder in caplog.text
+  assert cache.cache_folder(str(tmp_path / "tfds")) == str(tmp_path / "tfds" / "ecg_cache")
+
+
+@pytest.fixture
+def process_1_of_2(monkeypatch):
+  """This process plays process 1 of 2: barriers return at once; process 0's outcome is set by the test."""
+  import jax
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  monkeypatch.setattr(paths, "barrier", lambda name, timeout_s=0: None)
+  outcome = {"failed": False}
+  monkeypatch.setattr(paths, "_process_0_failed", lambda mine: outcome["failed"] or mine)
+  return outcome
+
+
+def test_other_processes_read_what_process_0_wrote(process_1_of_2, caplog):
+  written = []
+  with caplog.at_level(logging.INFO, logger="ecg_contrastive"):
+    assert paths.one_process_writes("cache x", lambda: True, lambda: written.append(1)) is False
+  assert written == [] and "cache x: process 1 waits for process 0" in caplog.text
+  assert "cache x: process 1 uses what process 0 wrote" in caplog.text
+
+
+def test_a_process_that_cannot_see_process_0s_files_writes_its_own(process_1_of_2, caplog):
+  written = []
+  with caplog.at_level(logging.INFO, logger="ecg_contrastive"):
+    assert paths.one_process_writes("cache x", lambda: bool(written), lambda: written.append(1)) is True
+  assert written == [1] and "writing a copy on this host" in caplog.text
+
+
+def test_a_failed_write_on_process_0_stops_the_others(process_1_of_2):
+  process_1_of_2["failed"] = True
+  written = []
+  with pytest.raises(RuntimeError, match="cache x: process 0 failed to write it"):
+    paths.one_process_writes("cache x", lambda: False, lambda: written.append(1))
+  assert written == []
