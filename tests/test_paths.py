@@ -132,6 +132,8 @@ def test_gs_workdir_end_to_end(data_dirs, bucket, tmp_path, caplog):
   text_cache = sorted(os.listdir(bucket / "text"))
   assert len(text_cache) == 4 and {n.rsplit(".", 1)[1] for n in text_cache} == {"npy", "json"}
   assert "copied to gs://bucket/run/tb" in caplog.text
+  assert "text cache gs://bucket/text is remote: the stand-in text model goes to the local folder " + str(
+      tmp_path / "local" / "text_models") in caplog.text
   assert no_local_gs_paths(tmp_path, os.path.dirname(os.path.dirname(__file__))) == []
 
 
