@@ -21,7 +21,7 @@ def bucket(tmp_path, monkeypatch):
   monkeypatch.setenv("ECG_CONTRASTIVE_LOCAL", str(tmp_path / "local"))
   (tmp_path / "cwd").mkdir()
   monkeypatch.chdir(tmp_path / "cwd")  # a gs:// path made local would land here as cwd/gs:/...
-  if checkpoints.checkpoint_dir("gs://bucket/run") != "gs://bucket/run/checkpoints":
+  if os.fspath(checkpoints.checkpoint_dir("gs://bucket/run")) != "gs://bucket/run/checkpoints":
     # checkpoints.py (another owner) still makes the path absolute; until its gs:// fix lands, the same rule:
     monkeypatch.setattr(checkpoints, "checkpoint_dir", lambda workdir: paths.join(workdir, "checkpoints"))
   return tmp_path / "gcs" / "bucket"
