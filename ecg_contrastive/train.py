@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ecg_contrastive import checkpoints, step as step_lib, terms
+from ecg_contrastive import checkpoints, paths, step as step_lib, terms
 from ecg_contrastive.config_check import check_config
 from ecg_contrastive.data import pipeline
 from ecg_contrastive.evals import plots
@@ -48,9 +48,18 @@ def text_model_dir(config: ml_collections.ConfigDict) -> str:
   if config.text.model_dir:
     return config.text.model_dir
   root = config.text.cache_dir or text_cache.default_cache_dir()
+  if paths.is_remote(root):  # the text tower loads from local files
+    local = paths.local_dir("text_models", root)
+    log.info("text cache %s is remote: the stand-in text model goes to the local folder %s", root, local)
+    root = local
   kw = config.text.standin.to_dict()  # one directory per stand-in size: configs of different sizes coexist
   name = "standin_bert_ja_" + "_".join(f"{k}{v}" for k, v in sorted(kw.items()))
-  return standin.write_standin_model(os.path.join(root, name), **kw)
+  directory = os.path.join(root, name)
+  # process 0 (re)writes it if stale (idempotent); the others use its copy, or write their own if they cannot see it
+  paths.one_process_writes(f"stand-in text model {name}",
+                           lambda: jax.process_index() > 0 and os.path.isfile(os.path.join(directory, "config.json")),
+                           lambda: standin.write_standin_model(directory, **kw))
+  return directory
 
 
 def embed_texts(config, sources: dict[str, pipeline.EcgSource], labels: list[terms.Term]):
@@ -96,7 +105,8 @@ def evaluate(config, model, state, sources, table, label_emb, labels, mesh, work
   project = jax.jit(lambda p, x: model.apply({"params": p}, x, method=TwoTower.encode_text))
   z_labels = np.asarray(project(params, jnp.asarray(label_emb)))
   encode = make_ecg_encoder(model, mesh)
-  os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+  if jax.process_index() == 0:
+    paths.makedirs(paths.join(workdir, "eval"))
   results = {}
   for split in config.eval_splits:
     source = sources[split]
@@ -111,9 +121,8 @@ def evaluate(config, model, state, sources, table, label_emb, labels, mesh, work
     metrics["step"] = int(state["step"])
     results[split] = metrics
     if jax.process_index() == 0:
-      with open(os.path.join(workdir, "eval", f"{split}.json"), "w", encoding="utf-8") as f:
-        json.dump(metrics, f, ensure_ascii=False, indent=1)
-      plots.plot_per_label(metrics, os.path.join(workdir, "eval", f"{split}_per_label.png"),
+      paths.write_text(paths.join(workdir, "eval", f"{split}.json"), json.dumps(metrics, ensure_ascii=False, indent=1))
+      plots.plot_per_label(metrics, paths.join(workdir, "eval", f"{split}_per_label.png"),
                            f"{config.dataset} {split} @ step {metrics['step']}")
       print(plots.format_summary(split, metrics), flush=True)
   return results
@@ -126,7 +135,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains, checkpoints and evaluates; returns {split: metrics} of the final evaluation."""
   # 1. config
   check_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    paths.makedirs(workdir)  # gs://... stays remote: never made absolute against the cwd
   labels = list(terms.load_terms())
 
   # 2. mesh and batch sizes
@@ -171,7 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # 6. the loop
   train_step = step_lib.make_train_step(config, model, tx, schedule, mesh)
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=first_step)
   bar = tqdm.tqdm(total=num_steps, initial=first_step, desc="train", disable=jax.process_index() != 0,
                   dynamic_ncols=True)
   window_start, window_steps = time.perf_counter(), 0
@@ -210,10 +220,9 @@ def _headline(results: dict[str, dict]) -> dict[str, float]:
 
 def _write_run_files(workdir: str, config, labels: list[terms.Term], label_emb: np.ndarray) -> None:
   """config.json, labels.json and label_text_embeddings.npy: what export and inference read."""
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=1, ensure_ascii=False))
-  with open(os.path.join(workdir, "labels.json"), "w", encoding="utf-8") as f:
-    json.dump([{"ja": t.ja, "en": t.en, "group_ja": t.group_ja, "group_en": t.group_en} for t in labels], f,
-              ensure_ascii=False, indent=1)
-  np.save(os.path.join(workdir, "label_text_embeddings.npy"), label_emb.astype(np.float32))
+  paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=1, ensure_ascii=False))
+  paths.write_text(paths.join(workdir, "labels.json"), json.dumps(
+      [{"ja": t.ja, "en": t.en, "group_ja": t.group_ja, "group_en": t.group_en} for t in labels],
+      ensure_ascii=False, indent=1))
+  paths.np_save(paths.join(workdir, "label_text_embeddings.npy"), label_emb.astype(np.float32))
 

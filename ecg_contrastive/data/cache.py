@@ -1,12 +1,18 @@
 """A split's ECGs decoded once into a contiguous int16 .npy (memory-mapped), with its metadata.
 
-Files, in `<dataset dir>/ecg_cache/`: `<split>.ecg.npy` (int16 (n, 5000, 12)) and `<split>.meta.json`
+Files, in `<dataset dir>/ecg_cache/` (or, when the dataset is on gs://, in a local folder: a memory map
+needs a local file; see `cache_folder`): `<split>.ecg.npy` (int16 (n, 5000, 12)) and `<split>.meta.json`
 (fingerprint, metadata columns, skipped records). The fingerprint names the dataset, config,
 version, split size and each shard's name and size; a cache whose fingerprint, shape or file size
 does not match is rebuilt. Records that cannot be decoded, or whose ECG is not int16 (5000, 12),
 are skipped, counted and listed with their reason (a warning names them). The real-data builders
 list the records they skipped while building in `<dataset dir>/skipped_records.json`; those come
 first in the skip list of their split (with "stage": "build" and no index, as they have no row).
+
+With several JAX processes, process 0 builds a missing cache while the others wait, then they open
+it (a process that cannot see process 0's file, e.g. a host-local folder on another host, builds its
+own copy); files are written under a unique temporary name and renamed, so a half-written cache is
+never read and no two processes write one file (`paths.one_process_writes`).
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 
 import numpy as np
 
+from ecg_contrastive import paths
 from ecg_contrastive.data.signal import NUM_LEADS, NUM_SAMPLES
 
 CACHE_VERSION = 1
@@ -32,11 +40,22 @@ def fingerprint(builder, split: str) -> dict:
   return {"cache_version": CACHE_VERSION, "dataset": builder.name,
           "config": builder.builder_config.name if builder.builder_config else None,
           "version": str(builder.version), "split": split, "num_examples": int(info.num_examples),
-          "shards": [[os.path.basename(str(p)), os.path.getsize(str(p))] for p in info.filepaths]}
+          "shards": [[os.path.basename(str(p)), paths.path(p).stat().length] for p in info.filepaths]}
+
+
+def cache_folder(dataset_dir: str) -> str:
+  """`<dataset dir>/ecg_cache`, or a local folder when the dataset dir is remote (gs://): the int16
+  cache is memory-mapped, which needs a file on this host."""
+  if not paths.is_remote(dataset_dir):
+    return os.path.join(dataset_dir, "ecg_cache")
+  folder = paths.local_dir("ecg_cache", dataset_dir)
+  log.info("dataset %s is remote: its int16 cache goes to the local folder %s (a memory map needs a local file)",
+           dataset_dir, folder)
+  return folder
 
 
 def _paths(builder, split: str) -> tuple[str, str]:
-  folder = os.path.join(str(builder.data_dir), "ecg_cache")
+  folder = cache_folder(str(builder.data_dir))
   return os.path.join(folder, f"{split}.ecg.npy"), os.path.join(folder, f"{split}.meta.json")
 
 
@@ -59,13 +78,17 @@ def load_or_build(builder, split: str) -> tuple[np.ndarray, dict[str, list], lis
   """(int16 memmap (n, 5000, 12), metadata columns, skipped records) of `split`, building the cache if needed."""
   ecg_path, meta_path = _paths(builder, split)
   expected = fingerprint(builder, split)
-  loaded = _load(ecg_path, meta_path, expected)
-  if loaded is None:
+
+  def decode() -> None:
     log.info("decoding %s/%s into %s (once)", builder.name, split, ecg_path)
     build(builder.as_data_source(split=split), ecg_path, meta_path, expected)
-    loaded = _load(ecg_path, meta_path, expected)
-    if loaded is None:
-      raise RuntimeError(f"the cache just written at {ecg_path} does not read back; check free disk space")
+
+  # the barrier name is the same on every process (ecg_path may be host-local)
+  paths.one_process_writes(f"int16 cache of {builder.info.full_name}:{split}",
+                           lambda: _load(ecg_path, meta_path, expected) is not None, decode)
+  loaded = _load(ecg_path, meta_path, expected)
+  if loaded is None:
+    raise RuntimeError(f"the cache just written at {ecg_path} does not read back; check free disk space")
   ecg, meta = loaded
   skipped = build_skips(str(builder.data_dir), split) + meta["skipped"]
   if skipped:
@@ -77,11 +100,10 @@ def load_or_build(builder, split: str) -> tuple[np.ndarray, dict[str, list], lis
 def build_skips(dataset_dir: str, split: str) -> list[dict]:
   """Records of `split` the builder skipped (from BUILD_SKIPS_FILE, if the builder writes one), each
   {'index': None, 'stage': 'build', 'record_id', 'patient_id', 'path', 'reason'}."""
-  path = os.path.join(dataset_dir, BUILD_SKIPS_FILE)
-  if not os.path.exists(path):
+  path = paths.join(dataset_dir, BUILD_SKIPS_FILE)
+  if not paths.exists(path):
     return []
-  with open(path, encoding="utf-8") as f:
-    listed = json.load(f)["skipped"]
+  listed = json.loads(paths.read_text(path))["skipped"]
   return [{"index": None, "stage": "build", **{k: v for k, v in s.items() if k != "split"}}
           for s in listed if s["split"] == split]
 
@@ -118,10 +140,11 @@ def _read(source, indices: list[int]) -> list:
 
 
 def build(source, ecg_path: str, meta_path: str, expected: dict) -> None:
-  """Decodes every record of `source` (a TFDS data source) into the cache files, atomically."""
+  """Decodes every record of `source` (a TFDS data source) into the cache files (local), atomically:
+  unique temporary names, then renames, the .meta.json last."""
   os.makedirs(os.path.dirname(ecg_path), exist_ok=True)
   n = len(source)
-  tmp = ecg_path + ".tmp.npy"
+  tmp = f"{ecg_path}.tmp-{uuid.uuid4().hex}.npy"
   ecg = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=(n, NUM_SAMPLES, NUM_LEADS))
   columns = {k: [] for k in META_COLUMNS}
   skipped = []
@@ -149,6 +172,5 @@ def build(source, ecg_path: str, meta_path: str, expected: dict) -> None:
     os.replace(tmp + ".compact.npy", tmp)
   del ecg
   os.replace(tmp, ecg_path)
-  with open(meta_path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump({"fingerprint": expected, "num_records": kept, "skipped": skipped, **columns}, f, ensure_ascii=False)
-  os.replace(meta_path + ".tmp", meta_path)
+  paths.write_text(meta_path, json.dumps({"fingerprint": expected, "num_records": kept, "skipped": skipped,
+                                          **columns}, ensure_ascii=False))

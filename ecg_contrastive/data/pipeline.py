@@ -9,6 +9,11 @@ open a split's array_record shards are decoded once into a contiguous int16 .npy
 dataset (memory-mapped; validated against a fingerprint of the shards; rebuilt when stale). A
 batch is then one sorted fancy-index of the memmap, read in a background thread and placed on
 the mesh as a global jax.Array; int16 travels, the model scales to float on the device.
+
+data_dir may be gs:// for a dataset prepared elsewhere and copied there (array_record writes
+local files only); its int16 cache is then on this host (`cache.cache_folder`). With several JAX
+processes, process 0 prepares the dataset and builds the cache while the others wait
+(`paths.one_process_writes`); docs/data.md, "Many processes, one data build".
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 
 import numpy as np
 
+from ecg_contrastive import paths
 from ecg_contrastive.data import cache
 from ecg_contrastive.data.batches import BatchIterator  # noqa: F401  (public API)
 
@@ -82,7 +88,7 @@ def known_datasets() -> dict[str, type]:
 
 def data_dir_default() -> str:
   """$ECG_CONTRASTIVE_DATA, else ~/.cache/ecg_contrastive/tfds."""
-  return os.path.expanduser(os.environ.get("ECG_CONTRASTIVE_DATA") or DEFAULT_DATA_DIR)
+  return os.fspath(paths.path(os.environ.get("ECG_CONTRASTIVE_DATA") or DEFAULT_DATA_DIR))
 
 
 def open_source(dataset: str, split: str, data_dir: str | None = None, source_dir: str | None = None) -> EcgSource:
@@ -98,9 +104,20 @@ def open_source(dataset: str, split: str, data_dir: str | None = None, source_di
   if name not in known:
     raise ValueError(f"unknown dataset {dataset!r}; known datasets: {sorted(known)} (use 'name/config', "
                      f"e.g. 'synthetic_ecg_ja/tiny')")
-  builder = tfds.builder(dataset, data_dir=data_dir or data_dir_default(), file_format="array_record")
+  data_dir = os.fspath(paths.path(data_dir)) if data_dir else data_dir_default()
+  builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():
-    builder.download_and_prepare(download_config=source_download_config(builder, source_dir))
+
+    def prepare() -> None:
+      if paths.is_remote(data_dir):
+        raise ValueError(f"{dataset} is not prepared in {data_dir}: array_record writes local files only, so a "
+                         "dataset is built into a local data_dir and copied to the bucket (docs/data.md, "
+                         "'Many processes, one data build')")
+      builder.download_and_prepare(download_config=source_download_config(builder, source_dir))
+
+    if not paths.one_process_writes(f"dataset {dataset}", builder.is_prepared, prepare):
+      log.info("%s: prepared by process 0 in %s; not built here", dataset, data_dir)
+    builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")  # reads what was written
   elif source_dir and needs_source(name):
     _warn_if_other_source(builder, source_dir)
   if split not in builder.info.splits:
@@ -132,11 +149,10 @@ def source_download_config(builder, source_dir: str | None):
 
 def _warn_if_other_source(builder, source_dir: str) -> None:
   """A prepared dataset is never rebuilt from another folder: say so when source_dir differs."""
-  path = os.path.join(str(builder.data_dir), cache.BUILD_SKIPS_FILE)
-  if not os.path.exists(path):
+  path = paths.join(str(builder.data_dir), cache.BUILD_SKIPS_FILE)
+  if not paths.exists(path):
     return
-  with open(path, encoding="utf-8") as f:
-    built_from = json.load(f).get("source_dir")
+  built_from = json.loads(paths.read_text(path)).get("source_dir")
   if built_from and os.path.abspath(source_dir) != built_from:
     log.warning(
         "%s in %s was built from %s, not from source_dir=%s; delete that folder to rebuild from the new one",

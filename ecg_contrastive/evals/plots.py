@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib_fontja  # noqa: E402,F401  (registers a Japanese font: labels are Japanese)
 
+from ecg_contrastive import paths  # noqa: E402
+
 
 def plot_per_label(metrics: dict, path: str, title: str) -> None:
   """Horizontal bars: per-label top-1 accuracy of records whose primary label it is, and
-  recall@5 of records carrying it; labels sorted by support."""
+  recall@5 of records carrying it; labels sorted by support. `path`: a .png, local or gs://."""
   rows = [(name, m) for name, m in metrics["per_label"].items() if m["primary_support"]]
   rows.sort(key=lambda r: -r[1]["primary_support"])
   names = [f"{name} (n={m['primary_support']})" for name, m in rows]
@@ -30,8 +34,10 @@ def plot_per_label(metrics: dict, path: str, title: str) -> None:
                f"(chance {metrics['chance_top1']:.3f}, majority {metrics['majority_top1']:.3f})", fontsize=9)
   ax.legend(loc="lower right", fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=110)
   plt.close(fig)
+  paths.write_bytes(path, png.getvalue())
 
 
 def format_summary(split: str, metrics: dict) -> str:

@@ -4,22 +4,24 @@ Key = sha256 of (model directory fingerprint, text set fingerprint, pooling, max
 dtype, cache format). The model fingerprint hashes the contents of every file the model
 directory holds except weight formats this project does not read (*.bin, *.h5, ...), so
 new weights or a new vocabulary never reuse stale rows. Each entry is `<key>.npy`
-(float32 (N, D)) plus `<key>.json` (what was embedded and the precompute summary), both
-written atomically (temporary file, then rename); the .json is written last and marks a
-complete entry.
+(float32 (N, D)) plus `<key>.json` (what was embedded and the precompute summary), each
+written whole (local: temporary file, then rename; gs://: one object); the .json is written
+last and marks a complete entry. The cache folder may be gs:// (paths.py); the model
+directory is local (the text tower loads from files). With several processes, process 0
+writes an entry and the others wait (precompute.embed_texts, paths.one_process_writes).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import os
-import uuid
 from collections.abc import Sequence
 
 import numpy as np
+
+from ecg_contrastive import paths
 
 CACHE_FORMAT = 1
 _UNREAD_WEIGHTS = (".bin", ".h5", ".msgpack", ".pt", ".pth", ".ckpt", ".onnx", ".ot")
@@ -67,12 +69,11 @@ def cache_key(model_fp: str, text_fp: str, pooling: str, max_length: int, dtype:
 
 
 def load(cache_dir: str, key: str, num_texts: int) -> tuple[np.ndarray, dict] | None:
-  """(embeddings (num_texts, D), metadata) for a complete entry, else None."""
-  meta_path, array_path = (os.path.join(cache_dir, f"{key}.{ext}") for ext in ("json", "npy"))
+  """(embeddings (num_texts, D), metadata) for a complete entry, else None. cache_dir may be gs://."""
+  meta_path, array_path = (paths.join(cache_dir, f"{key}.{ext}") for ext in ("json", "npy"))
   try:
-    with open(meta_path, encoding="utf-8") as f:
-      meta = json.load(f)
-    embeddings = np.load(array_path)
+    meta = json.loads(paths.read_text(meta_path))
+    embeddings = paths.np_load(array_path)
   except (FileNotFoundError, ValueError, OSError):
     return None
   if meta.get("key") != key or embeddings.shape[0] != num_texts or embeddings.dtype != np.float32:
@@ -80,19 +81,18 @@ def load(cache_dir: str, key: str, num_texts: int) -> tuple[np.ndarray, dict] | 
   return embeddings, meta
 
 
+def complete(cache_dir: str, key: str) -> bool:
+  """Whether the entry's `<key>.json` (written last) exists."""
+  return paths.exists(paths.join(cache_dir, f"{key}.json"))
+
+
 def write_atomic(path: str, data: bytes) -> None:
-  """Writes a temporary file beside `path`, then renames it over `path`."""
-  tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  """Writes a temporary file beside `path`, then renames it over `path` (paths.write_bytes)."""
+  paths.write_bytes(path, data)
 
 
 def save(cache_dir: str, key: str, embeddings: np.ndarray, meta: dict) -> None:
-  """Writes `<key>.npy` then `<key>.json` (meta plus the key) atomically."""
-  os.makedirs(cache_dir, exist_ok=True)
-  array = io.BytesIO()
-  np.save(array, embeddings)
-  write_atomic(os.path.join(cache_dir, f"{key}.npy"), array.getvalue())
-  write_atomic(os.path.join(cache_dir, f"{key}.json"),
-               json.dumps({**meta, "key": key}, indent=2, ensure_ascii=False).encode())
+  """Writes `<key>.npy` then `<key>.json` (meta plus the key), each whole (local: temporary file + rename)."""
+  paths.makedirs(cache_dir)
+  paths.np_save(paths.join(cache_dir, f"{key}.npy"), embeddings)
+  paths.write_text(paths.join(cache_dir, f"{key}.json"), json.dumps({**meta, "key": key}, indent=2, ensure_ascii=False))

@@ -3,7 +3,8 @@
 The text tower is locked, so each distinct report and label prompt is embedded once and
 training reads rows of the table. `embed_texts` dedupes, tokenises, embeds in length
 buckets on all local devices (each process its contiguous share of the unique texts,
-assembled afterwards) and caches the table on disk (`cache.py`). Its summary counts
+assembled afterwards) and caches the table on disk or gs:// (`cache.py`; process 0 writes the
+entry while the others wait). Its summary counts
 everything a caller must hear about: empty texts, truncated texts, [UNK] tokens.
 """
 
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ecg_contrastive import paths
 from ecg_contrastive.models.bert import check_pooling, load_hf_encoder, require_model_files
 from ecg_contrastive.text import cache
 from ecg_contrastive.text.encode import Encoder, embed_token_ids
@@ -137,7 +139,9 @@ def embed_texts(texts: Sequence[str], model_dir: str, *, pooling: str = "mean", 
     embeddings, counts = _embed_share(unique, model_dir, pooling, max_length, batch_size, dtype, progress)
     counts = {**counts, "devices": jax.local_device_count(), "processes": jax.process_count(),
               "embed_seconds": round(time.perf_counter() - start, 3)}
-    cache.save(cache_dir, key, embeddings, {**settings, "unique": len(unique), "summary": counts})
+    entry = {**settings, "unique": len(unique), "summary": counts}
+    paths.one_process_writes(f"text cache {key}", lambda: cache.complete(cache_dir, key),
+                             lambda: cache.save(cache_dir, key, embeddings, entry))
   summary = {"texts": len(texts), "unique": len(unique), **counts, **settings, "dim": embeddings.shape[1],
              "seconds": round(time.perf_counter() - start, 3), "from_cache": hit is not None}
   _log(summary)
