@@ -69,3 +69,21 @@ def test_launchers_find_the_interpreter_with_the_packages_when_path_has_none(tmp
                           cwd=ROOT, capture_output=True, text=True, env=env)
   assert result.returncode == 0, result.stderr
   assert "--config.optimizer.lr=0.002" in result.stdout
+
+
+def test_multiprocess_launcher_keeps_logs_local_for_a_gs_workdir(tmp_path):
+  """A gs:// workdir is passed through to every process as given; the per-process logs go to a local folder and
+  no local folder named like `gs:` is made."""
+  fake = tmp_path / "python"
+  fake.write_text('#!/bin/sh\n[ "$1" = "-c" ] && exit 0\necho "process $JAX_PROCESS_ID of $JAX_NUM_PROCESSES: $*"\n')
+  fake.chmod(0o755)
+  result = subprocess.run(["bash", os.path.join(ROOT, "launch", "local_multiprocess.sh"), "2",
+                           "--workdir=gs://bucket/run", "--config=configs/default.py:tiny"], cwd=tmp_path,
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": str(fake), "LOG_DIR": str(tmp_path / "logs")})
+  assert result.returncode == 0, result.stderr
+  for i in range(2):
+    log = (tmp_path / "logs" / f"process_{i}.log").read_text()
+    assert log.strip() == f"process {i} of 2: -m ecg_contrastive.main --distributed --workdir=gs://bucket/run " \
+                          "--config=configs/default.py:tiny"
+  assert not any("gs:" in str(p) for p in tmp_path.rglob("*"))
