@@ -22,6 +22,7 @@ import ml_collections  # noqa: E402
 from absl import app, flags, logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from ecg_contrastive import paths  # noqa: E402
 from ecg_contrastive.errors import UserError, one_line, want_traceback  # noqa: E402
 
 # Errors printed as one line: UserError and its subclasses (ConfigError, SourceError, RecordError, ExportError,
@@ -152,7 +153,7 @@ def run(argv):
     init_distributed()
   if FLAGS.mode == "export":
     from ecg_contrastive.export.to_torch import export
-    out = export(FLAGS.workdir, FLAGS.export_dir or os.path.join(FLAGS.workdir, "torch"), step=FLAGS.step)
+    out = export(FLAGS.workdir, FLAGS.export_dir or paths.join(FLAGS.workdir, "torch"), step=FLAGS.step)
     print(f"exported to {out}")
     return
   if FLAGS.config is None:

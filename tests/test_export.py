@@ -137,6 +137,20 @@ def test_a_failed_export_leaves_no_partial_folder_and_the_previous_export_intact
   assert {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)} == before
 
 
+def test_export_to_a_gs_folder(exported, tmp_path, monkeypatch):
+  """A gs:// export folder (mocked bucket): written and verified on local disk, then uploaded; nothing lands in a
+  local folder named like 'gs:'."""
+  from fake_gcs import use_fake_gcs
+  use_fake_gcs(monkeypatch, str(tmp_path / "gcs"))
+  monkeypatch.chdir(tmp_path)
+  assert to_torch.export(exported[0], "gs://bucket/run/torch", step=5) == "gs://bucket/run/torch"
+  folder = tmp_path / "gcs" / "bucket" / "run" / "torch"
+  assert sorted(os.listdir(folder)) == sorted(os.listdir(exported[1]))
+  for name in os.listdir(folder):
+    assert (folder / name).read_bytes() == open(os.path.join(exported[1], name), "rb").read(), name
+  assert not [p for p in tmp_path.rglob("gs:*")]
+
+
 def test_export_chosen_step(exported, tmp_path):
   out = to_torch.export(exported[0], str(tmp_path / "out3"), step=3, verify=False)
   assert load_file(os.path.join(out, "model.safetensors"))["logit_scale"] == logit_scale_at(3)

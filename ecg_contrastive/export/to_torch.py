@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import save_file
 
-from ecg_contrastive import checkpoints
+from ecg_contrastive import checkpoints, paths
 from ecg_contrastive.data import signal
 from ecg_contrastive.errors import UserError
 from ecg_contrastive.export.flax_scorer import FlaxScorer
@@ -156,7 +156,7 @@ def export_config(arch: dict, num_labels: int, workdir: str, step: int) -> dict:
                            "int16 microvolts, so mV = int16 / 1000"},
       "zero_shot": {"num_labels": num_labels, "labels": "labels.json", "embeddings": "label_embeddings.safetensors",
                     "score": f"exp(min(logit_scale, {MAX_LOGIT_SCALE:.6f})) * cosine(ecg, label)"},
-      "source": {"workdir": os.path.abspath(workdir), "step": step,
+      "source": {"workdir": workdir if paths.is_remote(workdir) else os.path.abspath(workdir), "step": step,
                  "training_compute_dtype": jnp.dtype(arch["dtype"]).name, "temperature": arch["temperature"]},
   }
 
@@ -215,9 +215,12 @@ def export(workdir: str, out: str, step: int | None = None, verify: bool | None 
     raise ExportError(f"cannot export {workdir!r}: {e}") from e
   state = to_state_dict(inference.variables, arch["depth"])
   scorer = FlaxScorer(inference)
-  out = os.path.abspath(out)
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  partial = tempfile.mkdtemp(prefix=os.path.basename(out) + ".partial-", dir=os.path.dirname(out))
+  remote = paths.is_remote(out)
+  if not remote:
+    out = os.path.abspath(out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+  # Local: written beside `out`, renamed into place. Remote: written and verified here, then uploaded.
+  partial = tempfile.mkdtemp(prefix=os.path.basename(out) + ".partial-", dir=None if remote else os.path.dirname(out))
   try:
     save_file(state, os.path.join(partial, "model.safetensors"), metadata={"source_step": str(inference.step)})
     save_file({"label_embeddings": scorer.label_embeddings}, os.path.join(partial, "label_embeddings.safetensors"))
@@ -241,11 +244,25 @@ def export(workdir: str, out: str, step: int | None = None, verify: bool | None 
     else:
       config["verified_parity"] = None
     _write_config(partial, config)
-    _replace_folder(partial, out)
+    if remote:
+      _upload_folder(partial, out)
+      shutil.rmtree(partial)
+    else:
+      _replace_folder(partial, out)
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)
     raise
   return out
+
+
+def _upload_folder(local: str, out: str) -> None:
+  """Copies the complete, verified folder to a remote `out` (each file one object; config.json last, so a
+  folder with a config.json is complete)."""
+  names = sorted(os.listdir(local), key=lambda name: name == "config.json")
+  paths.makedirs(out)
+  for name in names:
+    with open(os.path.join(local, name), "rb") as f:
+      paths.write_bytes(paths.join(out, name), f.read())
 
 
 def _replace_folder(new: str, out: str) -> None:
