@@ -22,6 +22,11 @@ class UserError(Exception):
   """A mistake the user can fix; str(error) names the key or file and what to do."""
 
 
+class DataError(UserError, ValueError):
+  """A dataset, split or cache that cannot be used as asked (no such split, fewer records than a batch, a
+  data order that does not match the checkpoint's, a cache that does not read back)."""
+
+
 def one_line(error: BaseException) -> str:
   """The error's message on one line (newlines and runs of spaces collapsed)."""
   return " ".join(str(error).split()) or type(error).__name__

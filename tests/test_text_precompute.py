@@ -146,7 +146,7 @@ def test_bad_arguments_and_model_directories_give_clear_errors(standin, tmp_path
   with pytest.raises(ValueError, match="no texts to embed"):
     embed_texts([], standin, cache_dir=str(tmp_path))
   for kw, message in [({"pooling": "max"}, "pooling 'max'"), ({"dtype": "float16"}, "dtype 'float16'"),
-                      ({"max_length": 600}, "max_length 600 exceeds the 512 positions")]:
+                      ({"max_length": 600}, "max_length=600 exceeds the 512 positions")]:
     with pytest.raises(ValueError, match=message):
       embed_texts(["洞調律"], standin, cache_dir=str(tmp_path), progress=False, **kw)
   broken = tmp_path / "broken"

@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ecg_contrastive.errors import DataError
+
 if TYPE_CHECKING:
   from ecg_contrastive.data.pipeline import EcgSource
 
@@ -49,8 +51,8 @@ class BatchIterator:
                        f"axis {DATA_AXIS!r}; use a multiple of {shards}")
     n = len(source)
     if n == 0 or (drop_remainder and n < global_batch_size):
-      raise ValueError(f"{source.name} has {n} records, fewer than one batch of {global_batch_size}; lower "
-                       f"global_batch_size or set drop_remainder=False")
+      raise DataError(f"{source.name} has {n} records, fewer than one batch of {global_batch_size}; lower "
+                      f"the batch size (config.batch_size / eval_batch_size)")
     self.columns = {k: np.asarray(v) for k, v in (columns or {}).items()}
     for name, column in self.columns.items():
       if len(column) != n or name in ("ecg", "index", "mask"):
@@ -105,8 +107,8 @@ class BatchIterator:
     different = {k: (state.get(k), mine[k]) for k in ("seed", "global_batch_size", "num_records", "shuffle")
                  if state.get(k) is None or int(state[k]) != mine[k]}
     if different:
-      raise ValueError(f"cannot resume the data order: saved vs current {different}; restore with the same "
-                       "seed, batch size, dataset and shuffle setting")
+      raise DataError(f"cannot resume the data order: saved vs current {different}; resume with the run's own "
+                      "seed, batch size, dataset and shuffle setting (its config.json), or start in a new --workdir")
     self.close()
     self._position = (int(state["epoch"]), int(state["batch"]))
 

@@ -25,6 +25,7 @@ import uuid
 import numpy as np
 
 from ecg_contrastive import paths
+from ecg_contrastive.errors import DataError
 from ecg_contrastive.data.signal import NUM_LEADS, NUM_SAMPLES
 
 CACHE_VERSION = 1
@@ -88,7 +89,8 @@ def load_or_build(builder, split: str) -> tuple[np.ndarray, dict[str, list], lis
                            lambda: _load(ecg_path, meta_path, expected) is not None, decode)
   loaded = _load(ecg_path, meta_path, expected)
   if loaded is None:
-    raise RuntimeError(f"the cache just written at {ecg_path} does not read back; check free disk space")
+    raise DataError(f"the cache just written at {ecg_path} does not read back; check free disk space there "
+                    "(or set $ECG_CONTRASTIVE_DATA / config.data_dir to a disk with room)")
   ecg, meta = loaded
   skipped = build_skips(str(builder.data_dir), split) + meta["skipped"]
   if skipped:

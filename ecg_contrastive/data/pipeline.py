@@ -26,6 +26,7 @@ import os
 import numpy as np
 
 from ecg_contrastive import paths
+from ecg_contrastive.errors import DataError
 from ecg_contrastive.data import cache
 from ecg_contrastive.data.batches import BatchIterator  # noqa: F401  (public API)
 
@@ -51,7 +52,7 @@ class EcgSource:
 
   def __init__(self, ecg: np.ndarray, meta: SplitMeta, skipped: list[dict], name: str):
     if len(ecg) != len(meta.record_id):
-      raise ValueError(f"{name}: {len(ecg)} ECGs but {len(meta.record_id)} metadata rows; delete the cache "
+      raise DataError(f"{name}: {len(ecg)} ECGs but {len(meta.record_id)} metadata rows; delete the cache "
                        f"folder beside the dataset to rebuild it")
     self.ecg, self.meta, self.skipped, self.name = ecg, meta, skipped, name
 
@@ -102,7 +103,7 @@ def open_source(dataset: str, split: str, data_dir: str | None = None, source_di
   name = dataset.split("/")[0]
   known = known_datasets()
   if name not in known:
-    raise ValueError(f"unknown dataset {dataset!r}; known datasets: {sorted(known)} (use 'name/config', "
+    raise DataError(f"unknown dataset {dataset!r}; known datasets: {sorted(known)} (use 'name/config', "
                      f"e.g. 'synthetic_ecg_ja/tiny')")
   data_dir = os.fspath(paths.path(data_dir)) if data_dir else data_dir_default()
   builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
@@ -110,7 +111,7 @@ def open_source(dataset: str, split: str, data_dir: str | None = None, source_di
 
     def prepare() -> None:
       if paths.is_remote(data_dir):
-        raise ValueError(f"{dataset} is not prepared in {data_dir}: array_record writes local files only, so a "
+        raise DataError(f"{dataset} is not prepared in {data_dir}: array_record writes local files only, so a "
                          "dataset is built into a local data_dir and copied to the bucket (docs/data.md, "
                          "'Many processes, one data build')")
       builder.download_and_prepare(download_config=source_download_config(builder, source_dir))
@@ -121,7 +122,8 @@ def open_source(dataset: str, split: str, data_dir: str | None = None, source_di
   elif source_dir and needs_source(name):
     _warn_if_other_source(builder, source_dir)
   if split not in builder.info.splits:
-    raise ValueError(f"{dataset}: no split {split!r}; it has {sorted(builder.info.splits)}")
+    raise DataError(f"{dataset}: no split {split!r}; it has {sorted(builder.info.splits)}; set config.train_split "
+                    "and config.eval_splits to those")
   ecg, meta, skipped = cache.load_or_build(builder, split)
   return EcgSource(ecg, SplitMeta(**meta), skipped, f"{dataset}:{split}")
 

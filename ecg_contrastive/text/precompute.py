@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ecg_contrastive import paths
-from ecg_contrastive.models.bert import check_pooling, load_hf_encoder, require_model_files
+from ecg_contrastive.models.bert import TextModelError, check_pooling, load_hf_encoder, require_model_files
 from ecg_contrastive.text import cache
 from ecg_contrastive.text.encode import Encoder, embed_token_ids
 from ecg_contrastive.text.tokenizer import check_texts, load_tokenizer, tokenize
@@ -79,11 +79,12 @@ def _embed_share(unique: list[str], model_dir: str, pooling: str, max_length: in
   module, params, config = load_hf_encoder(model_dir, dtype=DTYPES[dtype])
   positions = config.max_position_embeddings - (config.pad_token_id + 1 if config.family == "roberta" else 0)
   if max_length > positions:
-    raise ValueError(f"max_length {max_length} exceeds the {positions} positions of {model_dir!r}")
+    raise TextModelError(f"config.text.max_length={max_length} exceeds the {positions} positions of {model_dir!r}; "
+                         "lower it")
   encoder = Encoder(module, params, pooling)
   tokenizer = load_tokenizer(model_dir)
   if len(tokenizer) > config.vocab_size:
-    raise ValueError(f"{model_dir!r}: the tokenizer has {len(tokenizer)} tokens but config.json has "
+    raise TextModelError(f"{model_dir!r}: the tokenizer has {len(tokenizer)} tokens but config.json has "
                      f"vocab_size {config.vocab_size}; the tokenizer files belong to another model")
   count, index = jax.process_count(), jax.process_index()
   share = -(-len(unique) // count)
