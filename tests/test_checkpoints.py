@@ -73,7 +73,8 @@ def test_every_checkpoint_damaged_is_one_line_error(tmp_path):
 def test_an_explicit_damaged_step_is_one_line_error(tmp_path):
   workdir = make_workdir(str(tmp_path / "run"), steps=(3, 6))
   truncate(str(tmp_path / "run" / "checkpoints" / "3"))
-  with pytest.raises(CheckpointError, match=r"checkpoints/3 is damaged \(.* expected\); pass another --step of \[3, 6\]"):
+  with pytest.raises(CheckpointError, match=r"checkpoints/3 is damaged \(.* expected\); pass another --step of "
+                     r"\[3, 6\]"):
     checkpoints.restore_inference(workdir, step=3)
   assert checkpoints.restore_inference(workdir, step=6).step == 6
 
