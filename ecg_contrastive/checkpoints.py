@@ -6,35 +6,200 @@ Workdir layout written by training:
   label_text_embeddings.npy      float32 (num_labels, text_dim): frozen-text-tower prompt embeddings
   checkpoints/<step>/            orbax CheckpointManager: item "state" = {step, params, batch_stats,
                                  opt_state}, item "data" = the input iterator state (JSON)
+  checkpoints/<step>/files.json  {relative path: size in bytes} of every file of the step, written after the save:
+                                 a truncated or missing file marks the checkpoint damaged
+  damaged_checkpoints/<step>/    damaged checkpoints that a resumed training run moved aside (kept, never deleted)
+
+A damaged checkpoint is skipped with one warning and the newest intact one is used (resume and inference alike).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import logging
 import os
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from ecg_contrastive.errors import UserError
 from ecg_contrastive.models.two_tower import TwoTower
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+log = logging.getLogger("ecg_contrastive")
+
+MANIFEST = "files.json"
 
 
-def make_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
+class CheckpointError(UserError, RuntimeError):
+  """A checkpoint cannot be written or none can be read; the message is one line that says what to do."""
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+  return "://" in os.fspath(path)
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
+  """WORKDIR/checkpoints; a local workdir is made absolute (orbax needs it), a gs:// one is kept as it is."""
+  root = os.fspath(workdir)
+  return epath.Path(root if is_remote(root) else os.path.abspath(root)) / "checkpoints"
+
+
+def make_manager(workdir: str | os.PathLike, keep: int = 3) -> ocp.CheckpointManager:
+  """The workdir's orbax manager; it keeps the newest `keep` (>= 1) checkpoints and deletes older ones on save."""
+  if not isinstance(keep, int) or keep < 1:
+    raise CheckpointError(f"keep_checkpoints must be an integer >= 1, not {keep!r}: {keep!r} would delete every "
+                          f"checkpoint in {checkpoint_dir(workdir)}; set --config.keep_checkpoints=3")
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: dict, data_state: dict) -> None:
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             data=ocp.args.JsonSave(data_state)), force=True)
-  manager.wait_until_finished()
+  """Saves `step` and then its file manifest; a failed write (disk full, ...) is a one-line CheckpointError and
+  leaves the earlier checkpoints as they were (orbax writes to a temporary folder and renames it when complete)."""
+  try:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               data=ocp.args.JsonSave(data_state)), force=True)
+    manager.wait_until_finished()
+    if jax.process_index() == 0:
+      _write_manifest(manager.directory / str(step))
+  except Exception as e:  # orbax and tensorstore wrap the OSError in their own types: look for the errno
+    reason = _write_failure(e)
+    if reason is None:
+      raise
+    _remove_partial(manager.directory, step)
+    raise CheckpointError(f"could not write checkpoint {manager.directory / str(step)} ({reason}): free space or "
+                          f"point --workdir elsewhere; the earlier checkpoints {_steps_text(manager)} are intact "
+                          "and a rerun resumes from the newest") from e
+
+
+def _write_failure(e: BaseException) -> str | None:
+  """'No space left on device' etc. when `e` (or its cause) is an operating-system write failure."""
+  while e is not None:
+    if isinstance(e, OSError):
+      return os.strerror(e.errno) if e.errno else str(e)
+    text = str(e)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+      if os.strerror(code) in text:
+        return os.strerror(code)
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _remove_partial(directory: epath.Path, step: int) -> None:
+  """Best effort: drops the unfinished temporary folder of `step` (never a finished checkpoint)."""
+  if jax.process_index() != 0:
+    return
+  try:
+    for path in directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+      path.rmtree()
+  except Exception:  # noqa: BLE001 - cleaning up after a failed write must not hide its error
+    pass
+
+
+def _steps_text(manager: ocp.CheckpointManager) -> str:
+  manager.reload()
+  steps = sorted(manager.all_steps())
+  return "(steps " + ", ".join(map(str, steps)) + ")" if steps else "(none)"
+
+
+def _list_files(step_dir: epath.Path, prefix: str = "") -> dict[str, int]:
+  """{relative path: size} of every file under `step_dir` but the manifest (iterdir: epath has no remote `**`)."""
+  out = {}
+  for path in step_dir.iterdir():
+    if path.is_dir():
+      out.update(_list_files(path, prefix + path.name + "/"))
+    elif path.name != MANIFEST:
+      out[prefix + path.name] = path.stat().length
+  return out
+
+
+def _write_manifest(step_dir: epath.Path) -> None:
+  tmp = step_dir / (MANIFEST + ".tmp")
+  tmp.write_text(json.dumps(_list_files(step_dir), sort_keys=True, indent=0))
+  tmp.rename(step_dir / MANIFEST)
+
+
+def find_damage(step_dir: epath.Path) -> str | None:
+  """None when every file of the manifest is there with its size, else what is wrong (one line).
+
+  A checkpoint without a manifest (written before manifests existed, or stopped between the orbax save and the
+  manifest) is not judged here: restoring it tells.
+  """
+  manifest = step_dir / MANIFEST
+  if not step_dir.exists():
+    return "folder missing"
+  if not manifest.exists():
+    return None
+  try:
+    expected = json.loads(manifest.read_text())
+  except (ValueError, OSError) as e:
+    return f"{MANIFEST} unreadable: {type(e).__name__}"
+  for name, size in sorted(expected.items()):
+    path = step_dir / name
+    if not path.exists():
+      return f"{name} missing"
+    found = path.stat().length
+    if found != size:
+      return f"{name} has {found} bytes, {size} expected"
+  return None
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def restore_newest_intact(manager: ocp.CheckpointManager, restore_fn, what_to_do: str):
+  """(step, restore_fn(step), damaged steps) for the newest step that is intact and restores, newest first.
+
+  Each damaged step costs one warning line; None when there is no checkpoint at all; CheckpointError (naming
+  the folder and `what_to_do`) when every checkpoint is damaged.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    return None
+  damaged = []
+  for step in steps:
+    step_dir = manager.directory / str(step)
+    problem = find_damage(step_dir)
+    if problem is None:
+      try:
+        return step, restore_fn(step), damaged
+      except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for unreadable files
+        problem = _first_line(e)
+    damaged.append(step)
+    log.warning("checkpoint %s is damaged (%s); skipping it", step_dir, problem)
+  raise CheckpointError(f"no intact checkpoint in {manager.directory}: steps {', '.join(map(str, damaged))} are all "
+                        f"damaged (see the warnings above); {what_to_do}")
+
+
+def move_aside(workdir: str | os.PathLike, steps: list[int]) -> None:
+  """Moves damaged checkpoints to WORKDIR/damaged_checkpoints/<step> (kept for inspection; a resumed run then
+  writes those steps anew). Process 0 moves; every process waits for it."""
+  if not steps:
+    return
+  if jax.process_index() == 0:
+    source = checkpoint_dir(workdir)
+    target = source.parent / "damaged_checkpoints"
+    target.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+      dest = target / str(step)
+      suffix = 0
+      while dest.exists():
+        suffix += 1
+        dest = target / f"{step}.{suffix}"
+      (source / str(step)).rename(dest)
+      log.warning("moved damaged checkpoint %s to %s", source / str(step), dest)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("ecg_contrastive: damaged checkpoints moved")
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
@@ -68,15 +233,26 @@ def restore_inference(workdir: str, step: int | None = None) -> Inference:
   """Loads params + BatchNorm statistics of `step` (default: latest) from a training workdir."""
   config = read_config(workdir)
   manager = make_manager(workdir)
+  directory = checkpoint_dir(workdir)
   steps = manager.all_steps()
   if not steps:
-    raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}: train first, or pass the "
+    raise FileNotFoundError(f"no checkpoint in {directory}: train first, or pass the "
                             "workdir of a run that saved one")
+  restore_fn = lambda s: manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   if step is None:
-    step = max(steps)
+    step, state, _ = restore_newest_intact(manager, restore_fn, "rerun training with this --workdir to write a new "
+                                           "one, or restore the folder from a backup")
   elif step not in steps:
-    raise ValueError(f"no checkpoint for step {step} in {checkpoint_dir(workdir)}; available: {sorted(steps)}")
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    raise ValueError(f"no checkpoint for step {step} in {directory}; available: {sorted(steps)}")
+  else:
+    problem = find_damage(directory / str(step))
+    try:
+      state = restore_fn(step) if problem is None else None
+    except Exception as e:  # noqa: BLE001
+      problem = _first_line(e)
+    if problem is not None:
+      raise CheckpointError(f"checkpoint {directory / str(step)} is damaged ({problem}); pass another --step of "
+                            f"{sorted(steps)} or omit --step to use the newest intact one")
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   variables = {k: _to_numpy(v) for k, v in variables.items()}
   with open(os.path.join(workdir, "labels.json"), encoding="utf-8") as f:

@@ -4,9 +4,12 @@
 2. mesh and batch sizes
 3. data: open the splits (built on first use)
 4. text: the frozen text tower embeds every distinct report and the label prompts once
-5. model, optimizer and state; resume from the latest checkpoint in `workdir`
-6. the loop: jit step over the mesh, metrics.jsonl + TensorBoard, NaN guard, checkpoints
+5. model, optimizer and state; resume from the newest intact checkpoint in `workdir`
+6. the loop: jit step over the mesh, metrics.jsonl + TensorBoard, NaN guard, checkpoints;
+   SIGTERM/SIGINT: finish the step, save, return Preempted (the next start resumes exactly)
 7. evaluation: zero-shot + retrieval on each eval split -> workdir/eval/<split>.json + PNG
+
+One run per workdir: WORKDIR/run.lock is held from phase 1 to the end (workdir_lock).
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ecg_contrastive import checkpoints, paths, step as step_lib, terms
-from ecg_contrastive.config_check import check_config
+from ecg_contrastive import checkpoints, paths, preemption, step as step_lib, terms, workdir_lock
+from ecg_contrastive.config_check import ConfigError, check_config
 from ecg_contrastive.data import pipeline
+from ecg_contrastive.errors import UserError
 from ecg_contrastive.evals import plots
 from ecg_contrastive.evals.retrieval import retrieval_metrics
 from ecg_contrastive.evals.zeroshot import zero_shot_metrics
@@ -36,8 +40,17 @@ from ecg_contrastive.text import cache as text_cache, precompute, standin
 log = logging.getLogger("ecg_contrastive")
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
   """The training loss became NaN or Inf."""
+
+
+class Preempted(dict):
+  """What train_and_evaluate returns when SIGTERM/SIGINT stopped it: no metrics (no final evaluation); `step` is
+  the step of the checkpoint it saved. A clean stop: the command exits 0 and a rerun resumes from `step`."""
+
+  def __init__(self, step: int):
+    super().__init__()
+    self.step = step
 
 
 # ----------------------------------------------------------------------------- text
@@ -132,11 +145,19 @@ def evaluate(config, model, state, sources, table, label_emb, labels, mesh, work
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
-  """Trains, checkpoints and evaluates; returns {split: metrics} of the final evaluation."""
-  # 1. config
+  """Trains, checkpoints and evaluates; returns {split: metrics} of the final evaluation, or an empty
+  Preempted (with .step) when SIGTERM/SIGINT stopped it after saving a checkpoint."""
+  # 1. config; the workdir lock (fails fast when another run holds the workdir)
   check_config(config)
   if jax.process_index() == 0:
     paths.makedirs(workdir)  # gs://... stays remote: never made absolute against the cwd
+  sync_every = min(config.log_every, preemption.SYNC_EVERY)  # log steps sync the host anyway
+  with workdir_lock.WorkdirLock(workdir), preemption.StopOnSignal(sync_every) as stop:
+    return _train_and_evaluate(config, workdir, stop)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        stop: preemption.StopOnSignal) -> dict[str, dict]:
   labels = list(terms.load_terms())
 
   # 2. mesh and batch sizes
@@ -153,8 +174,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_source = sources[config.train_split]
   steps_per_epoch = len(train_source) // config.batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f"batch_size {config.batch_size} exceeds the {len(train_source)} records of split "
-                     f"{config.train_split!r}; lower batch_size")
+    raise ConfigError(f"config.batch_size={config.batch_size} exceeds the {len(train_source)} records of split "
+                      f"{config.train_split!r}; lower config.batch_size")
   num_steps = config.num_steps or config.num_epochs * steps_per_epoch
   log.info("%s: %s; %d steps (%.1f epochs)", config.dataset,
            ", ".join(f"{s}={len(src)}" for s, src in sources.items()), num_steps, num_steps / steps_per_epoch)
@@ -173,11 +194,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   batches = pipeline.BatchIterator(train_source, global_batch_size=config.batch_size, mesh=mesh, seed=config.seed,
                                    columns={"report_row": report_rows}, prefetch=config.prefetch)
   manager = checkpoints.make_manager(workdir, keep=config.keep_checkpoints)
-  if manager.latest_step() is not None:
-    state, data_state = checkpoints.restore(manager, manager.latest_step(), state)
+  found = checkpoints.restore_newest_intact(
+      manager, lambda s: checkpoints.restore(manager, s, state),
+      f"move {checkpoints.checkpoint_dir(workdir)} aside to train from scratch, or restore it from a backup")
+  if found is not None:
+    _, (state, data_state), damaged = found
     batches.set_state(data_state)
     log.info("resumed from step %d", int(state["step"]))
+    if damaged:  # moved aside, so that this run can write those steps again
+      checkpoints.move_aside(workdir, damaged)
+      manager = checkpoints.make_manager(workdir, keep=config.keep_checkpoints)
   first_step = int(state["step"])
+  _warn_of_deletions(manager, config, first_step, num_steps)
 
   # 6. the loop
   train_step = step_lib.make_train_step(config, model, tx, schedule, mesh)
@@ -185,6 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   bar = tqdm.tqdm(total=num_steps, initial=first_step, desc="train", disable=jax.process_index() != 0,
                   dynamic_ncols=True)
   window_start, window_steps = time.perf_counter(), 0
+  stop.armed = True
   for step in range(first_step + 1, num_steps + 1):
     state, metrics = train_step(state, next(batches), table_on_device)
     window_steps += 1
@@ -200,17 +229,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       bar.set_postfix(loss=f"{metrics['loss']:.3f}", ecg_s=f"{metrics['ecg_per_s']:.0f}")
       window_start, window_steps = time.perf_counter(), 0
     bar.update(1)
-    if step % config.checkpoint_every == 0 or step == num_steps:
+    saved = step % config.checkpoint_every == 0 or step == num_steps
+    if saved:
       checkpoints.save(manager, step, state, batches.get_state())
     if config.eval_every and step % config.eval_every == 0 and step != num_steps:
       writer.write(step, _headline(evaluate(config, model, state, sources, table, label_emb, labels, mesh, workdir)))
+    if stop.stop_requested(step):
+      if not saved:
+        checkpoints.save(manager, step, state, batches.get_state())
+      bar.close()
+      writer.close()
+      log.warning("preempted: saved step %d; rerun the same command to resume", step)
+      return Preempted(step)
   bar.close()
+  stop.armed = False  # a signal during the final evaluation stops at once: the last checkpoint is written
 
   # 7. evaluation
   results = evaluate(config, model, state, sources, table, label_emb, labels, mesh, workdir)
   writer.write(num_steps, _headline(results))
   writer.close()
   return results
+
+
+def _warn_of_deletions(manager, config: ml_collections.ConfigDict, first_step: int, num_steps: int) -> None:
+  """Logs which checkpoints that this run did not write its saves will delete (only the newest keep_checkpoints
+  of all stay)."""
+  existing = sorted(manager.all_steps())
+  new = [s for s in range(first_step + 1, num_steps + 1) if s % config.checkpoint_every == 0 or s == num_steps]
+  kept = set(sorted(set(existing) | set(new))[-config.keep_checkpoints:])
+  doomed = [s for s in existing if s not in kept]
+  if doomed:
+    log.warning("keep_checkpoints=%d: this run's saves will delete the existing checkpoint(s) of step(s) %s in %s; "
+                "raise keep_checkpoints to keep them", config.keep_checkpoints, ", ".join(map(str, doomed)),
+                manager.directory)
 
 
 def _headline(results: dict[str, dict]) -> dict[str, float]:

@@ -1,10 +1,13 @@
 """The main job end to end on the tiny dataset: learning, exact resume, and config errors."""
 
+import errno
 import json
+import logging
 import os
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import default
@@ -111,3 +114,65 @@ def test_bad_config_fails_before_training(data_dirs, tmp_path, key, value, messa
   with pytest.raises((ConfigError, ValueError), match=message):
     train.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_resume_skips_a_damaged_checkpoint_and_moves_it_aside(data_dirs, tmp_path, caplog):
+  """The newest checkpoint is truncated: the run resumes from the one before, keeps the damaged one in
+  damaged_checkpoints/ and ends bitwise where the undamaged run ended."""
+  config = tiny_config(data_dirs, num_steps=4, checkpoint_every=2, log_every=2)
+  config.eval_splits = ("validation",)
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(config, str(workdir))
+  undamaged = checkpoints.restore_inference(str(workdir)).variables
+  data_file = max((os.path.join(r, f) for r, _, fs in os.walk(workdir / "checkpoints" / "4") for f in fs),
+                  key=os.path.getsize)
+  size = os.path.getsize(data_file)
+  os.truncate(data_file, size - 1)
+
+  with caplog.at_level(logging.INFO, logger="ecg_contrastive"):
+    train.train_and_evaluate(config, str(workdir))
+  messages = [r.getMessage() for r in caplog.records]
+  name = os.path.relpath(data_file, workdir / "checkpoints" / "4")
+  assert [m for m in messages if "is damaged" in m] == [
+      f"checkpoint {workdir}/checkpoints/4 is damaged ({name} has {size - 1} bytes, {size} expected); skipping it"]
+  assert "resumed from step 2" in messages
+  assert os.path.getsize(workdir / "damaged_checkpoints" / "4" / name) == size - 1
+  assert sorted(checkpoints.make_manager(str(workdir)).all_steps()) == [2, 4]
+  resumed = checkpoints.restore_inference(str(workdir)).variables
+  for x, y in zip(jax.tree_util.tree_leaves(undamaged), jax.tree_util.tree_leaves(resumed)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_a_smaller_keep_says_which_existing_checkpoints_it_deletes(data_dirs, tmp_path, caplog):
+  config = tiny_config(data_dirs, num_steps=4, checkpoint_every=1, log_every=2, keep_checkpoints=3)
+  config.eval_splits = ("validation",)
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(config, str(workdir))
+  assert sorted(checkpoints.make_manager(str(workdir)).all_steps()) == [2, 3, 4]
+  config.num_steps, config.keep_checkpoints = 5, 2
+  with caplog.at_level(logging.WARNING, logger="ecg_contrastive"):
+    train.train_and_evaluate(config, str(workdir))
+  assert [r.getMessage() for r in caplog.records if "keep_checkpoints" in r.getMessage()] == [
+      f"keep_checkpoints=2: this run's saves will delete the existing checkpoint(s) of step(s) 2, 3 in "
+      f"{workdir}/checkpoints; raise keep_checkpoints to keep them"]
+  assert sorted(checkpoints.make_manager(str(workdir)).all_steps()) == [4, 5]
+
+
+def test_disk_full_at_a_checkpoint_stops_with_one_line_and_keeps_the_earlier_ones(data_dirs, tmp_path, monkeypatch):
+  config = tiny_config(data_dirs, num_steps=4, checkpoint_every=2, log_every=2)
+  config.eval_splits = ("validation",)
+  workdir = tmp_path / "run"
+  real_save = ocp.CheckpointManager.save
+
+  def disk_full_at_4(self, step, *args, **kwargs):
+    if step == 4:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", disk_full_at_4)
+  with pytest.raises(checkpoints.CheckpointError, match=r"^could not write checkpoint .*/run/checkpoints/4 \(No space "
+                     r"left on device\): free space or point --workdir elsewhere; the earlier checkpoints \(steps 2\) "
+                     r"are intact and a rerun resumes from the newest$"):
+    train.train_and_evaluate(config, str(workdir))
+  assert not os.path.exists(workdir / "run.lock")
+  assert checkpoints.restore_inference(str(workdir)).step == 2
