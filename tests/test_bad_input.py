@@ -301,6 +301,7 @@ def test_damaged_tokenizer_config_is_named(standin_dir):
   assert standin_dir in str(info.value) and "save_pretrained" in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_damaged_text_model_stops_training_with_one_line(tmp_path):
   """A UserError raised mid-run (here: the text model loads after the data) is one line from main, exit 2."""
   from ecg_contrastive.text.standin import write_standin_model

@@ -105,6 +105,7 @@ def _float32_batch_norm_bounds(x: np.ndarray, scale: np.ndarray, epsilon: float)
   return d_y.reshape(shape), d_var
 
 
+@pytest.mark.slow
 def test_bf16_resnet_backward_keeps_no_float32_activations():
   """Residuals of jax.vjp: before the custom VJP, 40 float32 (T, C) tensors per ECG (25.6 MB at width 64)."""
   model, batch = ResNet1d(depth=18, width=8, dtype=jnp.bfloat16), 2
@@ -120,6 +121,7 @@ def test_bf16_resnet_backward_keeps_no_float32_activations():
   assert by_dtype["bfloat16"] >= 20  # every BatchNorm input is kept, in bf16
 
 
+@pytest.mark.slow
 def test_autodiff_backward_gives_the_same_model_and_keeps_float32_maps():
   """config.model.bn_backward="autodiff" (the A/B baseline): the same parameters and forward, and gradients equal up to rounding, as
   the lean backward, and what JAX keeps for the backward includes the float32 maps the lean one avoids."""

@@ -46,6 +46,7 @@ def test_paper_model_flops_match_perf_md():
   assert PRESETS["tiny"].forward_flops_per_ecg() < paper.forward_flops_per_ecg() / 500
 
 
+@pytest.mark.slow
 def test_step_command_runs_ours_and_torch_side_by_side(tmp_path, capsys):
   prefix = str(tmp_path / "step")
   assert main(["step", "--model", "tiny", "--batch-sizes", "8", "--torch", "eager", "--buffers", "2",
@@ -79,6 +80,7 @@ def test_step_command_runs_ours_and_torch_side_by_side(tmp_path, capsys):
   assert out[-4].startswith("| implementation") and out[-1].startswith("|    torch eager |")  # the table, last
 
 
+@pytest.mark.slow
 def test_plan_only_shows_gradient_caching_cuts_memory(tmp_path):
   prefix = str(tmp_path / "plan")
   hlo = tmp_path / "ours.hlo.txt.gz"
@@ -237,6 +239,7 @@ def test_xla_flop_count_is_not_reported_on_gpus(monkeypatch):
   assert xla_stats.compiled_flops(Compiled()) is None
 
 
+@pytest.mark.slow
 def test_bn_backward_variants_run_side_by_side(tmp_path, capsys):
   """--bn-backward lean,autodiff: the A/B of the BatchNorm backward in one run, both steps on the same batches."""
   prefix = str(tmp_path / "ab")

@@ -5,6 +5,7 @@ requirements, not to the wheels). These tests would have caught it here, on CPU.
 """
 
 import os
+import pytest
 import re
 import subprocess
 import sys
@@ -42,6 +43,7 @@ def test_every_requirement_is_in_the_image_carried_or_never_imported_by_the_benc
   assert "wfdb" in script_array("PIPELINE")
 
 
+@pytest.mark.slow
 def test_the_benchmark_imports_with_the_never_imported_requirements_blocked():
   blocked = [n.replace("-", "_") for n in script_array("NOT_IMPORTED")]  # their import names
   assert blocked == ["fugashi", "unidic_lite", "tensorboardX"]

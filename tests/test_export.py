@@ -99,6 +99,7 @@ def test_export_folder_contents(exported, reference):
   np.testing.assert_allclose(label_emb, reference.label_embeddings, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_export_without_torch_writes_the_folder_and_says_parity_is_not_verified(exported, tmp_path):
   """`make export` right after `make demo` (a core install has no torch): the CLI writes the folder, exits 0 and
   says that parity was not verified; requiring verification without torch is a one-line error."""

@@ -68,6 +68,7 @@ def two_microbatches(request):
   return setup, _reference_grads(config, mesh, model, state, batch, table, 2)
 
 
+@pytest.mark.slow
 def test_cached_gradient_equals_full_autodiff(two_microbatches):
   (config, mesh, model, tx, schedule, state, batch, table), (ref_loss, ref_grads) = two_microbatches
   state, state_copy = jax.tree_util.tree_map(jnp.copy, state), jax.tree_util.tree_map(jnp.copy, state)
@@ -95,6 +96,7 @@ def test_cached_gradient_equals_full_autodiff(two_microbatches):
 
 
 @pytest.mark.parametrize("two_microbatches", ["softmax"], indirect=True)  # BatchNorm's behaviour, not the loss's
+@pytest.mark.slow
 def test_more_microbatches_change_only_batchnorm_statistics(two_microbatches):
   (config, mesh, model, tx, schedule, state, batch, table), (ref_loss, _) = two_microbatches
   config = config.copy_and_resolve_references()

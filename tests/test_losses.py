@@ -49,6 +49,7 @@ def test_mesh_loss_and_grads_equal_full_batch(global_batch, with_ids):
   assert grads[0].sharding.is_equivalent_to(data_sharding(mesh), 2)
 
 
+@pytest.mark.slow
 def test_loss_is_low_for_matching_pairs_and_accuracy_counts_hits():
   mesh = make_mesh()
   x = unit_rows(jax.random.PRNGKey(0), (16, 64))

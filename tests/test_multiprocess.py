@@ -1,4 +1,5 @@
-"""Two JAX processes (gloo over loopback) train the same steps as one process with the same devices.
+"""Two JAX processes (gloo over loopback) build the data once and train the same steps as one process with the
+same devices.
 
 This pins the multi-host path: each process reads only its rows of the global batch, the loss
 all-gathers across processes, and the losses match the single-process run.
@@ -12,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses: JAX start-up and compiles in each
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -40,13 +42,32 @@ def data_dirs(tmp_path_factory):
   return {"data_dir": str(root / "tfds"), "cache_dir": str(root / "text")}
 
 
-def test_two_processes_match_one_process(tmp_path, data_dirs):
-  single, _ = run_main(tmp_path / "single", data_dirs, {}, processes=1)
+def test_two_processes_build_the_data_once_and_match_one_process(tmp_path, data_dirs):
+  """Two processes start on an empty data dir and text cache: process 0 builds the dataset, its int16 cache and
+  the text embeddings while process 1 waits and reads them (one writer per file, no temporary left over); then
+  one process with the same 4 devices trains the same steps to the same losses."""
   multi, out = run_main(tmp_path / "multi", data_dirs, {"PORT": str(23000 + os.getpid() % 1000)}, processes=2)
+  log0, log1 = (open(tmp_path / "multi" / f"process_{i}.log").read() for i in (0, 1))
+  assert "decoding synthetic_ecg_ja/train" in log0 and "decoding synthetic_ecg_ja/validation" in log0
+  assert "dataset synthetic_ecg_ja/tiny: process 1 waits for process 0" in log1
+  assert "synthetic_ecg_ja/tiny: prepared by process 0" in log1
+  assert "decoding" not in log1 and "Generating" not in log1 and "writing a copy on this host" not in log1
+  assert log1.count("int16 cache of synthetic_ecg_ja/tiny/1.3.0:") == 4  # waits + uses, train and validation
+  assert log1.count("text cache") == 4 and log1.count("uses what process 0 wrote") == 6
+  data_dir, cache_dir = data_dirs["data_dir"], data_dirs["cache_dir"]
+  assert os.listdir(os.path.join(data_dir, "synthetic_ecg_ja", "tiny")) == ["1.3.0"]  # no 'incomplete.*' build
+  ecg_cache = os.path.join(data_dir, "synthetic_ecg_ja", "tiny", "1.3.0", "ecg_cache")
+  assert sorted(os.listdir(ecg_cache)) == ["train.ecg.npy", "train.meta.json", "validation.ecg.npy",
+                                           "validation.meta.json"]
+  train = np.load(os.path.join(ecg_cache, "train.ecg.npy"), mmap_mode="r")
+  assert train.shape == (256, 5000, 12) and train.dtype == np.int16 and np.abs(train[:8]).max() > 0
+  entries = sorted(n for n in os.listdir(cache_dir) if not n.startswith("standin_"))
+  assert len(entries) == 4 and {n.rsplit(".", 1)[1] for n in entries} == {"npy", "json"}
+  assert "2 process(es) x 16" in log0 and "4 device(s) x 8" in log0
+  assert os.path.exists(tmp_path / "multi" / "checkpoints" / "4")
+
+  single, _ = run_main(tmp_path / "single", data_dirs, {}, processes=1)
   loss_single = [m["loss"] for m in single if "loss" in m]
   loss_multi = [m["loss"] for m in multi if "loss" in m]
   assert len(loss_single) == len(loss_multi) == 4
   np.testing.assert_allclose(loss_multi, loss_single, rtol=2e-4)
-  log0 = open(tmp_path / "multi" / "process_0.log").read()
-  assert "2 process(es) x 16" in log0 and "4 device(s) x 8" in log0
-  assert os.path.exists(tmp_path / "multi" / "checkpoints" / "4")

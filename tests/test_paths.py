@@ -113,6 +113,7 @@ def tiny_config(data_dirs, **top_level):
   return c
 
 
+@pytest.mark.slow
 def test_gs_workdir_end_to_end(data_dirs, bucket, tmp_path, caplog):
   """Every output of a run lands in the bucket; nothing is written to a local 'gs:' folder."""
   caplog.set_level(logging.INFO, logger="ecg_contrastive")
@@ -141,6 +142,7 @@ class Interrupt(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_gs_workdir_resumes(data_dirs, bucket, tmp_path, monkeypatch, caplog):
   """A run on gs:// that dies after its step-3 checkpoint resumes from it; replayed metric rows are not doubled."""
   caplog.set_level(logging.INFO, logger="ecg_contrastive")

@@ -15,6 +15,7 @@ import pytest
 
 from ecg_contrastive import checkpoints
 
+pytestmark = pytest.mark.slow  # subprocesses: JAX start-up and compiles in each
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 16
 

@@ -52,6 +52,7 @@ def _assert_disjoint_by_patient(splits):
       assert a == b or not patients[a] & patients[b], (a, b)
 
 
+@pytest.mark.slow
 def test_ptbxl_splits_follow_strat_fold(folders, sources):
   fake, rows = folders["ptbxl"], _csv(os.path.join(folders["ptbxl"].root, "ptbxl_database.csv"))
   fold_split = {**dict.fromkeys(range(1, 9), "train"), 9: "validation", 10: "test"}
@@ -198,6 +199,7 @@ def test_missing_source_folder_file_or_column_says_what_to_do(folders, tmp_path)
   assert not os.path.exists(os.path.join(data_dir, "mimic_iv_ecg", "1.0.0"))  # failed before any work
 
 
+@pytest.mark.slow
 def test_short_training_run_on_ptbxl(folders, root, tmp_path):
   from configs import default
   from ecg_contrastive.train import train_and_evaluate

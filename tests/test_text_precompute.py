@@ -209,6 +209,7 @@ def test_label_prompts_average_normalised_template_embeddings(standin, tmp_path)
     embed_label_prompts(labels, ["所見"], standin, cache_dir=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_standin_embeddings_are_lexical(standin, tmp_path):
   """The demo's premise: a report naming a term lies nearest that term's prompt."""
   terms = term_names()
@@ -236,6 +237,7 @@ json.dump(table.summary, open(sys.argv[6] + ".json", "w"))
 """
 
 
+@pytest.mark.slow
 def test_two_processes_each_embed_a_share_and_assemble_the_table(standin, tmp_path):
   texts = REPORTS + ["", "あ" * 50, "😀"]
   single = embed_texts(texts, standin, batch_size=2, max_length=32, cache_dir=str(tmp_path / "c"),

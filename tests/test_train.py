@@ -35,6 +35,7 @@ def read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_training_learns_and_writes_its_outputs(data_dirs, tmp_path):
   """~1-2 minutes: the tiny model on the 2,000-record split learns far beyond both baselines."""
   config = tiny_config(data_dirs, dataset="synthetic_ecg_ja/small", num_steps=150, batch_size=64,
@@ -63,6 +64,7 @@ class Interrupt(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_resume_continues_bitwise(data_dirs, tmp_path, monkeypatch):
   config = tiny_config(data_dirs, num_steps=6, checkpoint_every=3, log_every=3)
   config.eval_splits = ("validation",)
@@ -116,6 +118,7 @@ def test_bad_config_fails_before_training(data_dirs, tmp_path, key, value, messa
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
+@pytest.mark.slow
 def test_resume_skips_a_damaged_checkpoint_and_moves_it_aside(data_dirs, tmp_path, caplog):
   """The newest checkpoint is truncated: the run resumes from the one before, keeps the damaged one in
   damaged_checkpoints/ and ends bitwise where the undamaged run ended."""
@@ -143,6 +146,7 @@ def test_resume_skips_a_damaged_checkpoint_and_moves_it_aside(data_dirs, tmp_pat
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_a_smaller_keep_says_which_existing_checkpoints_it_deletes(data_dirs, tmp_path, caplog):
   config = tiny_config(data_dirs, num_steps=4, checkpoint_every=1, log_every=2, keep_checkpoints=3)
   config.eval_splits = ("validation",)
@@ -158,6 +162,7 @@ def test_a_smaller_keep_says_which_existing_checkpoints_it_deletes(data_dirs, tm
   assert sorted(checkpoints.make_manager(str(workdir)).all_steps()) == [4, 5]
 
 
+@pytest.mark.slow
 def test_disk_full_at_a_checkpoint_stops_with_one_line_and_keeps_the_earlier_ones(data_dirs, tmp_path, monkeypatch):
   config = tiny_config(data_dirs, num_steps=4, checkpoint_every=2, log_every=2)
   config.eval_splits = ("validation",)
