@@ -28,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from ecg_contrastive import paths
 from ecg_contrastive.errors import UserError
 from ecg_contrastive.models.two_tower import TwoTower
 
@@ -41,14 +42,10 @@ class CheckpointError(UserError, RuntimeError):
   """A checkpoint cannot be written or none can be read; the message is one line that says what to do."""
 
 
-def is_remote(path: str | os.PathLike) -> bool:
-  return "://" in os.fspath(path)
-
-
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
   """WORKDIR/checkpoints; a local workdir is made absolute (orbax needs it), a gs:// one is kept as it is."""
   root = os.fspath(workdir)
-  return epath.Path(root if is_remote(root) else os.path.abspath(root)) / "checkpoints"
+  return epath.Path(root if paths.is_remote(root) else os.path.abspath(root)) / "checkpoints"
 
 
 def make_manager(workdir: str | os.PathLike, keep: int = 3) -> ocp.CheckpointManager:
@@ -221,12 +218,19 @@ class Inference:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  """The run's config.json (local or gs://); a missing or damaged one is a one-line error."""
+  path = paths.join(workdir, "config.json")
+  if not paths.exists(path):
     raise FileNotFoundError(f"{path} not found: {workdir!r} is not a training workdir "
                             "(run `python -m ecg_contrastive.main --workdir ...` first)")
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(_read_json(path, "rerun training with this --workdir to rewrite it"))
+
+
+def _read_json(path: str, what_to_do: str) -> Any:
+  try:
+    return json.loads(paths.read_text(path))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{path} is damaged (not JSON: {e}); {what_to_do}") from e
 
 
 def restore_inference(workdir: str, step: int | None = None) -> Inference:
@@ -243,7 +247,7 @@ def restore_inference(workdir: str, step: int | None = None) -> Inference:
     step, state, _ = restore_newest_intact(manager, restore_fn, "rerun training with this --workdir to write a new "
                                            "one, or restore the folder from a backup")
   elif step not in steps:
-    raise ValueError(f"no checkpoint for step {step} in {directory}; available: {sorted(steps)}")
+    raise CheckpointError(f"no checkpoint for step {step} in {directory}; available: {sorted(steps)}")
   else:
     problem = find_damage(directory / str(step))
     try:
@@ -255,10 +259,25 @@ def restore_inference(workdir: str, step: int | None = None) -> Inference:
                             f"{sorted(steps)} or omit --step to use the newest intact one")
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   variables = {k: _to_numpy(v) for k, v in variables.items()}
-  with open(os.path.join(workdir, "labels.json"), encoding="utf-8") as f:
-    labels = json.load(f)
-  label_emb = np.load(os.path.join(workdir, "label_text_embeddings.npy"))
+  rewrite = "rerun training with this --workdir (it rewrites the file and resumes from the last checkpoint)"
+  labels, label_emb = _run_file(workdir, "labels.json", rewrite), _run_file(workdir, "label_text_embeddings.npy", rewrite)
+  if label_emb.ndim != 2 or len(label_emb) != len(labels):
+    raise CheckpointError(f"{paths.join(workdir, 'label_text_embeddings.npy')} holds {label_emb.shape} embeddings for "
+                          f"{len(labels)} labels in labels.json; {rewrite}")
   return Inference(TwoTower(**config.model.to_dict()), variables, config, int(step), labels, label_emb)
+
+
+def _run_file(workdir: str, name: str, what_to_do: str) -> Any:
+  """labels.json or label_text_embeddings.npy of a workdir; missing or damaged: a one-line CheckpointError."""
+  path = paths.join(workdir, name)
+  if not paths.exists(path):
+    raise CheckpointError(f"{path} is missing; {what_to_do}")
+  if name.endswith(".json"):
+    return _read_json(path, what_to_do)
+  try:
+    return paths.np_load(path)
+  except (ValueError, OSError, EOFError) as e:
+    raise CheckpointError(f"{path} is damaged ({e}); {what_to_do}") from e
 
 
 def _to_numpy(tree: Any) -> Any:

@@ -121,3 +121,24 @@ def test_checkpoint_dir_keeps_remote_paths_and_makes_local_ones_absolute(tmp_pat
   monkeypatch.chdir(tmp_path)
   assert os.fspath(checkpoints.checkpoint_dir("runs/a")) == str(tmp_path / "runs" / "a" / "checkpoints")
   assert os.fspath(checkpoints.checkpoint_dir("gs://bucket/runs/a")) == "gs://bucket/runs/a/checkpoints"
+
+
+@pytest.mark.parametrize("name,damage,message", [
+    ("config.json", b"{not json", r"run/config.json is damaged \(not JSON"),
+    ("labels.json", b"", r"run/labels.json is damaged \(not JSON"),
+    ("label_text_embeddings.npy", b"\x93NUMPY garbage", r"run/label_text_embeddings.npy is damaged"),
+    ("label_text_embeddings.npy", None, r"run/label_text_embeddings.npy is missing"),
+    ("labels.json", b"[]", r"holds \(98, \d+\) embeddings for 0 labels in labels.json"),
+])
+def test_damaged_or_missing_run_files_are_one_line_errors(tmp_path, name, damage, message):
+  """What inference reads besides the checkpoint (export, predict): a damaged or missing file is named, with what
+  to do (rerun training with the workdir: it rewrites them and resumes)."""
+  workdir = make_workdir(str(tmp_path / "run"), steps=(3,))
+  path = tmp_path / "run" / name
+  if damage is None:
+    os.remove(path)
+  else:
+    path.write_bytes(damage)
+  with pytest.raises(CheckpointError, match=message) as e:
+    checkpoints.restore_inference(workdir)
+  assert "\n" not in str(e.value) and "rerun training with this --workdir" in str(e.value)

@@ -211,7 +211,7 @@ def export(workdir: str, out: str, step: int | None = None, verify: bool | None 
   arch = architecture(run_config)  # before restoring: an unknown architecture fails fast
   try:
     inference = checkpoints.restore_inference(workdir, step)
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError, checkpoints.CheckpointError) as e:
     raise ExportError(f"cannot export {workdir!r}: {e}") from e
   state = to_state_dict(inference.variables, arch["depth"])
   scorer = FlaxScorer(inference)
