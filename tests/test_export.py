@@ -126,6 +126,15 @@ def test_export_without_torch_writes_the_folder_and_says_parity_is_not_verified(
       "error: cannot verify the export: PyTorch is not installed; pip install torch (see README, 'Installing') or "
       "pass --no-verify"]
   assert not (tmp_path / "v").exists()
+  record = tmp_path / "ecg.npy"
+  np.save(record, random_ecgs(1, seed=5)[0])
+  predict_cli = subprocess.run([sys.executable, "-c", no_torch.replace("ecg_contrastive.main", "ecg_contrastive.export.predict"),
+                                "--exported", str(out), str(record), "--fs", "500", "--units", "mV"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=300)
+  assert predict_cli.returncode == 2, predict_cli.stderr[-2000:]
+  assert predict_cli.stderr.strip().splitlines() == [
+      f"error: {out} is a PyTorch folder and PyTorch is not installed: pip install torch (see README, 'Installing'), "
+      "or predict from the JAX checkpoint with --workdir"]
 
 
 def test_a_failed_export_leaves_no_partial_folder_and_the_previous_export_intact(exported, tmp_path, monkeypatch):

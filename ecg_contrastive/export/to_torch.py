@@ -163,6 +163,9 @@ def export_config(arch: dict, num_labels: int, workdir: str, step: int) -> dict:
 
 def load_exported(folder: str) -> Any:
   """Loads `folder` with its own modeling_ecg.py (not the package's): modeling_ecg.load(folder)."""
+  if not torch_available():
+    raise ExportError(f"{folder} is a PyTorch folder and PyTorch is not installed: pip install torch (see README, "
+                      "'Installing'), or predict from the JAX checkpoint with --workdir")
   spec = importlib.util.spec_from_file_location("modeling_ecg", os.path.join(folder, "modeling_ecg.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
