@@ -6,8 +6,15 @@
 set -euo pipefail
 source "$(dirname "$0")/python.sh"
 n=${1:?usage: local_multiprocess.sh NUM_PROCESSES MAIN_ARGS...}; shift
-workdir=$(printf '%s\n' "$@" | sed -n 's/^--workdir[= ]//p' | head -1)
-[ -n "$workdir" ] || { echo "pass --workdir=DIR" >&2; exit 2; }
+workdir=""
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do  # --workdir=DIR or --workdir DIR
+  case "${args[$i]}" in
+    --workdir=*) workdir=${args[$i]#--workdir=} ;;
+    --workdir) workdir=${args[$((i + 1))]:-} ;;
+  esac
+done
+[ -n "$workdir" ] || { echo "error: pass --workdir DIR (the run directory every process shares)" >&2; exit 2; }
 # Logs: WORKDIR/process_<i>.log, or LOG_DIR (a local folder; default /tmp/ecg_contrastive_logs/... for a gs:// workdir).
 case "$workdir" in
   *://*) log_dir=${LOG_DIR:-${TMPDIR:-/tmp}/ecg_contrastive_logs/$(echo "$workdir" | tr -c 'A-Za-z0-9._-\n' _)} ;;

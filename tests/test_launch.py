@@ -78,12 +78,12 @@ def test_multiprocess_launcher_keeps_logs_local_for_a_gs_workdir(tmp_path):
   fake.write_text('#!/bin/sh\n[ "$1" = "-c" ] && exit 0\necho "process $JAX_PROCESS_ID of $JAX_NUM_PROCESSES: $*"\n')
   fake.chmod(0o755)
   result = subprocess.run(["bash", os.path.join(ROOT, "launch", "local_multiprocess.sh"), "2",
-                           "--workdir=gs://bucket/run", "--config=configs/default.py:tiny"], cwd=tmp_path,
+                           "--workdir", "gs://bucket/run", "--config=configs/default.py:tiny"], cwd=tmp_path,
                           capture_output=True, text=True,
                           env={**os.environ, "PYTHON": str(fake), "LOG_DIR": str(tmp_path / "logs")})
   assert result.returncode == 0, result.stderr
   for i in range(2):
     log = (tmp_path / "logs" / f"process_{i}.log").read_text()
-    assert log.strip() == f"process {i} of 2: -m ecg_contrastive.main --distributed --workdir=gs://bucket/run " \
+    assert log.strip() == f"process {i} of 2: -m ecg_contrastive.main --distributed --workdir gs://bucket/run " \
                           "--config=configs/default.py:tiny"
   assert not any("gs:" in str(p) for p in tmp_path.rglob("*"))
