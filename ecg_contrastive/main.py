@@ -1,14 +1,16 @@
-r"""Command line: train + evaluate (default), evaluate only, or export to PyTorch.
+r"""Command line: train + evaluate (default), or export to PyTorch.
 
   python -m ecg_contrastive.main --config configs/default.py --workdir runs/demo
   python -m ecg_contrastive.main --config configs/default.py --workdir runs/demo --config.batch_size=128
   python -m ecg_contrastive.main --workdir runs/demo --mode export --export_dir runs/demo/torch
 
 A user's mistake (errors.UserError: a bad config value or key, a missing or damaged file) is printed as one
-line `error: ...` on stderr with exit code 2; --verbose or ECG_CONTRASTIVE_TRACEBACK=1 shows its traceback.
+line `error: ...` on stderr with exit code 2; so is a full disk, a read-only or forbidden folder (the file and
+what to do); --verbose or ECG_CONTRASTIVE_TRACEBACK=1 shows the traceback.
 """
 
 import difflib
+import errno
 import logging
 import os
 import runpy
@@ -29,6 +31,15 @@ from ecg_contrastive.errors import UserError, one_line, want_traceback  # noqa: 
 # ...), and a missing file (checkpoints.read_config, the text model's files). Extend here, or better: subclass
 # UserError.
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
+
+# The machine, not the code: named with the file and what to do, as one line.
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "free space there or point --workdir / config.data_dir / config.text.cache_dir elsewhere",
+    errno.EDQUOT: "free space within your quota or point --workdir elsewhere",
+    errno.EROFS: "the file system is read-only: point --workdir (or the data and cache dirs) at a writable one",
+    errno.EACCES: "no permission: fix the folder's permissions or point --workdir elsewhere",
+    errno.EPERM: "no permission: fix the folder's permissions or point --workdir elsewhere",
+}
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file, optionally with ':arg'.", lock_config=True)
@@ -139,9 +150,23 @@ def main(argv):
   try:
     run(argv)
   except USER_ERRORS as e:
-    if FLAGS.verbose or want_traceback():
+    if _verbose():
       raise
     fail(one_line(e))
+  except OSError as e:
+    if e.errno not in ENVIRONMENT_ERRNOS or _verbose():
+      raise
+    fail(environment_message(e))
+
+
+def _verbose() -> bool:
+  return (FLAGS.is_parsed() and FLAGS.verbose) or want_traceback()
+
+
+def environment_message(e: OSError) -> str:
+  """'<file>: <reason>; <what to do>' for a full disk, a read-only or a forbidden folder."""
+  where = f"{e.filename}: " if e.filename else ""
+  return f"{where}{e.strerror or os.strerror(e.errno)}; {ENVIRONMENT_ERRNOS[e.errno]}"
 
 
 def run(argv):

@@ -1,6 +1,7 @@
 """Every numeric / enum config key: a wrong type, NaN/inf or out-of-range value is a ConfigError naming the key,
 the value and what to use; the command line prints it (and an unknown key, a bad --config) as one line, exit 2."""
 
+import errno
 import math
 import os
 import subprocess
@@ -172,3 +173,28 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path):
   lines = result.stderr.strip().splitlines()
   assert result.returncode == 2 and lines == [f"error: --workdir {tmp_path / 'afile'}: is a file; give a directory "
                                               "(created if absent) for the run's checkpoints"]
+
+
+@pytest.mark.parametrize("code,hint", [(errno.ENOSPC, "free space there"), (errno.EROFS, "read-only"),
+                                       (errno.EACCES, "no permission")])
+def test_full_disk_or_forbidden_folder_is_one_line(monkeypatch, capsys, code, hint):
+  """A full disk (metrics, eval, cache writes) or a read-only / forbidden folder anywhere in a run: one line naming
+  the file and what to do, exit 2; any other OSError keeps its traceback (a bug)."""
+  from ecg_contrastive import main as main_lib
+
+  def broken(argv):
+    raise OSError(code, os.strerror(code), "/runs/x/metrics.jsonl")
+
+  monkeypatch.setattr(main_lib, "run", broken)
+  with pytest.raises(SystemExit) as e:
+    main_lib.main([])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(f"error: /runs/x/metrics.jsonl: {os.strerror(code)}; ") and hint in err[0]
+
+  def bug(argv):
+    raise OSError(errno.EBADF, "Bad file descriptor")
+
+  monkeypatch.setattr(main_lib, "run", bug)
+  with pytest.raises(OSError, match="Bad file descriptor"):
+    main_lib.main([])
