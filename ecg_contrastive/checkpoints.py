@@ -16,7 +16,6 @@ A damaged checkpoint is skipped with one warning and the newest intact one is us
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from ecg_contrastive import paths
-from ecg_contrastive.errors import UserError
+from ecg_contrastive.errors import ENVIRONMENT_ERRNOS, UserError
 from ecg_contrastive.models.two_tower import TwoTower
 
 
@@ -82,7 +81,7 @@ def _write_failure(e: BaseException) -> str | None:
     if isinstance(e, OSError):
       return os.strerror(e.errno) if e.errno else str(e)
     text = str(e)
-    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+    for code in ENVIRONMENT_ERRNOS:
       if os.strerror(code) in text:
         return os.strerror(code)
     e = e.__cause__ or e.__context__

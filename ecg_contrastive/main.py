@@ -10,7 +10,6 @@ what to do); --verbose or ECG_CONTRASTIVE_TRACEBACK=1 shows the traceback.
 """
 
 import difflib
-import errno
 import logging
 import os
 import runpy
@@ -25,21 +24,12 @@ from absl import app, flags, logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from ecg_contrastive import paths  # noqa: E402
-from ecg_contrastive.errors import UserError, one_line, want_traceback  # noqa: E402
+from ecg_contrastive.errors import ENVIRONMENT_ERRNOS, UserError, one_line, want_traceback  # noqa: E402
 
 # Errors printed as one line: UserError and its subclasses (ConfigError, SourceError, RecordError, ExportError,
 # ...), and a missing file (checkpoints.read_config, the text model's files). Extend here, or better: subclass
 # UserError.
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
-
-# The machine, not the code: named with the file and what to do, as one line.
-ENVIRONMENT_ERRNOS = {
-    errno.ENOSPC: "free space there or point --workdir / config.data_dir / config.text.cache_dir elsewhere",
-    errno.EDQUOT: "free space within your quota or point --workdir elsewhere",
-    errno.EROFS: "the file system is read-only: point --workdir (or the data and cache dirs) at a writable one",
-    errno.EACCES: "no permission: fix the folder's permissions or point --workdir elsewhere",
-    errno.EPERM: "no permission: fix the folder's permissions or point --workdir elsewhere",
-}
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file, optionally with ':arg'.", lock_config=True)

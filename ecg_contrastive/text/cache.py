@@ -86,11 +86,6 @@ def complete(cache_dir: str, key: str) -> bool:
   return paths.exists(paths.join(cache_dir, f"{key}.json"))
 
 
-def write_atomic(path: str, data: bytes) -> None:
-  """Writes a temporary file beside `path`, then renames it over `path` (paths.write_bytes)."""
-  paths.write_bytes(path, data)
-
-
 def save(cache_dir: str, key: str, embeddings: np.ndarray, meta: dict) -> None:
   """Writes `<key>.npy` then `<key>.json` (meta plus the key), each whole (local: temporary file + rename)."""
   paths.makedirs(cache_dir)

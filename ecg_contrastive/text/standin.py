@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from ecg_contrastive.terms import term_names
-from ecg_contrastive.text.cache import write_atomic
+from ecg_contrastive.paths import write_bytes
 
 STANDIN_VERSION = 1
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -133,15 +133,15 @@ def write_standin_model(directory: str, *, hidden_size: int = 128, num_layers: i
       raise FileExistsError(f"{directory!r} holds a model that is not the stand-in; "
                             "choose an empty directory for write_standin_model")
   os.makedirs(directory, exist_ok=True)
-  write_atomic(os.path.join(directory, "vocab.txt"), ("\n".join(vocab) + "\n").encode())
-  write_atomic(os.path.join(directory, "tokenizer_config.json"),
+  write_bytes(os.path.join(directory, "vocab.txt"), ("\n".join(vocab) + "\n").encode())
+  write_bytes(os.path.join(directory, "tokenizer_config.json"),
          (json.dumps(_tokenizer_config(), indent=2, sort_keys=True) + "\n").encode())
-  write_atomic(os.path.join(directory, "model.safetensors"), save(_weights(config, seed), {"format": "pt"}))
-  write_atomic(os.path.join(directory, "README.md"), (
+  write_bytes(os.path.join(directory, "model.safetensors"), save(_weights(config, seed), {"format": "pt"}))
+  write_bytes(os.path.join(directory, "README.md"), (
     "# STAND-IN text model (random weights)\n\n"
     "Written by `ecg_contrastive.text.standin.write_standin_model` for the demo and tests.\n"
     "It is not a language model: a random BERT over a character vocabulary whose mean-pooled\n"
     "embeddings are roughly bags of characters. Use a real Japanese BERT for real work\n"
     "(docs/text.md).\n").encode())
-  write_atomic(config_path, config_bytes)  # last: its presence marks a complete directory
+  write_bytes(config_path, config_bytes)  # last: its presence marks a complete directory
   return directory
