@@ -67,7 +67,7 @@ run() {
   '| torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
   echo "== step: ours vs PyTorch eager / torch.compile, batch $BATCHES"
-  timeout "$STEP_LIMIT" python3 -m ecg_contrastive.bench step --model "$MODEL" --batch-sizes "$BATCHES" --torch "$TORCH" \
+  timeout "$STEP_LIMIT" python3 -m bench step --model "$MODEL" --batch-sizes "$BATCHES" --torch "$TORCH" \
     --bn-backward lean,autodiff "${TIMING[@]}" --profile "$WORK/profile" --dump-hlo "$OUT_DIR/ours.hlo.txt.gz" --out "$OUT_DIR/step"
   echo "step: exit $?"; rm -f "$OUT_DIR/step.csv"
   cp "$WORK/profile/profile_summary.txt" "$OUT_DIR/" 2>/dev/null
@@ -75,13 +75,13 @@ run() {
   [ -n "$TRACE" ] && cp "$TRACE" "$OUT_DIR/perfetto_trace.json.gz"
 
   echo "== pipeline: ours at batch $BATCH through the input pipeline ($DATASET)"
-  timeout "$PIPE_LIMIT" python3 -m ecg_contrastive.bench pipeline --model "$MODEL" --batch-size "$BATCH" \
+  timeout "$PIPE_LIMIT" python3 -m bench pipeline --model "$MODEL" --batch-size "$BATCH" \
     --dataset "$DATASET" --data-dir "$WORK/data" "${TIMING[@]}" --out "$OUT_DIR/pipeline"
   echo "pipeline: exit $?"; rm -f "$OUT_DIR/pipeline.csv"
 
   if [ "$SECONDS" -lt "$BIG_BY" ]; then
     echo "== large batch: ours at $BIG, plain and with gradient caching over 4 micro-batches"
-    timeout $((570 - SECONDS)) python3 -m ecg_contrastive.bench step --model "$MODEL" --batch-sizes "$BIG" \
+    timeout $((570 - SECONDS)) python3 -m bench step --model "$MODEL" --batch-sizes "$BIG" \
       --microbatches 1,4 --torch none --warmup 2 --windows 3 --steps 3 --out "$OUT_DIR/big"
     echo "large batch: exit $?"; rm -f "$OUT_DIR/big.csv"
   else
@@ -93,7 +93,7 @@ run() {
   for f in "$OUT_DIR/step.json" "$OUT_DIR/pipeline.json" "$OUT_DIR/big.json"; do [ -f "$f" ] && RESULTS+=("$f"); done
   [ -f "$OUT_DIR/profile_summary.txt" ] && { echo; echo "profile of ours at batch $BATCH:"; cat "$OUT_DIR/profile_summary.txt"; }
   if [ "${#RESULTS[@]}" -gt 0 ]; then
-    python3 -m ecg_contrastive.bench show "${RESULTS[@]}"
+    python3 -m bench show "${RESULTS[@]}"
   else
     echo "no results were written"; exit 1
   fi

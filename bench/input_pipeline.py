@@ -46,7 +46,8 @@ def main() -> None:
   import numpy as np
   import tensorflow_datasets as tfds
 
-  from ecg_contrastive.data import pipeline, synth
+  from ecg_contrastive.data import pipeline
+  from ecg_contrastive.data.synthetic import synth
 
   print(f"python {platform.python_version()}, jax {jax.__version__}, {os.cpu_count()} CPU cores, "
         f"{jax.device_count()} devices; {args.dataset}:{args.split}, global batch {args.batch}; "

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from ecg_contrastive.terms import load_terms
+from ecg_contrastive.vocab.terms import load_terms
 from ecg_contrastive.text.precompute import embed_texts
 from ecg_contrastive.text.standin import write_standin_model
 

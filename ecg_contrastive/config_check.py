@@ -10,7 +10,8 @@ from typing import Any
 
 import ml_collections
 
-from ecg_contrastive.data import pipeline, signal
+from ecg_contrastive.data import pipeline
+from ecg_contrastive.ecg import signal
 from ecg_contrastive.errors import UserError
 from ecg_contrastive.models.batch_norm import BACKWARDS
 from ecg_contrastive.models.bert import POOLINGS

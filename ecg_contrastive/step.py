@@ -12,7 +12,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ecg_contrastive.data.signal import MV_PER_UNIT
+from ecg_contrastive.ecg.signal import MV_PER_UNIT
 from ecg_contrastive.losses import sigmoid_loss, softmax_loss
 from ecg_contrastive.models.two_tower import TwoTower
 from ecg_contrastive.sharding import DATA_AXIS, data_sharding, replicated

@@ -25,7 +25,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ecg_contrastive import checkpoints, paths, preemption, step as step_lib, terms, workdir_lock
+from ecg_contrastive import checkpoints, paths, preemption, step as step_lib, workdir_lock
+from ecg_contrastive.vocab import terms
 from ecg_contrastive.config_check import ConfigError, check_config
 from ecg_contrastive.data import pipeline
 from ecg_contrastive.errors import UserError

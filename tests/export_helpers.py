@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ecg_contrastive import checkpoints, terms
+from ecg_contrastive import checkpoints
+from ecg_contrastive.vocab import terms
 from ecg_contrastive.models.two_tower import TwoTower
 
 TINY_MODEL = {"depth": 18, "width": 8, "downsample": 5, "embed_dim": 32, "temperature": 0.07, "dtype": "float32"}

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import wfdb
 
-from ecg_contrastive.data import record_reader, signal
+from ecg_contrastive.ecg import reader, signal
 from ecg_contrastive.errors import UserError
-from ecg_contrastive.export import predict, preprocess
+from ecg_contrastive.ecg import preprocess
+from ecg_contrastive.export import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = list(signal.LEADS)
@@ -156,7 +157,7 @@ def test_record_reader_lists_bad_record_with_reason(case, tmp_path):
   make, says = BAD_RECORDS[case]
   path, fs = make(tmp_path)
   fs = 500.0 if fs is None and path.endswith(".npy") else fs
-  [reason] = record_reader.read_many([(path, fs, "uV" if path.endswith(".npy") else None)])
+  [reason] = reader.read_many([(path, fs, "uV" if path.endswith(".npy") else None)])
   assert isinstance(reason, str), f"{case} was accepted"
   assert reason.split(":")[0] in ("missing file", "truncated file", "unreadable", "bad rate", "bad signal",
                                   "too short", "flat signal"), reason

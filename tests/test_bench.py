@@ -9,10 +9,10 @@ import math
 import jax
 import pytest
 
-from ecg_contrastive.bench import results, step, targets, trace_summary
-from ecg_contrastive.bench.__main__ import main
-from ecg_contrastive.bench.rows import STEP_COLUMNS
-from ecg_contrastive.bench.workload import PRESETS
+from bench import results, step, targets, trace_summary
+from bench.__main__ import main
+from bench.rows import STEP_COLUMNS
+from bench.workload import PRESETS
 
 TINY_TIMING = ["--warmup", "1", "--windows", "2", "--steps", "1"]
 
@@ -229,7 +229,7 @@ def test_trace_summary_splits_command_buffers_into_their_kernels():
 
 def test_xla_flop_count_is_not_reported_on_gpus(monkeypatch):
   """XLA's cost analysis leaves out cuDNN's convolutions: on the H100 it counted 1% of the step's FLOPs."""
-  from ecg_contrastive.bench import xla_stats
+  from bench import xla_stats
 
   class Compiled:
     def cost_analysis(self):

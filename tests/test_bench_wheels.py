@@ -54,9 +54,9 @@ class Block(importlib.abc.MetaPathFinder):
     if name.split(".")[0] in {blocked!r}:
       raise ImportError("blocked as on the device image: " + name)
 sys.meta_path.insert(0, Block())
-import ecg_contrastive.bench.step, ecg_contrastive.bench.input_path, ecg_contrastive.bench.loss_memory
+import bench.step, bench.input_path, bench.loss_memory
 import ecg_contrastive.train, ecg_contrastive.data.pipeline, ecg_contrastive.data.builders
-import ecg_contrastive.data.record_reader
+import ecg_contrastive.ecg.reader
 print("imported")
 """
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

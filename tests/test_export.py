@@ -15,8 +15,10 @@ import wfdb
 from safetensors.numpy import load_file
 
 from ecg_contrastive.checkpoints import restore_inference
-from ecg_contrastive.data import pipeline, signal
-from ecg_contrastive.export import predict, preprocess, to_torch
+from ecg_contrastive.data import pipeline
+from ecg_contrastive.ecg import signal
+from ecg_contrastive.ecg import preprocess
+from ecg_contrastive.export import predict, to_torch
 from ecg_contrastive.export.flax_scorer import FlaxScorer
 from export_helpers import TINY_MODEL, logit_scale_at, make_workdir
 

@@ -49,9 +49,7 @@ def test_python_floor_is_the_same_everywhere():
 
 def _imported_top_level_modules() -> set[str]:
   names = set()
-  for folder, _, files in os.walk(os.path.join(ROOT, "ecg_contrastive")):
-    if os.sep + "bench" in folder:  # the benchmarks declare their own needs (bench/fetch_wheels.sh)
-      continue
+  for folder, _, files in os.walk(os.path.join(ROOT, "ecg_contrastive")):  # bench/ declares its own needs
     for name in files:
       if name.endswith(".py"):
         tree = ast.parse(open(os.path.join(folder, name), encoding="utf-8").read())

@@ -214,7 +214,7 @@ def test_batch_sizes_that_do_not_divide_name_the_numbers(data_dir, mesh, monkeyp
 
 
 def test_signal_contract_helpers():
-  from ecg_contrastive.data import signal
+  from ecg_contrastive.ecg import signal
   t = np.arange(2500) / 250.0
   wave = np.sin(2 * np.pi * 1.5 * t)  # 10 s at 250 Hz, 1 mV peak
   names = ["V1", "V2", "V3", "V4", "V5", "V6", "DI", "lead II"]  # any order and spelling, limb leads derived

@@ -11,7 +11,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ecg_contrastive.config_check import ConfigError, check_config
-from ecg_contrastive.data import fake_folders, pipeline, report_ja, signal, term_maps
+from ecg_contrastive.data import pipeline
+from ecg_contrastive.data.synthetic import fake_folders
+from ecg_contrastive.ecg import signal
+from ecg_contrastive.vocab import report_ja, term_maps
 from ecg_contrastive.data.builders.local_source import SourceError, hash_split
 
 SPLITS = ("train", "validation", "test")

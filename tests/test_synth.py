@@ -8,10 +8,10 @@ detected from the waveform. Ground-truth beat times only align beats, they are n
 import numpy as np
 import pytest
 
-from ecg_contrastive import terms
-from ecg_contrastive.data import findings, synth
-from ecg_contrastive.data.dipole import CONDUCTED, ECTOPIC_V
-from ecg_contrastive.data.signal import LEADS, SAMPLE_RATE
+from ecg_contrastive.vocab import terms
+from ecg_contrastive.data.synthetic import findings, synth
+from ecg_contrastive.data.synthetic.dipole import CONDUCTED, ECTOPIC_V
+from ecg_contrastive.ecg.signal import LEADS, SAMPLE_RATE
 
 L = {name: i for i, name in enumerate(LEADS)}
 MS = 1000 / SAMPLE_RATE  # ms per sample

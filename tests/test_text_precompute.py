@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ecg_contrastive.models.bert import load_hf_encoder
-from ecg_contrastive.terms import term_names
+from ecg_contrastive.vocab.terms import term_names
 from ecg_contrastive.text import precompute
 from ecg_contrastive.text.encode import bucket_length, plan_batches
 from ecg_contrastive.text.precompute import DEFAULT_LABEL_TEMPLATES, embed_label_prompts, embed_texts

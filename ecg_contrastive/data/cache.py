@@ -26,7 +26,7 @@ import numpy as np
 
 from ecg_contrastive import paths
 from ecg_contrastive.errors import DataError
-from ecg_contrastive.data.signal import NUM_LEADS, NUM_SAMPLES
+from ecg_contrastive.ecg.signal import NUM_LEADS, NUM_SAMPLES
 
 CACHE_VERSION = 1
 READ_BATCH = 256

@@ -23,7 +23,7 @@ import numpy as np
 
 from ecg_contrastive.checkpoints import restore_inference
 from ecg_contrastive.errors import UserError, one_line, want_traceback
-from ecg_contrastive.export import preprocess
+from ecg_contrastive.ecg import preprocess
 from ecg_contrastive.export.flax_scorer import FlaxScorer
 from ecg_contrastive.export.to_torch import load_exported
 

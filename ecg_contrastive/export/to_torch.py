@@ -38,7 +38,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from ecg_contrastive import checkpoints, paths
-from ecg_contrastive.data import signal
+from ecg_contrastive.ecg import signal
 from ecg_contrastive.errors import UserError
 from ecg_contrastive.export.flax_scorer import FlaxScorer
 from ecg_contrastive.models.resnet1d import STAGE_SIZES

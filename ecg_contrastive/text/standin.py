@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from ecg_contrastive.terms import term_names
+from ecg_contrastive.vocab.terms import term_names
 from ecg_contrastive.paths import write_bytes
 
 STANDIN_VERSION = 1

@@ -23,8 +23,8 @@ import os
 
 import tensorflow_datasets as tfds
 
-from ecg_contrastive import terms
-from ecg_contrastive.data import report_ja
+from ecg_contrastive.vocab import terms
+from ecg_contrastive.vocab import report_ja
 from ecg_contrastive.data.builders.local_source import (SPLITS, Listing, LocalEcgBuilder, RecordRow, SourceError,
                                                         csv_rows, hash_split, skip)
 

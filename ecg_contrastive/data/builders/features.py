@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ecg_contrastive.data.signal import LEADS, MV_PER_UNIT, NUM_SAMPLES, SAMPLE_RATE
+from ecg_contrastive.ecg.signal import LEADS, MV_PER_UNIT, NUM_SAMPLES, SAMPLE_RATE
 
 CONTRACT = (f"12-lead ECGs ({SAMPLE_RATE} Hz, {NUM_SAMPLES // SAMPLE_RATE} s, leads {', '.join(LEADS)}; int16, "
             f"1 unit = {MV_PER_UNIT} mV)")

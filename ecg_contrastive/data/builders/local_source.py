@@ -6,7 +6,7 @@
 A subclass names the files it needs (SOURCE_FILES: file -> required columns, checked by `check_source`
 before any work) and lists the records (`_list_records` -> Listing: one RecordRow per usable row, the
 rows it had to skip with their reason, the statements that mapped to no term). The base reads the
-waveforms (`record_reader`, in worker processes for more than one chunk), brings each to int16
+waveforms (`ecg.reader`, in worker processes for more than one chunk), brings each to int16
 (5000, 12) microvolts at 500 Hz and writes the examples. Nothing is lost silently: every skipped record,
 from listing or reading, is counted and listed with its reason in `<dataset dir>/skipped_records.json`
 (read back into `EcgSource.skipped` by the cache) and a warning names how many.
@@ -98,11 +98,11 @@ def csv_rows(path: str, required: tuple[str, ...] = ()) -> tuple[list[str], csv.
 
 def _read_in_order(rows: list[RecordRow]):
   """Yields (row, int16 (5000, 12) array or skip reason) in row order; chunks run in worker processes."""
-  from ecg_contrastive.data import record_reader  # here: wfdb and pandas load only when records are read
+  from ecg_contrastive.ecg import reader  # here: wfdb and pandas load only when records are read
   items = [(r.path, r.fs, r.units) for r in rows]
   chunks = [items[i:i + READ_CHUNK] for i in range(0, len(items), READ_CHUNK)]
   workers = min(worker_count(), len(chunks))
-  results = (record_reader.read_many(c) for c in chunks)
+  results = (reader.read_many(c) for c in chunks)
   if workers > 1:
     context = multiprocessing.get_context("spawn")  # never fork a process that may run JAX threads
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
@@ -116,11 +116,11 @@ def _read_in_order(rows: list[RecordRow]):
 
 def _bounded(pool: concurrent.futures.ProcessPoolExecutor, chunks: list, window: int):
   """pool.map(read_many, chunks) in order, with at most `window` chunks in flight (bounded memory)."""
-  from ecg_contrastive.data import record_reader
+  from ecg_contrastive.ecg import reader
   with pool:
     pending = collections.deque()
     for chunk in chunks:
-      pending.append(pool.submit(record_reader.read_many, chunk))
+      pending.append(pool.submit(reader.read_many, chunk))
       if len(pending) >= window:
         yield pending.popleft().result()
     while pending:

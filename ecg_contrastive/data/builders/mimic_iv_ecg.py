@@ -20,7 +20,7 @@ import re
 
 import tensorflow_datasets as tfds
 
-from ecg_contrastive.data import report_ja, term_maps
+from ecg_contrastive.vocab import report_ja, term_maps
 from ecg_contrastive.data.builders.local_source import (Listing, LocalEcgBuilder, RecordRow, csv_rows, hash_split,
                                                         skip)
 

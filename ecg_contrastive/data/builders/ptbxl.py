@@ -21,7 +21,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from ecg_contrastive.data import report_ja, term_maps
+from ecg_contrastive.vocab import report_ja, term_maps
 from ecg_contrastive.data.builders.local_source import (Listing, LocalEcgBuilder, RecordRow, csv_rows, skip)
 
 DATABASE = "ptbxl_database.csv"

@@ -4,7 +4,7 @@
     import ecg_contrastive.data.builders  # registers the builder
     tfds.builder("synthetic_ecg_ja/tiny", data_dir=...).download_and_prepare()
 
-Records come from `ecg_contrastive.data.synth`; splits are disjoint by patient (each split draws its
+Records come from `ecg_contrastive.data.synthetic.synth`; splits are disjoint by patient (each split draws its
 own patients). Shards are array_record (random access, no TensorFlow needed) and hold the same
 records in the same order for the same version and config (their compressed bytes may differ between processes). Generation runs chunks in worker processes (2 by default,
 `ECG_CONTRASTIVE_WORKERS` to change; a split of one chunk runs inline), in order, so the output does
@@ -20,7 +20,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from ecg_contrastive.data import synth
+from ecg_contrastive.data.synthetic import synth
 from ecg_contrastive.data.builders.features import CONTRACT, ecg_report_features
 from ecg_contrastive.data.builders.tf_free import plain_file_spill
 

@@ -20,10 +20,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ecg_contrastive.bench.rows import TORCH_MODES, step_row
-from ecg_contrastive.bench.timing import time_windows
-from ecg_contrastive.bench.workload import Workload
-from ecg_contrastive.data.signal import MV_PER_UNIT
+from bench.rows import TORCH_MODES, step_row
+from bench.timing import time_windows
+from bench.workload import Workload
+from ecg_contrastive.ecg.signal import MV_PER_UNIT
 from ecg_contrastive.export import modeling_ecg
 
 

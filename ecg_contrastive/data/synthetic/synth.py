@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ecg_contrastive.data import dipole, findings, morphology, noise, phenotype, plan, reports
-from ecg_contrastive.data import rhythm as rh
-from ecg_contrastive.data.signal import LEADS, NUM_SAMPLES, SAMPLE_RATE, from_independent, to_units
+from ecg_contrastive.data.synthetic import dipole, findings, morphology, noise, phenotype, plan, reports
+from ecg_contrastive.data.synthetic import rhythm as rh
+from ecg_contrastive.ecg.signal import LEADS, NUM_SAMPLES, SAMPLE_RATE, from_independent, to_units
 
 SPLITS = ("train", "validation", "test")
 RECORDS_PER_PATIENT_P = (0.5, 0.3, 0.2)  # P(1, 2, 3 records of one patient)

@@ -1,6 +1,6 @@
 """Small PTB-XL / MIMIC-IV-ECG / manifest folders in the real on-disk layouts, from the synthetic generator.
 
-    python -m ecg_contrastive.data.fake_folders ptbxl /tmp/ptb-xl [--records 60]
+    python -m ecg_contrastive.data.synthetic.fake_folders ptbxl /tmp/ptb-xl [--records 60]
     python -m ecg_contrastive.main --config configs/default.py:tiny --workdir /tmp/run \
         --config.dataset=ptbxl --config.source_dir=/tmp/ptb-xl
 
@@ -24,8 +24,10 @@ from importlib import resources
 import numpy as np
 import wfdb
 
-from ecg_contrastive import terms
-from ecg_contrastive.data import signal, synth, term_maps
+from ecg_contrastive.vocab import terms
+from ecg_contrastive.data.synthetic import synth
+from ecg_contrastive.ecg import signal
+from ecg_contrastive.vocab import term_maps
 
 MIMIC_LEADS = ("I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6")
 PTBXL_LEADS = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")

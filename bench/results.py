@@ -44,7 +44,7 @@ def environment(devices: Sequence[Any]) -> dict[str, Any]:
   """
   return {
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "command": shlex.join(["python", "-m", "ecg_contrastive.bench", *sys.argv[1:]]),
+      "command": shlex.join(["python", "-m", "bench", *sys.argv[1:]]),
       "platform": devices[0].platform,
       "device": devices[0].device_kind,
       "num_devices": len(devices),

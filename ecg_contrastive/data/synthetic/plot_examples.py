@@ -1,7 +1,7 @@
 """Figure of generated 12-lead records with their Japanese reports, on ECG paper.
 
-    python -m ecg_contrastive.data.plot_examples                      # docs/figures/synthetic_ecgs.png
-    python -m ecg_contrastive.data.plot_examples --findings 心房細動 完全右脚ブロック --out /tmp/x.png
+    python -m ecg_contrastive.data.synthetic.plot_examples                      # docs/figures/synthetic_ecgs.png
+    python -m ecg_contrastive.data.synthetic.plot_examples --findings 心房細動 完全右脚ブロック --out /tmp/x.png
 
 Layout per record: the usual 3 x 4 grid (2.5 s per lead: I aVR V1 V4 / II aVL V2 V5 / III aVF V3 V6)
 and a 10 s rhythm strip of II; 10 mm/mV, 25 mm/s grid.
@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib_fontja  # noqa: E402,F401  (registers a Japanese font for the reports)
 import numpy as np  # noqa: E402
 
-from ecg_contrastive.data import synth  # noqa: E402
-from ecg_contrastive.data.signal import LEADS, SAMPLE_RATE, to_millivolts  # noqa: E402
+from ecg_contrastive.data.synthetic import synth  # noqa: E402
+from ecg_contrastive.ecg.signal import LEADS, SAMPLE_RATE, to_millivolts  # noqa: E402
 
 GRID = (("I", "aVR", "V1", "V4"), ("II", "aVL", "V2", "V5"), ("III", "aVF", "V3", "V6"))
 DEFAULT_FINDINGS = ("正常心電図", "心房細動", "完全右脚ブロック", "心室期外収縮", "ST上昇", "左室肥大")

@@ -20,12 +20,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from ecg_contrastive.bench.jax_step import ProjectStep
-from ecg_contrastive.bench.results import Column
-from ecg_contrastive.bench.rows import step_row
-from ecg_contrastive.bench.timing import time_windows
-from ecg_contrastive.bench.workload import Workload, random_batches, random_table
-from ecg_contrastive.bench.xla_stats import compiled_bytes_per_device, compiled_flops, peak_device_bytes
+from bench.jax_step import ProjectStep
+from bench.results import Column
+from bench.rows import step_row
+from bench.timing import time_windows
+from bench.workload import Workload, random_batches, random_table
+from bench.xla_stats import compiled_bytes_per_device, compiled_flops, peak_device_bytes
 
 STEP_KEYS = ("ecg", "report_row")  # what the step reads; the iterator's 'index' is not passed
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecg_contrastive.data import rhythm as rh
-from ecg_contrastive.data.dipole import W, frontal
-from ecg_contrastive.data.plan import Effect, rhythm_kind, unit
+from ecg_contrastive.data.synthetic import rhythm as rh
+from ecg_contrastive.data.synthetic.dipole import W, frontal
+from ecg_contrastive.data.synthetic.plan import Effect, rhythm_kind, unit
 
 
 def fibrillation(rng, idx, plan):

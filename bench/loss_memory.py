@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import SingleDeviceSharding
 
-from ecg_contrastive.bench.results import Column
-from ecg_contrastive.bench.xla_stats import compiled_bytes_per_device
+from bench.results import Column
+from bench.xla_stats import compiled_bytes_per_device
 from ecg_contrastive.losses import softmax_loss
 from ecg_contrastive.models.two_tower import l2_normalize
 from ecg_contrastive.sharding import data_sharding, make_mesh, replicated

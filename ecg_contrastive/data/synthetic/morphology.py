@@ -11,9 +11,9 @@ import dataclasses
 
 import numpy as np
 
-from ecg_contrastive.data import dipole
-from ecg_contrastive.data.dipole import W, frontal
-from ecg_contrastive.data.signal import SAMPLE_RATE, from_independent
+from ecg_contrastive.data.synthetic import dipole
+from ecg_contrastive.data.synthetic.dipole import W, frontal
+from ecg_contrastive.ecg.signal import SAMPLE_RATE, from_independent
 
 K = len(dipole.WAVES)
 MS_PER_SAMPLE = 1000 / SAMPLE_RATE

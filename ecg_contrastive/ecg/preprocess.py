@@ -1,7 +1,7 @@
 """Users' own ECG files -> the model input, through the same standardisation as the training data.
 
 A record becomes float32 (5000, 12) millivolts, channels-last (the Flax model's layout; the
-PyTorch export takes the transpose) by `ecg_contrastive.data.signal.standardize`, which every
+PyTorch export takes the transpose) by `ecg_contrastive.ecg.signal.standardize`, which every
 dataset builder uses:
   leads      matched by name in any order and common spelling ('AVR', 'avr', 'Lead aVR', 'DII');
              III/aVR/aVL/aVF are derived from I and II if absent; any other missing lead is an
@@ -25,7 +25,7 @@ import os
 import numpy as np
 import wfdb
 
-from ecg_contrastive.data import signal
+from ecg_contrastive.ecg import signal
 from ecg_contrastive.errors import UserError
 
 _MV_PER_UNIT = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Collection, Iterable
 
-from ecg_contrastive import terms
+from ecg_contrastive.vocab import terms
 
 RHYTHM_GROUP = "調律"
 OVERALL_GROUP = "総合判定"

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecg_contrastive.data import rhythm as rh
-from ecg_contrastive.data import rhythm_effects as rx
-from ecg_contrastive.data import wave_effects as wx
-from ecg_contrastive.data.morphology import HIGH, LOW
-from ecg_contrastive.data.plan import Effect, Plan, draw, rhythm_kind
+from ecg_contrastive.data.synthetic import rhythm as rh
+from ecg_contrastive.data.synthetic import rhythm_effects as rx
+from ecg_contrastive.data.synthetic import wave_effects as wx
+from ecg_contrastive.data.synthetic.morphology import HIGH, LOW
+from ecg_contrastive.data.synthetic.plan import Effect, Plan, draw, rhythm_kind
 
 
 # Application order matters: rhythm, then axis, conduction, structure, atria, repolarisation, voltage,

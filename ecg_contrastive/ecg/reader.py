@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecg_contrastive.data import signal
+from ecg_contrastive.ecg import signal
 from ecg_contrastive.errors import UserError
-from ecg_contrastive.export.preprocess import (MIN_DURATION_S, BadRecordError, check_rate, is_flat, load_npy,
+from ecg_contrastive.ecg.preprocess import (MIN_DURATION_S, BadRecordError, check_rate, is_flat, load_npy,
                                                load_wfdb, to_contract)
 
 __all__ = ["MIN_DURATION_S", "RecordError", "read_ecg", "read_many", "read_npy", "read_wfdb"]

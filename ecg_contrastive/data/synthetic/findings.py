@@ -1,6 +1,6 @@
 """The findings the synthetic generator draws, their co-occurrence rules and the primary-label rule.
 
-Every name is a term of the project vocabulary (`ecg_contrastive.terms`), verbatim.
+Every name is a term of the project vocabulary (`ecg_contrastive.vocab.terms`), verbatim.
 
 Primary label rule: a record's `primary_label` is its finding that comes first in SIGNIFICANCE,
 the order of clinical urgency used here:
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecg_contrastive import terms
+from ecg_contrastive.vocab import terms
 
 SIGNIFICANCE = (
     "電極付け間違いの疑い",

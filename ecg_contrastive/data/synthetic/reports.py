@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecg_contrastive.data.findings import QUALITY, RHYTHM_OF
+from ecg_contrastive.data.synthetic.findings import QUALITY, RHYTHM_OF
 
 RHYTHMS = frozenset(RHYTHM_OF.values()) | {"洞調律"}
 # Diagnoses a reader may state as a suspicion (〜の疑い).

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ecg_contrastive.data import rhythm as rh
-from ecg_contrastive.data.dipole import W, frontal
-from ecg_contrastive.data.morphology import Heart
+from ecg_contrastive.data.synthetic import rhythm as rh
+from ecg_contrastive.data.synthetic.dipole import W, frontal
+from ecg_contrastive.data.synthetic.morphology import Heart
 
 
 class Plan:

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ecg_contrastive.data.dipole import W, frontal
-from ecg_contrastive.data.morphology import HIGH
-from ecg_contrastive.data.plan import Effect, mag, reorient, set_t, unit, where
+from ecg_contrastive.data.synthetic.dipole import W, frontal
+from ecg_contrastive.data.synthetic.morphology import HIGH
+from ecg_contrastive.data.synthetic.plan import Effect, mag, reorient, set_t, unit, where
 
 
 def axis(lo: float, hi: float) -> Effect:

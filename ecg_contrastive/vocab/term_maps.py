@@ -22,7 +22,7 @@ import functools
 import re
 from importlib import resources
 
-from ecg_contrastive import terms
+from ecg_contrastive.vocab import terms
 
 SUSPECTED_LIKELIHOOD = 50  # PTB-XL: 0 < likelihood <= 50 is a possible finding
 QUALIFIER = re.compile(r"\b(possible|possibly|probable|probably|consider|cannot rule out|suggests?|suspect(ed)?)\b",

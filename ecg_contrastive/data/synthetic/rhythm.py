@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from ecg_contrastive.data.dipole import CONDUCTED, ECTOPIC_P, ECTOPIC_V, PACED, SINUS_P
+from ecg_contrastive.data.synthetic.dipole import CONDUCTED, ECTOPIC_P, ECTOPIC_V, PACED, SINUS_P
 
 T_START, T_END = -1500.0, 10800.0
 SINUS, AF, FLUTTER, JUNCTIONAL, SVT, VT, PACED_RHYTHM, CAVB, WENCKEBACH = range(9)

@@ -12,11 +12,11 @@ from typing import Any, Callable, Sequence
 
 import jax
 
-from ecg_contrastive.bench import jax_step
-from ecg_contrastive.bench.rows import TORCH_MODES
-from ecg_contrastive.bench.workload import Workload, random_batches, random_table
+from bench import jax_step
+from bench.rows import TORCH_MODES
+from bench.workload import Workload, random_batches, random_table
 
-log = logging.getLogger("ecg_contrastive.bench")
+log = logging.getLogger("bench")
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
@@ -44,7 +44,7 @@ def run(workload: Workload, batch_sizes: Sequence[int], torch_modes: Sequence[st
   """
   torch_modes = [] if plan_only else list(torch_modes)
   if torch_modes:
-    from ecg_contrastive.bench import torch_step  # PyTorch only where it is compared (not a core requirement)
+    from bench import torch_step  # PyTorch only where it is compared (not a core requirement)
   table = random_table(workload, seed)
   rows = []
   for batch_size in sorted(batch_sizes):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.signal
 
-from ecg_contrastive.data.signal import SAMPLE_RATE
+from ecg_contrastive.ecg.signal import SAMPLE_RATE
 
 _POOL_LEN = 20000  # samples (40 s) per pool; each record reads a random 10 s stretch
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ecg_contrastive.bench.results import Column
-from ecg_contrastive.bench.timing import Timing
-from ecg_contrastive.bench.workload import Workload
+from bench.results import Column
+from bench.timing import Timing
+from bench.workload import Workload
 
 TORCH_MODES = ("eager", "compile")  # the PyTorch steps ours is compared with (bench/torch_step.py)
 STEP_COLUMNS: list[Column] = [

@@ -16,14 +16,14 @@ import jax
 import numpy as np
 
 from ecg_contrastive import step as step_lib
-from ecg_contrastive.bench import trace_summary
-from ecg_contrastive.bench.rows import step_row
-from ecg_contrastive.bench.timing import time_windows
-from ecg_contrastive.bench.workload import Workload
-from ecg_contrastive.bench.xla_stats import compiled_bytes_per_device, compiled_flops, peak_device_bytes
+from bench import trace_summary
+from bench.rows import step_row
+from bench.timing import time_windows
+from bench.workload import Workload
+from bench.xla_stats import compiled_bytes_per_device, compiled_flops, peak_device_bytes
 from ecg_contrastive.sharding import data_sharding, make_mesh, replicated
 
-log = logging.getLogger("ecg_contrastive.bench")
+log = logging.getLogger("bench")
 SCHEDULE_STEPS = 100_000  # length of the learning-rate schedule; speed does not depend on it
 
 

@@ -1,10 +1,10 @@
 r"""Benchmark command (run from the repository root: it reads configs/paper.py). Each subcommand prints
 its table last and writes PREFIX.json + PREFIX.csv; results and how to reproduce them: BENCHMARKS.md.
 
-  python -m ecg_contrastive.bench step --model paper --batch-sizes 256,1024 --torch eager,compile
-  python -m ecg_contrastive.bench pipeline --model paper --batch-size 1024 --dataset synthetic_ecg_ja/demo
-  python -m ecg_contrastive.bench memory --cpu-devices 8 --batch-sizes 256,512,1024,2048,4096
-  python -m ecg_contrastive.bench show bench_out/step.json bench_out/pipeline.json
+  python -m bench step --model paper --batch-sizes 256,1024 --torch eager,compile
+  python -m bench pipeline --model paper --batch-size 1024 --dataset synthetic_ecg_ja/demo
+  python -m bench memory --cpu-devices 8 --batch-sizes 256,512,1024,2048,4096
+  python -m bench show bench_out/step.json bench_out/pipeline.json
 
   step      the project's training step (ECG/s, step time, TFLOP/s, peak memory) against the PyTorch
             step of the same architecture (exported module, AdamW, bf16 autocast; eager and
@@ -28,7 +28,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
-  from ecg_contrastive.bench.workload import Workload
+  from bench.workload import Workload
 
 
 def _ints(text: str) -> list[int]:
@@ -60,7 +60,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m ecg_contrastive.bench", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
 
@@ -119,14 +119,14 @@ def _workload(args: argparse.Namespace) -> Workload:
   """The preset workload, with --dtype applied."""
   import dataclasses
 
-  from ecg_contrastive.bench.workload import PRESETS
+  from bench.workload import PRESETS
   workload = PRESETS[args.model]
   return dataclasses.replace(workload, dtype=args.dtype) if args.dtype else workload
 
 
 def _step(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
-  from ecg_contrastive.bench import results, step
-  from ecg_contrastive.bench.rows import STEP_COLUMNS
+  from bench import results, step
+  from bench.rows import STEP_COLUMNS
   workload = _workload(args)
   meta.update(workload=dict(workload.__dict__, train_gflop_per_ecg=workload.train_flops_per_ecg() / 1e9))
   if args.torch and not args.plan_only:
@@ -143,7 +143,7 @@ def _step(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str
 
 
 def _pipeline(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
-  from ecg_contrastive.bench import input_path
+  from bench import input_path
   workload = _workload(args)
   meta.update(workload=dict(workload.__dict__, dataset=args.dataset, split=args.split))
   rows = input_path.run(workload, args.batch_size, args.dataset, args.split, args.data_dir or None,
@@ -153,7 +153,7 @@ def _pipeline(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict
 
 
 def _memory(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
-  from ecg_contrastive.bench import loss_memory
+  from bench import loss_memory
   return loss_memory.run(args.batch_sizes, args.embed_dim), loss_memory.COLUMNS
 
 
@@ -164,7 +164,7 @@ def run_command(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str
     _force_cpu_devices(args.cpu_devices)
   import jax
 
-  from ecg_contrastive.bench import results
+  from bench import results
   meta = dict(results.environment(jax.devices()), subcommand=args.command)
   rows, columns = {"step": _step, "pipeline": _pipeline, "memory": _memory}[args.command](args, meta)
   return meta, rows, columns
@@ -172,7 +172,7 @@ def run_command(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str
 
 def show(files: Sequence[str]) -> None:
   """Prints each file's card, command, versions and table; then the issue's targets if a step file is there."""
-  from ecg_contrastive.bench import results, targets
+  from bench import results, targets
   by_command: dict[str, list[dict[str, Any]]] = {}
   for path in files:
     meta, rows, columns = results.read_results(path)
@@ -195,11 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"device machine), run `bash bench/fetch_wheels.sh` and carry .whl/ (bench/gpu_run.sh installs it).",
           file=sys.stderr)
     return 2
-  from ecg_contrastive.bench import results
+  from bench import results
   paths = results.write_results(args.out, meta, rows, columns)
   for row in rows:
     if "profile" in row:
-      from ecg_contrastive.bench.trace_summary import format_summary
+      from bench.trace_summary import format_summary
       print(f"\n{row['impl']} at batch {row['batch']}: " + format_summary(row["profile"]))
     for key in ("error", "profile_error"):
       if key in row:

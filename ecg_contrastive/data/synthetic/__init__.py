@@ -1,0 +1,1 @@
+"""The ECG simulator: dipole model, rhythms, findings, noise, Japanese reports."""
