@@ -16,7 +16,7 @@ NOT_IMPORTED=(fugashi unidic-lite tensorboardX)  # the Japanese tokenizer (text 
 STEP=(ml-collections==1.1.0 matplotlib-fontja==1.1.0)
 PIPELINE=(tensorflow-datasets==4.9.10 array-record==0.8.6 dm-tree==0.1.10 immutabledict==4.3.1
           importlib-resources==7.1.0 tensorflow-metadata==1.21.0 googleapis-common-protos==1.76.0
-          termcolor==3.3.0 toml==0.10.2 wfdb==4.3.1)  # wfdb: data/record_reader.py (soundfile only for FLAC)
+          termcolor==3.3.0 toml==0.10.2 wfdb==4.3.1)  # wfdb: ecg/reader.py (soundfile only for FLAC)
 SDIST_ONLY=(promise==2.3)  # no wheel on PyPI: built here (pure Python)
 
 if [ "${1:-}" = --names ]; then  # for tests/test_bench_wheels.py
