@@ -180,6 +180,7 @@ def test_predictor_command_line_is_one_line_exit_2(case, tmp_path, capsys):
   assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and says[0] in err[0], err
 
 
+@pytest.mark.slow
 def test_predictor_subprocess_fs_nan_is_one_line(tmp_path):
   path = save_npy(tmp_path, "a.npy", ecg_like(10, 500) * 1000)
   result = subprocess.run([sys.executable, "-m", "ecg_contrastive.export.predict", "--workdir", str(tmp_path),

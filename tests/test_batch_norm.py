@@ -56,6 +56,7 @@ def test_values_statistics_and_gradients_equal_flax(relu, dtype, grad_tol):
   assert (float(jnp.mean(_f32(y) == 0)) > 0.2) == relu  # the ReLU (when fused) gates about half the outputs
 
 
+@pytest.mark.slow
 def test_eval_mode_uses_running_statistics_like_flax():
   x = jax.random.normal(jax.random.PRNGKey(2), (3, 40, 6))
   stats = {"mean": jnp.linspace(-1, 1, 6), "var": jnp.linspace(0.5, 3, 6)}

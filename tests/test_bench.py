@@ -99,6 +99,7 @@ def test_plan_only_shows_gradient_caching_cuts_memory(tmp_path):
   assert cached["gflop_per_ecg_xla"] > 0
 
 
+@pytest.mark.slow
 def test_pipeline_command_feeds_our_step_through_the_input_pipeline(tmp_path, capsys):
   prefix = str(tmp_path / "pipeline")
   assert main(["pipeline", "--model", "tiny", "--batch-size", "8", "--dataset", "synthetic_ecg_ja/tiny",
@@ -119,6 +120,7 @@ def test_pipeline_command_feeds_our_step_through_the_input_pipeline(tmp_path, ca
   assert capsys.readouterr().out.strip().splitlines()[-1].startswith("|  jax (ours), input pipeline |")
 
 
+@pytest.mark.slow
 def test_memory_command_shows_per_device_loss_memory_below_full_batch(tmp_path):
   prefix = str(tmp_path / "memory")
   assert main(["memory", "--batch-sizes", "256,2048", "--embed-dim", "32", "--out", prefix]) == 0

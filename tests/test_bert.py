@@ -60,6 +60,7 @@ def test_bert_matches_pytorch_with_padding_and_token_types(bert_dir):
   assert _rel_err(pooled, ref.pooler_output.numpy()) <= 1e-5
 
 
+@pytest.mark.slow
 def test_roberta_matches_pytorch_with_position_offset(tmp_path):
   torch.manual_seed(1)
   config = RobertaConfig(**TINY, pad_token_id=1, type_vocab_size=1, layer_norm_eps=1e-5)
@@ -97,6 +98,7 @@ def test_masked_lm_checkpoint_loads_without_heads_or_pooler(tmp_path):
     pool(hidden, pooled, jnp.asarray(mask), "pooler")
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close_to_float32(bert_dir):
   module32, params, _ = load_hf_encoder(bert_dir)
   module16, _, _ = load_hf_encoder(bert_dir, dtype=jnp.bfloat16)

@@ -104,8 +104,9 @@ def run_main(*args, env=None):
     (["--config.seed.x=1"], ["config.seed is a value, not a group"]),
     (["--config.num_steps=abc"], ["--config.num_steps=abc", "give a value of the type"]),
     (["--bogus_flag"], ["bogus_flag", "--helpshort"]),
-    (["--config.optimizer.lr=-0.001"], ["config.optimizer.lr=-0.001", "use a number > 0"]),
-    (["--config.checkpoint_every=0"], ["config.checkpoint_every=0", ">= 1"]),
+    pytest.param(["--config.optimizer.lr=-0.001"], ["config.optimizer.lr=-0.001", "use a number > 0"],
+                 marks=pytest.mark.slow),
+    pytest.param(["--config.checkpoint_every=0"], ["config.checkpoint_every=0", ">= 1"], marks=pytest.mark.slow),
 ], ids=["typo-key", "typo-nested-key", "key-below-a-value", "string-for-int", "unknown-flag", "negative-lr",
         "checkpoint-every-0"])
 def test_command_line_mistake_is_one_line_exit_2(args, says, tmp_path):
@@ -130,6 +131,7 @@ def test_bad_config_file_is_one_line_exit_2(config, says, tmp_path):
     assert part in lines[0]
 
 
+@pytest.mark.slow
 def test_missing_flags_and_export_of_a_non_workdir_are_one_line(tmp_path):
   for args, says in ((["--workdir", str(tmp_path)], "--config is required"),
                      (["--config", "configs/default.py"], "--workdir"),

@@ -204,6 +204,7 @@ print(model.zero_shot(x, k=3)[0][0]['en'])
 """
 
 
+@pytest.mark.slow
 def test_loads_where_jax_is_not_importable(exported, reference, tmp_path):
   ecg_mv = random_ecgs(2, seed=3)
   np.save(tmp_path / "x.npy", np.ascontiguousarray(ecg_mv.transpose(0, 2, 1)))
@@ -216,6 +217,7 @@ def test_loads_where_jax_is_not_importable(exported, reference, tmp_path):
   assert to_torch.relative_error(np.load(tmp_path / "y.npy"), reference.embed(ecg_mv)) <= TOL
 
 
+@pytest.mark.slow
 def test_torch_export_with_dynamic_batch(module):
   example = torch.from_numpy(random_ecgs(2, seed=4).transpose(0, 2, 1).copy())
   program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
@@ -258,6 +260,7 @@ def test_export_of_unknown_architecture_fails_clearly(tmp_path, change, message)
     to_torch.export(str(workdir), str(tmp_path / "out"))
 
 
+@pytest.mark.slow
 def test_sigmoid_loss_checkpoint_exports_without_its_bias(tmp_path):
   """The SigLIP bias is a constant shift of every score: training-only, not part of the exported encoder."""
   workdir = make_workdir(str(tmp_path / "workdir"), model=dict(TINY_MODEL, logit_bias=-10.0))

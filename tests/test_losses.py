@@ -27,7 +27,7 @@ def unit_rows(key, shape):
   return x / jnp.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("global_batch", [8, 64])
+@pytest.mark.parametrize("global_batch", [8, pytest.param(64, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("with_ids", [False, True])
 def test_mesh_loss_and_grads_equal_full_batch(global_batch, with_ids):
   mesh = make_mesh()
@@ -109,7 +109,7 @@ def full_batch_sigmoid_loss(ecg, txt, scale, bias, ids=None):
   return -jnp.sum(jnp.log(1.0 / (1.0 + jnp.exp(-labels * logits)))) / B
 
 
-@pytest.mark.parametrize("with_ids", [False, True])
+@pytest.mark.parametrize("with_ids", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_sigmoid_mesh_loss_and_grads_equal_full_batch(with_ids):
   mesh, B = make_mesh(), 32
   k = jax.random.split(jax.random.PRNGKey(7), 3)
@@ -130,6 +130,7 @@ def test_sigmoid_mesh_loss_and_grads_equal_full_batch(with_ids):
   assert 0.2 * positives / B < float(value) < 20.0 * positives / B
 
 
+@pytest.mark.slow
 def test_sigmoid_loss_prefers_matched_pairs():
   mesh = make_mesh()
   e = jax.device_put(unit_rows(jax.random.PRNGKey(8), (16, 8)), data_sharding(mesh))

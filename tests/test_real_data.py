@@ -66,6 +66,7 @@ def test_ptbxl_splits_follow_strat_fold(folders, sources):
   _assert_disjoint_by_patient(sources["ptbxl"])
 
 
+@pytest.mark.slow
 def test_mimic_and_manifest_splits_follow_the_patient_hash_or_the_split_column(folders, sources):
   mimic = folders["mimic_iv_ecg"]
   for s in SPLITS:
@@ -87,6 +88,7 @@ def _by_id(splits):
   return {rid: (src, i) for src in splits.values() for i, rid in enumerate(src.meta.record_id)}
 
 
+@pytest.mark.slow
 def test_waveforms_come_back_in_contract_lead_order(folders, sources):
   for name, atol in (("ptbxl", 0), ("mimic_iv_ecg", 3)):  # PTB-XL: 1 uV steps; MIMIC: 5 uV steps, own lead order
     fake, index = folders[name], _by_id(sources[name])
@@ -125,6 +127,7 @@ def test_mapping_tables_render_japanese_readings():
   assert report_ja.terms_in_text("洞調律。心室期外収縮二段脈を認める。") == ["洞調律", "心室期外収縮二段脈"]
 
 
+@pytest.mark.slow
 def test_reports_and_labels_of_known_records(folders, sources, root):
   rows = {f"{int(r['ecg_id']):05d}": r for r in _csv(os.path.join(folders["ptbxl"].root, "ptbxl_database.csv"))}
   for record_id, (src, i) in _by_id(sources["ptbxl"]).items():
@@ -150,6 +153,7 @@ def test_reports_and_labels_of_known_records(folders, sources, root):
         fake_folders.UNKNOWN_STATEMENT in r.values() for r in measured)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, reasons", [
     ("ptbxl", {"missing .dat": "missing file", "truncated .dat": "truncated file",
                "no mapped code": "no SCP statement", "unreadable patient_id": "patient_id 'n/a'"}),
@@ -175,6 +179,7 @@ def test_bad_records_are_skipped_and_listed_with_their_reason(folders, sources, 
   assert "skipped" in caplog.text and next(iter(sources[name][split].skipped))["record_id"] in caplog.text
 
 
+@pytest.mark.slow
 def test_missing_source_folder_file_or_column_says_what_to_do(folders, tmp_path):
   data_dir = str(tmp_path / "tfds")
   with pytest.raises(SourceError, match="set config.source_dir"):
@@ -217,6 +222,7 @@ def test_short_training_run_on_ptbxl(folders, root, tmp_path):
   assert set(results) == {"validation", "test"} and all(0 <= m["top1"] <= 1 for m in results.values())
 
 
+@pytest.mark.slow
 def test_worker_processes_read_what_one_process_reads(folders, monkeypatch, tmp_path):
   """Large folders are read in spawn worker processes, chunk by chunk, in order: same arrays, same skip reasons."""
   from ecg_contrastive.data.builders import local_source

@@ -129,6 +129,7 @@ def test_embed_texts_dedupes_and_matches_a_plain_forward(standin, tmp_path):
     table.rows([REPORTS[0], "洞調律。心室頻拍。"])
 
 
+@pytest.mark.slow
 def test_bad_reports_are_counted_and_kept(standin, tmp_path, caplog):
   texts = ["", "洞調律。" + "心房細動を認める。" * 20, "😀洞調律🫀。", "洞調律。"]
   with caplog.at_level(logging.WARNING):
@@ -164,6 +165,7 @@ def test_bad_arguments_and_model_directories_give_clear_errors(standin, tmp_path
     embed_texts(["洞調律"], str(broken), cache_dir=str(tmp_path), progress=False)
 
 
+@pytest.mark.slow
 def test_cache_reuses_rows_and_never_serves_a_changed_model(standin, tmp_path, monkeypatch):
   model_dir = str(tmp_path / "model")
   shutil.copytree(standin, model_dir)
@@ -187,6 +189,7 @@ def test_cache_reuses_rows_and_never_serves_a_changed_model(standin, tmp_path, m
   assert len(os.listdir(tmp_path / "cache")) == 6
 
 
+@pytest.mark.slow
 def test_bfloat16_and_pooler_pooling(standin, tmp_path):
   f32 = embed_texts(REPORTS, standin, cache_dir=str(tmp_path), progress=False)
   bf16 = embed_texts(REPORTS, standin, dtype="bfloat16", cache_dir=str(tmp_path), progress=False)
