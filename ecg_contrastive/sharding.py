@@ -1,4 +1,9 @@
-"""Device mesh and batch-size bookkeeping. One mesh axis, 'data': the batch is split over it."""
+"""Device mesh and batch-size bookkeeping. One mesh axis, 'data': the batch is split over it.
+
+The one home of the mesh axis name (DATA_AXIS), of the meshes the project builds (make_mesh: training over
+all devices, the text encoder over one process's devices) and of the rules a batch size must meet
+(batch_sizes); the batch iterator, the training step, the losses and the config check use these.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ DATA_AXIS = "data"
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
-  """A 1-D mesh over all devices (all processes). Auto axis types: plain jit works on it."""
+  """A 1-D mesh (DATA_AXIS,) over `devices`, default all devices of all processes (jax.local_devices(): this
+  process's only). Auto axis types: plain jit works on it."""
   return Mesh(np.array(devices if devices is not None else jax.devices()), (DATA_AXIS,))
 
 

@@ -10,6 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
+from ecg_contrastive import sharding
 from ecg_contrastive.data import pipeline
 from ecg_contrastive.data.builders.synthetic_ecg_ja import split_sizes
 
@@ -26,7 +27,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mesh():
   assert jax.device_count() == 8, "tests/conftest.py sets 8 virtual CPU devices"
-  return jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  return sharding.make_mesh()
 
 
 def _folder(data_dir):
@@ -143,7 +144,8 @@ def test_global_batch_shape_and_sharding(data_dir, mesh):
   assert batch["ecg"].shape == (64, 5000, 12) and batch["ecg"].dtype == np.int16
   assert batch["index"].shape == (64,) and "mask" not in batch
   for array in batch.values():
-    assert array.sharding.spec == jax.sharding.PartitionSpec("data")
+    assert array.sharding == sharding.data_sharding(mesh) == batches.sharding
+    assert array.sharding.spec == jax.sharding.PartitionSpec(sharding.DATA_AXIS) == jax.sharding.PartitionSpec("data")
     assert {shard.data.shape[0] for shard in array.addressable_shards} == {8}
   index = np.asarray(batch["index"])
   assert np.array_equal(np.asarray(batch["ecg"]), source.read(index))
@@ -211,6 +213,9 @@ def test_batch_sizes_that_do_not_divide_name_the_numbers(data_dir, mesh, monkeyp
     pipeline.BatchIterator(source, global_batch_size=64, mesh=mesh, seed=0, columns={"row": np.zeros(3)})
   with pytest.raises(ValueError, match="fewer than one batch"):
     pipeline.BatchIterator(source, global_batch_size=512, mesh=mesh, seed=0)
+  other_axis = jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
+  with pytest.raises(ValueError, match=f"needs an axis named {sharding.DATA_AXIS!r}"):
+    pipeline.BatchIterator(source, global_batch_size=64, mesh=other_axis, seed=0)
 
 
 def test_signal_contract_helpers():

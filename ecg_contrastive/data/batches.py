@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
 
 from ecg_contrastive.errors import DataError
+from ecg_contrastive.sharding import DATA_AXIS, data_sharding
 
 if TYPE_CHECKING:
   from ecg_contrastive.data.pipeline import EcgSource
 
-DATA_AXIS = "data"
 _END = object()
 
 
@@ -62,7 +62,7 @@ class BatchIterator:
       raise ValueError(f"prefetch must be >= 1, got {prefetch}")
     self.source, self.batch_size, self.seed, self.shuffle = source, global_batch_size, seed, shuffle
     self.drop_remainder, self.prefetch, self.num_epochs = drop_remainder, prefetch, num_epochs
-    self.sharding = NamedSharding(mesh, P(DATA_AXIS))
+    self.sharding = data_sharding(mesh)
     self._rows = _process_rows(self.sharding, global_batch_size)
     self._position = (0, 0)  # (epoch, batch) of the next batch __next__ returns
     self._ring: list = [(None, None), (None, None)]  # reader-thread host buffers and their device copies
