@@ -241,3 +241,60 @@ def test_signal_contract_helpers():
     signal.standardize(record[:, [0, 1, 2, 3, 4, 6, 7]], 250, names[:5] + names[6:])
   with pytest.raises(ValueError, match="expected \\(samples, leads\\)"):
     signal.standardize(record[:, 0], 250, names)
+
+
+def _package_imports(package: str) -> dict[str, set[str]]:
+  """Module -> the modules of `package` it imports anywhere (top level, in functions, under TYPE_CHECKING)."""
+  import ast
+  import importlib
+
+  folder = os.path.dirname(importlib.import_module(package).__file__)
+  root = folder
+  for _ in package.split("."):
+    root = os.path.dirname(root)
+  modules = {}
+  for directory, _, files in os.walk(folder):
+    for f in files:
+      if f.endswith(".py"):
+        rel = os.path.relpath(os.path.join(directory, f), root)[:-3]
+        modules[rel.replace(os.sep, ".").removesuffix(".__init__")] = os.path.join(directory, f)
+  graph = {}
+  for name, path in modules.items():
+    with open(path, encoding="utf-8") as f:
+      tree = ast.parse(f.read())
+    deps = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and node.module:
+        deps |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names}
+      elif isinstance(node, ast.Import):
+        deps |= {a.name for a in node.names}
+    graph[name] = {d for d in deps if d in modules and d != name}
+  return graph
+
+
+def test_imports_in_the_data_package_flow_one_way():
+  graph = _package_imports("ecg_contrastive.data")
+  assert "ecg_contrastive.data.batches" in graph["ecg_contrastive.data.pipeline"]  # pipeline -> batches ...
+  assert not graph["ecg_contrastive.data.batches"]  # ... never back (a duck-typed batches.Source)
+
+  def reaches(start, goal, seen=()):
+    return any(d == goal or (d not in seen and reaches(d, goal, (*seen, d))) for d in graph[start])
+
+  cycles = sorted(m for m in graph if reaches(m, m))
+  assert not cycles, f"import cycles through {cycles}"
+
+
+def test_worker_count_has_one_home_for_every_builder(monkeypatch):
+  from ecg_contrastive.data.builders import local_source, synthetic_ecg_ja, workers
+
+  graph = _package_imports("ecg_contrastive.data")
+  assert "ecg_contrastive.data.builders.synthetic_ecg_ja" not in graph["ecg_contrastive.data.builders.local_source"]
+  assert local_source.worker_count is synthetic_ecg_ja.worker_count is workers.worker_count
+  assert workers.worker_count.__module__ == workers.__name__
+  monkeypatch.setenv("ECG_CONTRASTIVE_WORKERS", "3")
+  assert workers.worker_count() == 3
+  monkeypatch.delenv("ECG_CONTRASTIVE_WORKERS")
+  assert workers.worker_count() == 2
+  monkeypatch.setenv("ECG_CONTRASTIVE_WORKERS", "0")
+  with pytest.raises(ValueError, match=r"ECG_CONTRASTIVE_WORKERS='0': use a positive integer"):
+    workers.worker_count()

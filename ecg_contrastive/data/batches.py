@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import jax
 import numpy as np
@@ -21,10 +21,17 @@ from jax.sharding import Mesh, NamedSharding
 from ecg_contrastive.errors import DataError
 from ecg_contrastive.sharding import DATA_AXIS, data_sharding
 
-if TYPE_CHECKING:
-  from ecg_contrastive.data.pipeline import EcgSource
-
 _END = object()
+
+
+class Source(Protocol):
+  """What BatchIterator reads: pipeline.EcgSource, or anything with these (imports flow pipeline -> batches)."""
+  name: str
+  ecg: np.ndarray  # (n, 5000, 12) int16; only its shape[1:] is read here
+
+  def __len__(self) -> int: ...
+
+  def read(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
 
 
 class BatchIterator:
@@ -37,7 +44,7 @@ class BatchIterator:
 
   _thread: threading.Thread | None = None
 
-  def __init__(self, source: EcgSource, *, global_batch_size: int, mesh: Mesh, seed: int, shuffle: bool = True,
+  def __init__(self, source: Source, *, global_batch_size: int, mesh: Mesh, seed: int, shuffle: bool = True,
                drop_remainder: bool = True, columns: dict[str, np.ndarray] | None = None, prefetch: int = 2,
                num_epochs: int | None = None):
     if DATA_AXIS not in mesh.axis_names:
