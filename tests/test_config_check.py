@@ -37,8 +37,9 @@ BAD_VALUES = [
     ("batch_size", 0, "positive integer"),
     ("eval_batch_size", -8, "positive integer"),
     ("microbatches", 0, "positive integer"),
-    ("ecg_length", 2500, "5000"),
+    ("ecg_length", 2500, "5000"),  # retired keys (config_check.RETIRED): the shape lives in ecg/signal.py
     ("ecg_leads", 8, "12"),
+    ("ecg_leads", True, "12"),
     ("text.max_length", 0, "> 2"),
     ("text.batch_size", 0, "positive integer"),
     ("text.pooling", "max", "('cls', 'mean', 'pooler')"),
@@ -82,6 +83,23 @@ def test_bad_value_is_named_with_what_to_use(key, value, use):
   assert "\n" not in message and isinstance(info.value, UserError)
 
 
+def test_ecg_shape_has_one_home_and_older_configs_still_pass():
+  """The input shape is ecg/signal.py's, not a config key; an older config.json with the fixed values passes."""
+  from ecg_contrastive.config_check import retired_key_message
+  from ecg_contrastive.ecg import signal
+
+  for c in (default.get_config(), default.get_config("tiny"), paper.get_config()):
+    assert "ecg_length" not in c and "ecg_leads" not in c
+  older = with_value("ecg_length", signal.NUM_SAMPLES)
+  older.__dict__["_fields"]["ecg_leads"] = signal.NUM_LEADS
+  check_values(older)
+  with pytest.raises(ConfigError, match=r"config.ecg_length=2500: config.ecg_length is no longer a setting: the ECG "
+                     r"input is fixed at 5000 x 12 \(samples x leads\) by ecg_contrastive/ecg/signal.py"):
+    check_values(with_value("ecg_length", 2500))
+  assert retired_key_message("batch_size") is None
+  assert f"{signal.NUM_SAMPLES} x {signal.NUM_LEADS}" in retired_key_message("ecg_leads")
+
+
 @pytest.mark.parametrize("splits, says", [
     ((), "non-empty tuple"),
     ("test", "non-empty tuple"),
@@ -106,8 +124,9 @@ def run_main(*args, env=None):
     (["--bogus_flag"], ["bogus_flag", "--helpshort"]),
     (["--config.optimizer.lr=-0.001"], ["config.optimizer.lr=-0.001", "use a number > 0"]),
     (["--config.checkpoint_every=0"], ["config.checkpoint_every=0", ">= 1"]),
+    (["--config.ecg_length=2500"], ["--config.ecg_length=2500: unknown config key config.ecg_length"]),
 ], ids=["typo-key", "typo-nested-key", "key-below-a-value", "string-for-int", "unknown-flag", "negative-lr",
-        "checkpoint-every-0"])
+        "checkpoint-every-0", "retired-ecg-length"])
 def test_command_line_mistake_is_one_line_exit_2(args, says, tmp_path):
   result = run_main("--config", "configs/default.py:tiny", "--workdir", str(tmp_path / "run"), *args)
   lines = result.stderr.strip().splitlines()
