@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from ecg_contrastive.errors import DataError
-from ecg_contrastive.sharding import DATA_AXIS, data_sharding
+from ecg_contrastive.sharding import DATA_AXIS, batch_sizes, data_sharding
 
 _END = object()
 
@@ -49,13 +49,10 @@ class BatchIterator:
                num_epochs: int | None = None):
     if DATA_AXIS not in mesh.axis_names:
       raise ValueError(f"the mesh needs an axis named {DATA_AXIS!r} to shard batches over; it has {mesh.axis_names}")
-    processes, shards = jax.process_count(), mesh.shape[DATA_AXIS]
-    if global_batch_size <= 0 or global_batch_size % processes:
-      raise ValueError(f"global_batch_size {global_batch_size} does not divide over {processes} JAX processes; "
-                       f"use a positive multiple of {processes}")
-    if global_batch_size % shards:
-      raise ValueError(f"global_batch_size {global_batch_size} does not divide over the {shards} shards of mesh "
-                       f"axis {DATA_AXIS!r}; use a multiple of {shards}")
+    try:
+      batch_sizes(global_batch_size, mesh)  # the one home of the rules: over processes and the mesh's devices
+    except ValueError as e:
+      raise ValueError(f"global_batch_size {global_batch_size}: {e}") from e
     n = len(source)
     if n == 0 or (drop_remainder and n < global_batch_size):
       raise DataError(f"{source.name} has {n} records, fewer than one batch of {global_batch_size}; lower "
