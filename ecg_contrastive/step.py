@@ -89,7 +89,7 @@ def make_train_step(config, model: TwoTower, tx, schedule, mesh):
   (gradient caching, arXiv 2101.06983): see `_cached_gradients`.
   """
   loss_of = make_loss(config, mesh)
-  microbatches = config.get("microbatches", 1)
+  microbatches = config.microbatches
 
   def step(state, batch, table):
     rows = batch["report_row"]

@@ -186,6 +186,27 @@ def test_dataset_variant_and_batch_split_are_checked_before_any_work(key, value,
   assert not os.path.exists(tmp_path / "tfds")  # nothing was built
 
 
+def test_microbatches_default_has_one_home_and_a_config_without_it_is_told_what_to_set(tmp_path):
+  """configs/default.py is the one home of the default; code reads config.microbatches, and check_config names a
+  config file that lacks the key (written before it existed) instead of filling in a second default."""
+  from ecg_contrastive.config_check import REQUIRED, check_config
+
+  assert "microbatches" in REQUIRED
+  assert default.get_config().microbatches == default.get_config("tiny").microbatches == paper.get_config().microbatches == 1
+  c = default.get_config("tiny")
+  c.data_dir = str(tmp_path / "tfds")
+  del c["microbatches"]
+  with pytest.raises(ConfigError) as info:
+    check_config(c)
+  message = str(info.value)
+  assert message.startswith("config.microbatches is missing: set it in the config file") and "\n" not in message
+  assert "a positive integer (1: no gradient caching)" in message and "configs/default.py" in message
+  assert not os.path.exists(tmp_path / "tfds")  # nothing was built
+  for name in ("step.py", "train.py", "config_check.py"):  # no second default in the code
+    with open(os.path.join(ROOT, "ecg_contrastive", name), encoding="utf-8") as f:
+      assert 'get("microbatches"' not in f.read()
+
+
 def test_workdir_that_is_a_file_is_one_line(tmp_path):
   (tmp_path / "afile").write_text("")
   result = run_main("--config", "configs/default.py:tiny", "--workdir", str(tmp_path / "afile"))
