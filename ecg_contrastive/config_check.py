@@ -75,8 +75,8 @@ RULES = (
 # Keys that were settings once and are fixed now: key -> (the one value an older config may still hold, why).
 # A config.json of an older run keeps working (that value is ignored); any other value is an error saying so.
 RETIRED = {
-    "ecg_length": (signal.NUM_SAMPLES, f"every dataset stores {signal.DURATION_S} s at {signal.SAMPLE_RATE} Hz; to "
-                   "compute at a lower rate set config.model.downsample"),
+    "ecg_length": (signal.NUM_SAMPLES, (f"every dataset stores {signal.DURATION_S} s at {signal.SAMPLE_RATE} Hz; "
+                                        "to compute at a lower rate set config.model.downsample")),
     "ecg_leads": (signal.NUM_LEADS, "every dataset stores the 12 standard leads"),
 }
 
