@@ -21,8 +21,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.source_dir = ""  # folder of the raw records for ptbxl / mimic_iv_ecg / ecg_manifest (docs/data.md)
   c.train_split = "train"
   c.eval_splits = ("validation", "test")
-  c.ecg_length = 5000
-  c.ecg_leads = 12
 
   c.text = ml_collections.ConfigDict()
   c.text.model_dir = ""  # "" -> the stand-in BERT (random weights, character vocabulary), written on first use

@@ -46,11 +46,6 @@ RULES = (
     Rule("microbatches", int, lambda v: v >= 1, "a positive integer (1: no gradient caching)"),
     Rule("num_steps", int, lambda v: v >= 0, "an integer >= 0 (0: train num_epochs epochs)"),
     Rule("num_epochs", int, lambda v: v >= 0, "an integer >= 0 (ignored when num_steps > 0)"),
-    Rule("ecg_length", int, lambda v: v == signal.NUM_SAMPLES,
-         f"{signal.NUM_SAMPLES}: every dataset stores {signal.DURATION_S} s at {signal.SAMPLE_RATE} Hz "
-         "(the model's input contract); to compute at a lower rate set config.model.downsample"),
-    Rule("ecg_leads", int, lambda v: v == signal.NUM_LEADS,
-         f"{signal.NUM_LEADS}: every dataset stores the 12 standard leads (the model's input contract)"),
     Rule("prefetch", int, lambda v: v >= 1, "an integer >= 1 (batches read ahead), e.g. 2"),
     Rule("log_every", int, lambda v: v >= 1, "an integer >= 1 (steps between metric lines), e.g. 20"),
     Rule("eval_every", int, lambda v: v >= 0, "an integer >= 0 (0: evaluate at the end only)"),
@@ -77,6 +72,27 @@ RULES = (
     Rule("train_split", str, _choice(SPLITS), f"one of {SPLITS}"),
 )
 
+# Keys that were settings once and are fixed now: key -> (the one value an older config may still hold, why).
+# A config.json of an older run keeps working (that value is ignored); any other value is an error saying so.
+RETIRED = {
+    "ecg_length": (signal.NUM_SAMPLES, (f"every dataset stores {signal.DURATION_S} s at {signal.SAMPLE_RATE} Hz; "
+                                        "to compute at a lower rate set config.model.downsample")),
+    "ecg_leads": (signal.NUM_LEADS, "every dataset stores the 12 standard leads"),
+}
+
+
+def retired_key_message(key: str) -> str | None:
+  """For a key of RETIRED: what it was and why it is gone (for an 'unknown key' message); else None."""
+  if key not in RETIRED:
+    return None
+  return (f"config.{key} is no longer a setting: the ECG input is fixed at {signal.NUM_SAMPLES} x "
+          f"{signal.NUM_LEADS} (samples x leads) by ecg_contrastive/ecg/signal.py; {RETIRED[key][1]}")
+
+
+# Keys the trainer reads that a config file written before they existed may lack. Their defaults have one home,
+# configs/default.py; a config without one is reported (what to set), never filled in here with a second default.
+REQUIRED = ("microbatches",)
+
 _KIND = {int: "an integer", float: "a number", str: "a string"}
 _MISSING = object()
 
@@ -100,7 +116,12 @@ def _kind_ok(value: Any, kind: type) -> bool:
 
 def check_values(config: ml_collections.ConfigDict) -> None:
   """ConfigError for the first value of RULES of the wrong type, NaN/inf or out of range, and for bad eval_splits.
-  Keys a config does not have are skipped (an older config.json)."""
+  Keys a config does not have are skipped (an older config.json); a RETIRED key is accepted only at its fixed value."""
+  for key, (fixed, _) in RETIRED.items():
+    value = _get(config, key)
+    if value is not _MISSING and (isinstance(value, bool) or value != fixed):
+      raise ConfigError(f"config.{key}={value!r}: {retired_key_message(key)}; use no {key} key (an older "
+                        f"config's {key}={fixed} is ignored)")
   for rule in RULES:
     value = _get(config, rule.key)
     if value is _MISSING:
@@ -123,6 +144,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
+  _check_required(config)
   check_values(config)
   dataset = config.dataset.split("/")[0]
   known = pipeline.known_datasets()
@@ -176,14 +198,22 @@ def _check_text_length(config: ml_collections.ConfigDict) -> None:
                       f"positions; use at most {max_tokens(model)}")
 
 
+def _check_required(config: ml_collections.ConfigDict) -> None:
+  """ConfigError naming the first key of REQUIRED the config lacks and what to set it to."""
+  use = {rule.key: rule.use for rule in RULES}
+  for key in REQUIRED:
+    if _get(config, key) is _MISSING:
+      raise ConfigError(f"config.{key} is missing: set it in the config file (--config.{key} works only for keys "
+                        f"the file has): {use[key]}; configs/default.py has every key with its default")
+
+
 def _check_batch_sizes(config: ml_collections.ConfigDict) -> None:
   """batch_size (with microbatches) and eval_batch_size split evenly over this run's devices and processes (the
   split train.py makes), checked before any data or model work."""
   from ecg_contrastive.sharding import batch_sizes, make_mesh
 
   mesh = make_mesh()
-  microbatches = config.get("microbatches", 1)
-  for key, microbatches in (("batch_size", microbatches), ("eval_batch_size", 1)):
+  for key, microbatches in (("batch_size", config.microbatches), ("eval_batch_size", 1)):
     try:
       batch_sizes(config[key], mesh, microbatches)
     except ValueError as e:

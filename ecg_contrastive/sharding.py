@@ -1,8 +1,14 @@
-"""Device mesh and batch-size bookkeeping. One mesh axis, 'data': the batch is split over it."""
+"""Device mesh and batch-size bookkeeping. One mesh axis, 'data': the batch is split over it.
+
+The one home of the mesh axis name (DATA_AXIS), of the meshes the project builds (make_mesh: training over
+all devices, the text encoder over one process's devices) and of the rules a batch size must meet
+(batch_sizes); the batch iterator, the training step, the losses and the config check use these.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import numpy as np
@@ -12,7 +18,8 @@ DATA_AXIS = "data"
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
-  """A 1-D mesh over all devices (all processes). Auto axis types: plain jit works on it."""
+  """A 1-D mesh (DATA_AXIS,) over `devices`, default all devices of all processes (jax.local_devices(): this
+  process's only). Auto axis types: plain jit works on it."""
   return Mesh(np.array(devices if devices is not None else jax.devices()), (DATA_AXIS,))
 
 
@@ -44,18 +51,23 @@ class BatchSizes:
 
 
 def batch_sizes(global_batch: int, mesh: Mesh, microbatches: int = 1) -> BatchSizes:
-  """Splits a global batch over processes, devices (and micro-batches); a ValueError names the numbers if it cannot."""
-  devices = mesh.devices.size
+  """Splits a global batch over processes, devices (the mesh's DATA_AXIS) and micro-batches; a ValueError names
+  the numbers and what to use if it cannot. The one home of these rules: the config check, the trainer and the
+  batch iterator call it (each adding only what it alone knows, e.g. the config key)."""
+  devices = mesh.shape[DATA_AXIS]  # the batch is split over this axis (all of make_mesh's devices)
   processes = jax.process_count()
-  if global_batch <= 0:
+  if isinstance(global_batch, bool) or global_batch <= 0:
     raise ValueError(f"batch_size must be positive, got {global_batch}")
   if global_batch % devices:
     lo, hi = global_batch // devices * devices, (global_batch // devices + 1) * devices
     raise ValueError(f"batch_size {global_batch} does not divide over the {devices} devices of the mesh; "
                      f"use a multiple of {devices} (e.g. {lo or hi} or {hi})")
   if global_batch % processes:
-    raise ValueError(f"batch_size {global_batch} does not divide over {processes} processes")
+    raise ValueError(f"batch_size {global_batch} does not divide over {processes} processes; use a multiple of "
+                     f"{math.lcm(processes, devices)}")
   per_device = global_batch // devices
+  if isinstance(microbatches, bool) or microbatches < 1:
+    raise ValueError(f"microbatches must be a positive integer (1: no gradient caching), got {microbatches}")
   if per_device % microbatches:
     raise ValueError(f"microbatches {microbatches} does not divide the {per_device} ECGs per device (batch_size "
                      f"{global_batch} over {devices} devices); use a divisor of {per_device}")

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ecg_contrastive.ecg.signal import MV_PER_UNIT
+from ecg_contrastive.ecg.signal import MV_PER_UNIT, NUM_LEADS, NUM_SAMPLES
 from ecg_contrastive.losses import sigmoid_loss, softmax_loss
 from ecg_contrastive.models.two_tower import TwoTower
 from ecg_contrastive.sharding import DATA_AXIS, data_sharding, replicated
@@ -50,8 +50,9 @@ def make_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation
 
 
 def init_state(config, model: TwoTower, tx, text_dim: int, mesh) -> dict:
-  """Replicated {step, params, batch_stats, opt_state} on the mesh."""
-  ecg = jnp.zeros((2, config.ecg_length, config.ecg_leads), jnp.float32)
+  """Replicated {step, params, batch_stats, opt_state} on the mesh (initialised on the input contract's shape,
+  ecg/signal.py's (NUM_SAMPLES, NUM_LEADS); the parameters do not depend on the length)."""
+  ecg = jnp.zeros((2, NUM_SAMPLES, NUM_LEADS), jnp.float32)
 
   @jax.jit
   def init(rng):
@@ -88,7 +89,7 @@ def make_train_step(config, model: TwoTower, tx, schedule, mesh):
   (gradient caching, arXiv 2101.06983): see `_cached_gradients`.
   """
   loss_of = make_loss(config, mesh)
-  microbatches = config.get("microbatches", 1)
+  microbatches = config.microbatches
 
   def step(state, batch, table):
     rows = batch["report_row"]

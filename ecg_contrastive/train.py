@@ -163,8 +163,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # 2. mesh and batch sizes
   mesh = make_mesh()
-  sizes = batch_sizes(config.batch_size, mesh, config.get("microbatches", 1))
-  batch_sizes(config.eval_batch_size, mesh)
+  sizes = batch_sizes(config.batch_size, mesh, config.microbatches)  # eval_batch_size: check_config (1.)
   log.info("mesh %s over %d device(s) (%s); %s", dict(mesh.shape), mesh.devices.size, jax.devices()[0].platform,
            sizes.describe())
 

@@ -37,8 +37,9 @@ BAD_VALUES = [
     ("batch_size", 0, "positive integer"),
     ("eval_batch_size", -8, "positive integer"),
     ("microbatches", 0, "positive integer"),
-    ("ecg_length", 2500, "5000"),
+    ("ecg_length", 2500, "5000"),  # retired keys (config_check.RETIRED): the shape lives in ecg/signal.py
     ("ecg_leads", 8, "12"),
+    ("ecg_leads", True, "12"),
     ("text.max_length", 0, "> 2"),
     ("text.batch_size", 0, "positive integer"),
     ("text.pooling", "max", "('cls', 'mean', 'pooler')"),
@@ -82,6 +83,23 @@ def test_bad_value_is_named_with_what_to_use(key, value, use):
   assert "\n" not in message and isinstance(info.value, UserError)
 
 
+def test_ecg_shape_has_one_home_and_older_configs_still_pass():
+  """The input shape is ecg/signal.py's, not a config key; an older config.json with the fixed values passes."""
+  from ecg_contrastive.config_check import retired_key_message
+  from ecg_contrastive.ecg import signal
+
+  for c in (default.get_config(), default.get_config("tiny"), paper.get_config()):
+    assert "ecg_length" not in c and "ecg_leads" not in c
+  older = with_value("ecg_length", signal.NUM_SAMPLES)
+  older.__dict__["_fields"]["ecg_leads"] = signal.NUM_LEADS
+  check_values(older)
+  with pytest.raises(ConfigError, match=r"config.ecg_length=2500: config.ecg_length is no longer a setting: the ECG "
+                     r"input is fixed at 5000 x 12 \(samples x leads\) by ecg_contrastive/ecg/signal.py"):
+    check_values(with_value("ecg_length", 2500))
+  assert retired_key_message("batch_size") is None
+  assert f"{signal.NUM_SAMPLES} x {signal.NUM_LEADS}" in retired_key_message("ecg_leads")
+
+
 @pytest.mark.parametrize("splits, says", [
     ((), "non-empty tuple"),
     ("test", "non-empty tuple"),
@@ -107,8 +125,10 @@ def run_main(*args, env=None):
     pytest.param(["--config.optimizer.lr=-0.001"], ["config.optimizer.lr=-0.001", "use a number > 0"],
                  marks=pytest.mark.slow),
     pytest.param(["--config.checkpoint_every=0"], ["config.checkpoint_every=0", ">= 1"], marks=pytest.mark.slow),
+    pytest.param(["--config.ecg_length=2500"], ["--config.ecg_length=2500: unknown config key config.ecg_length"],
+                 marks=pytest.mark.slow),
 ], ids=["typo-key", "typo-nested-key", "key-below-a-value", "string-for-int", "unknown-flag", "negative-lr",
-        "checkpoint-every-0"])
+        "checkpoint-every-0", "retired-ecg-length"])
 def test_command_line_mistake_is_one_line_exit_2(args, says, tmp_path):
   result = run_main("--config", "configs/default.py:tiny", "--workdir", str(tmp_path / "run"), *args)
   lines = result.stderr.strip().splitlines()
@@ -167,6 +187,27 @@ def test_dataset_variant_and_batch_split_are_checked_before_any_work(key, value,
     check_config(c)
   assert says in str(info.value)
   assert not os.path.exists(tmp_path / "tfds")  # nothing was built
+
+
+def test_microbatches_default_has_one_home_and_a_config_without_it_is_told_what_to_set(tmp_path):
+  """configs/default.py is the one home of the default; code reads config.microbatches, and check_config names a
+  config file that lacks the key (written before it existed) instead of filling in a second default."""
+  from ecg_contrastive.config_check import REQUIRED, check_config
+
+  assert "microbatches" in REQUIRED
+  assert default.get_config().microbatches == default.get_config("tiny").microbatches == paper.get_config().microbatches == 1
+  c = default.get_config("tiny")
+  c.data_dir = str(tmp_path / "tfds")
+  del c["microbatches"]
+  with pytest.raises(ConfigError) as info:
+    check_config(c)
+  message = str(info.value)
+  assert message.startswith("config.microbatches is missing: set it in the config file") and "\n" not in message
+  assert "a positive integer (1: no gradient caching)" in message and "configs/default.py" in message
+  assert not os.path.exists(tmp_path / "tfds")  # nothing was built
+  for name in ("step.py", "train.py", "config_check.py"):  # no second default in the code
+    with open(os.path.join(ROOT, "ecg_contrastive", name), encoding="utf-8") as f:
+      assert 'get("microbatches"' not in f.read()
 
 
 def test_workdir_that_is_a_file_is_one_line(tmp_path):

@@ -15,7 +15,7 @@ BATCH, TEXT_DIM, ROWS, LENGTH = 32, 16, 12, 1000  # the tower takes any length
 
 def _setup(microbatches: int, loss: str = "softmax"):
   config = default.get_config("tiny")
-  config.batch_size, config.microbatches, config.ecg_length = BATCH, microbatches, LENGTH
+  config.batch_size, config.microbatches = BATCH, microbatches
   config.loss.name = loss
   config.optimizer.warmup_steps = 0  # the first step updates at the full learning rate (the bias must move)
   if loss == "sigmoid":

@@ -99,6 +99,28 @@ def test_batch_sizes_name_the_numbers():
   assert "gradient caching over 4 micro-batches of 16 (2 per device)" in batch_sizes(64, mesh, 4).describe()
   with pytest.raises(ValueError, match=r"microbatches 3 does not divide the 8 ECGs per device.*divisor of 8"):
     batch_sizes(64, mesh, 3)
+  with pytest.raises(ValueError, match=r"microbatches must be a positive integer \(1: no gradient caching\), got 0"):
+    batch_sizes(64, mesh, 0)
+  with pytest.raises(ValueError, match=r"batch_size must be positive, got 0"):
+    batch_sizes(0, mesh)
+  half = make_mesh(jax.devices()[:4])  # the rules count the devices of the mesh's data axis
+  assert (batch_sizes(12, half).per_device, batch_sizes(12, half).devices) == (3, 4)
+
+
+def test_batch_size_rules_have_one_home():
+  """Only sharding.batch_sizes says what divides what; the config check, trainer and iterator call it."""
+  import os
+
+  import ecg_contrastive
+  package = os.path.dirname(ecg_contrastive.__file__)
+  saying = []
+  for directory, _, files in os.walk(package):
+    for f in files:
+      if f.endswith(".py"):
+        with open(os.path.join(directory, f), encoding="utf-8") as source:
+          if "does not divide" in source.read():
+            saying.append(os.path.relpath(os.path.join(directory, f), package))
+  assert saying == ["sharding.py"]
 
 
 def full_batch_sigmoid_loss(ecg, txt, scale, bias, ids=None):

@@ -10,6 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
+from ecg_contrastive import sharding
 from ecg_contrastive.data import pipeline
 from ecg_contrastive.data.builders.synthetic_ecg_ja import split_sizes
 
@@ -26,7 +27,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mesh():
   assert jax.device_count() == 8, "tests/conftest.py sets 8 virtual CPU devices"
-  return jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  return sharding.make_mesh()
 
 
 def _folder(data_dir):
@@ -143,7 +144,8 @@ def test_global_batch_shape_and_sharding(data_dir, mesh):
   assert batch["ecg"].shape == (64, 5000, 12) and batch["ecg"].dtype == np.int16
   assert batch["index"].shape == (64,) and "mask" not in batch
   for array in batch.values():
-    assert array.sharding.spec == jax.sharding.PartitionSpec("data")
+    assert array.sharding == sharding.data_sharding(mesh) == batches.sharding
+    assert array.sharding.spec == jax.sharding.PartitionSpec(sharding.DATA_AXIS) == jax.sharding.PartitionSpec("data")
     assert {shard.data.shape[0] for shard in array.addressable_shards} == {8}
   index = np.asarray(batch["index"])
   assert np.array_equal(np.asarray(batch["ecg"]), source.read(index))
@@ -201,16 +203,27 @@ def test_resume_continues_at_the_exact_next_batch(data_dir, mesh):
 
 def test_batch_sizes_that_do_not_divide_name_the_numbers(data_dir, mesh, monkeypatch):
   source = pipeline.open_source(DATASET, "train", data_dir)
-  with pytest.raises(ValueError, match=r"global_batch_size 36 .* 8 shards"):
+  # The rules are sharding.batch_sizes' (their one home); the iterator names its argument.
+  with pytest.raises(ValueError, match=r"^global_batch_size 36: batch_size 36 does not divide over the 8 devices "
+                     r"of the mesh; use a multiple of 8 \(e.g. 32 or 40\)$"):
     pipeline.BatchIterator(source, global_batch_size=36, mesh=mesh, seed=0)
+  with pytest.raises(ValueError, match=r"^global_batch_size 0: batch_size must be positive"):
+    pipeline.BatchIterator(source, global_batch_size=0, mesh=mesh, seed=0)
   monkeypatch.setattr(jax, "process_count", lambda: 3)
-  with pytest.raises(ValueError, match=r"global_batch_size 64 .* 3 JAX processes"):
+  with pytest.raises(ValueError, match=r"^global_batch_size 64: batch_size 64 does not divide over 3 processes; "
+                     r"use a multiple of 24$"):
     pipeline.BatchIterator(source, global_batch_size=64, mesh=mesh, seed=0)
+  with pytest.raises(ValueError) as from_sharding:
+    sharding.batch_sizes(64, mesh)
   monkeypatch.undo()
+  assert str(from_sharding.value) == "batch_size 64 does not divide over 3 processes; use a multiple of 24"
   with pytest.raises(ValueError, match="column 'row'"):
     pipeline.BatchIterator(source, global_batch_size=64, mesh=mesh, seed=0, columns={"row": np.zeros(3)})
   with pytest.raises(ValueError, match="fewer than one batch"):
     pipeline.BatchIterator(source, global_batch_size=512, mesh=mesh, seed=0)
+  other_axis = jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
+  with pytest.raises(ValueError, match=f"needs an axis named {sharding.DATA_AXIS!r}"):
+    pipeline.BatchIterator(source, global_batch_size=64, mesh=other_axis, seed=0)
 
 
 def test_signal_contract_helpers():
@@ -236,3 +249,60 @@ def test_signal_contract_helpers():
     signal.standardize(record[:, [0, 1, 2, 3, 4, 6, 7]], 250, names[:5] + names[6:])
   with pytest.raises(ValueError, match="expected \\(samples, leads\\)"):
     signal.standardize(record[:, 0], 250, names)
+
+
+def _package_imports(package: str) -> dict[str, set[str]]:
+  """Module -> the modules of `package` it imports anywhere (top level, in functions, under TYPE_CHECKING)."""
+  import ast
+  import importlib
+
+  folder = os.path.dirname(importlib.import_module(package).__file__)
+  root = folder
+  for _ in package.split("."):
+    root = os.path.dirname(root)
+  modules = {}
+  for directory, _, files in os.walk(folder):
+    for f in files:
+      if f.endswith(".py"):
+        rel = os.path.relpath(os.path.join(directory, f), root)[:-3]
+        modules[rel.replace(os.sep, ".").removesuffix(".__init__")] = os.path.join(directory, f)
+  graph = {}
+  for name, path in modules.items():
+    with open(path, encoding="utf-8") as f:
+      tree = ast.parse(f.read())
+    deps = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and node.module:
+        deps |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names}
+      elif isinstance(node, ast.Import):
+        deps |= {a.name for a in node.names}
+    graph[name] = {d for d in deps if d in modules and d != name}
+  return graph
+
+
+def test_imports_in_the_data_package_flow_one_way():
+  graph = _package_imports("ecg_contrastive.data")
+  assert "ecg_contrastive.data.batches" in graph["ecg_contrastive.data.pipeline"]  # pipeline -> batches ...
+  assert not graph["ecg_contrastive.data.batches"]  # ... never back (a duck-typed batches.Source)
+
+  def reaches(start, goal, seen=()):
+    return any(d == goal or (d not in seen and reaches(d, goal, (*seen, d))) for d in graph[start])
+
+  cycles = sorted(m for m in graph if reaches(m, m))
+  assert not cycles, f"import cycles through {cycles}"
+
+
+def test_worker_count_has_one_home_for_every_builder(monkeypatch):
+  from ecg_contrastive.data.builders import local_source, synthetic_ecg_ja, workers
+
+  graph = _package_imports("ecg_contrastive.data")
+  assert "ecg_contrastive.data.builders.synthetic_ecg_ja" not in graph["ecg_contrastive.data.builders.local_source"]
+  assert local_source.worker_count is synthetic_ecg_ja.worker_count is workers.worker_count
+  assert workers.worker_count.__module__ == workers.__name__
+  monkeypatch.setenv("ECG_CONTRASTIVE_WORKERS", "3")
+  assert workers.worker_count() == 3
+  monkeypatch.delenv("ECG_CONTRASTIVE_WORKERS")
+  assert workers.worker_count() == 2
+  monkeypatch.setenv("ECG_CONTRASTIVE_WORKERS", "0")
+  with pytest.raises(ValueError, match=r"ECG_CONTRASTIVE_WORKERS='0': use a positive integer"):
+    workers.worker_count()

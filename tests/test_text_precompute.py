@@ -14,7 +14,7 @@ import pytest
 from ecg_contrastive.models.bert import load_hf_encoder
 from ecg_contrastive.vocab.terms import term_names
 from ecg_contrastive.text import precompute
-from ecg_contrastive.text.encode import bucket_length, plan_batches
+from ecg_contrastive.text.encode import Encoder, bucket_length, plan_batches
 from ecg_contrastive.text.precompute import DEFAULT_LABEL_TEMPLATES, embed_label_prompts, embed_texts
 from ecg_contrastive.text.standin import standin_vocabulary, write_standin_model
 from ecg_contrastive.text.tokenizer import load_tokenizer, tokenize
@@ -105,6 +105,21 @@ def test_bucket_lengths_and_batch_plan():
   assert padded < 1.16 * lengths.sum()  # bucket steps 8 and 16, rows to 8 devices; data order: ~1.9x
   assert [b.length for b in batches] == sorted(b.length for b in batches)
   assert len({(b.rows, b.length) for b in batches}) <= 2 * 12  # 12 bucket lengths up to 128
+
+
+def test_encoder_shards_rows_over_the_shared_mesh_of_local_devices(standin):
+  from ecg_contrastive.sharding import DATA_AXIS, data_sharding, make_mesh, replicated
+
+  module, params, _ = load_hf_encoder(standin)
+  encoder = Encoder(module, params, "mean")
+  local = make_mesh(jax.local_devices())  # sharding.py: the one home of the mesh and its axis name
+  assert encoder.num_devices == len(jax.local_devices()) == 8
+  assert encoder._rows == data_sharding(local) and encoder._rows.spec == jax.sharding.PartitionSpec(DATA_AXIS)
+  leaf = jax.tree_util.tree_leaves(encoder._params)[0]
+  assert leaf.sharding == replicated(local)
+  ids = np.ones((8, 16), np.int32)
+  out = encoder(ids, ids)
+  assert out.shape == (8, 128) and out.sharding.spec[0] == DATA_AXIS
 
 
 def test_embed_texts_dedupes_and_matches_a_plain_forward(standin, tmp_path):

@@ -12,19 +12,26 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
 
 from ecg_contrastive.errors import DataError
+from ecg_contrastive.sharding import DATA_AXIS, batch_sizes, data_sharding
 
-if TYPE_CHECKING:
-  from ecg_contrastive.data.pipeline import EcgSource
-
-DATA_AXIS = "data"
 _END = object()
+
+
+class Source(Protocol):
+  """What BatchIterator reads: pipeline.EcgSource, or anything with these (imports flow pipeline -> batches)."""
+  name: str
+  ecg: np.ndarray  # (n, 5000, 12) int16; only its shape[1:] is read here
+
+  def __len__(self) -> int: ...
+
+  def read(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
 
 
 class BatchIterator:
@@ -37,18 +44,15 @@ class BatchIterator:
 
   _thread: threading.Thread | None = None
 
-  def __init__(self, source: EcgSource, *, global_batch_size: int, mesh: Mesh, seed: int, shuffle: bool = True,
+  def __init__(self, source: Source, *, global_batch_size: int, mesh: Mesh, seed: int, shuffle: bool = True,
                drop_remainder: bool = True, columns: dict[str, np.ndarray] | None = None, prefetch: int = 2,
                num_epochs: int | None = None):
     if DATA_AXIS not in mesh.axis_names:
       raise ValueError(f"the mesh needs an axis named {DATA_AXIS!r} to shard batches over; it has {mesh.axis_names}")
-    processes, shards = jax.process_count(), mesh.shape[DATA_AXIS]
-    if global_batch_size <= 0 or global_batch_size % processes:
-      raise ValueError(f"global_batch_size {global_batch_size} does not divide over {processes} JAX processes; "
-                       f"use a positive multiple of {processes}")
-    if global_batch_size % shards:
-      raise ValueError(f"global_batch_size {global_batch_size} does not divide over the {shards} shards of mesh "
-                       f"axis {DATA_AXIS!r}; use a multiple of {shards}")
+    try:
+      batch_sizes(global_batch_size, mesh)  # the one home of the rules: over processes and the mesh's devices
+    except ValueError as e:
+      raise ValueError(f"global_batch_size {global_batch_size}: {e}") from e
     n = len(source)
     if n == 0 or (drop_remainder and n < global_batch_size):
       raise DataError(f"{source.name} has {n} records, fewer than one batch of {global_batch_size}; lower "
@@ -62,7 +66,7 @@ class BatchIterator:
       raise ValueError(f"prefetch must be >= 1, got {prefetch}")
     self.source, self.batch_size, self.seed, self.shuffle = source, global_batch_size, seed, shuffle
     self.drop_remainder, self.prefetch, self.num_epochs = drop_remainder, prefetch, num_epochs
-    self.sharding = NamedSharding(mesh, P(DATA_AXIS))
+    self.sharding = data_sharding(mesh)
     self._rows = _process_rows(self.sharding, global_batch_size)
     self._position = (0, 0)  # (epoch, batch) of the next batch __next__ returns
     self._ring: list = [(None, None), (None, None)]  # reader-thread host buffers and their device copies

@@ -4,7 +4,7 @@ Texts are sorted by token count and grouped by bucketed length (`bucket_length`:
 25% padding), then cut into batches of at most `batch_size` within each bucket, so
 padding stays small and so does the number of distinct shapes, hence of XLA
 compilations (at most two per bucket length). Rows are padded to a
-multiple of the local device count and sharded over a 1-D mesh ('data',) of all local
+multiple of the local device count and sharded over a 1-D mesh (sharding.make_mesh) of all local
 devices; the parameters are replicated. Dispatch is asynchronous: the host packs the
 next batch while the devices run the current one.
 """
@@ -18,9 +18,9 @@ from functools import partial
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ecg_contrastive.models.bert import check_pooling, pool
+from ecg_contrastive.sharding import data_sharding, make_mesh, replicated
 
 
 def bucket_length(tokens: np.ndarray | int, max_length: int) -> np.ndarray:
@@ -89,11 +89,10 @@ class Encoder:
     check_pooling(pooling, module.with_pooler)
     self.dim = module.config.hidden_size
     self._module, self._pooling = module, pooling
-    devices = jax.local_devices()
-    self.num_devices = len(devices)
-    mesh = Mesh(np.array(devices), ("data",))
-    self._rows = NamedSharding(mesh, P("data"))
-    self._params = jax.device_put(params, NamedSharding(mesh, P()))
+    mesh = make_mesh(jax.local_devices())
+    self.num_devices = mesh.devices.size
+    self._rows = data_sharding(mesh)
+    self._params = jax.device_put(params, replicated(mesh))
 
   def __call__(self, input_ids: np.ndarray, mask: np.ndarray) -> jax.Array:
     """(rows, L) int32 each -> (rows, D) float32, computed asynchronously."""

@@ -28,8 +28,8 @@ import tensorflow_datasets as tfds
 
 from ecg_contrastive.data import cache
 from ecg_contrastive.data.builders.features import CONTRACT, ecg_report_features
-from ecg_contrastive.data.builders.synthetic_ecg_ja import worker_count
 from ecg_contrastive.data.builders.tf_free import plain_file_spill
+from ecg_contrastive.data.builders.workers import worker_count
 from ecg_contrastive.errors import UserError
 
 SPLITS = ("train", "validation", "test")

@@ -16,13 +16,13 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import multiprocessing
-import os
 
 import tensorflow_datasets as tfds
 
 from ecg_contrastive.data.synthetic import synth
 from ecg_contrastive.data.builders.features import CONTRACT, ecg_report_features
 from ecg_contrastive.data.builders.tf_free import plain_file_spill
+from ecg_contrastive.data.builders.workers import worker_count
 
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 
@@ -37,14 +37,6 @@ def split_sizes(num_records: int) -> dict[str, int]:
   """Records per split: 80/10/10, the remainder going to train."""
   held_out = {s: int(num_records * f) for s, f in SPLIT_FRACTIONS.items() if s != "train"}
   return {"train": num_records - sum(held_out.values()), **held_out}
-
-
-def worker_count() -> int:
-  """Worker processes for generating or reading records: ECG_CONTRASTIVE_WORKERS (default 2)."""
-  value = os.environ.get("ECG_CONTRASTIVE_WORKERS", "2")
-  if not value.isdigit() or int(value) < 1:
-    raise ValueError(f"ECG_CONTRASTIVE_WORKERS={value!r}: use a positive integer (1 = no worker processes)")
-  return int(value)
 
 
 class SyntheticEcgJa(tfds.core.GeneratorBasedBuilder):
