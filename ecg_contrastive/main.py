@@ -76,7 +76,10 @@ def unknown_key_message(config: ml_collections.ConfigDict, key: str, given: str)
       known = [prefix + k for k in node.keys()]
       near = difflib.get_close_matches(prefix + part, known, n=3, cutoff=0.6)
       hint = f"did you mean {' or '.join(near)}?" if near else f"the keys there are {', '.join(sorted(known))}"
-      return f"{given}: unknown config key config.{key}; {hint}"
+      from ecg_contrastive.config_check import retired_key_message  # imports JAX: only on a mistake
+
+      retired = retired_key_message(key)
+      return f"{given}: unknown config key config.{key}; " + (f"{retired}" if retired else hint)
     node, path = node[part], path + [part]
   return None
 

@@ -125,7 +125,7 @@ def run_main(*args, env=None):
     pytest.param(["--config.optimizer.lr=-0.001"], ["config.optimizer.lr=-0.001", "use a number > 0"],
                  marks=pytest.mark.slow),
     pytest.param(["--config.checkpoint_every=0"], ["config.checkpoint_every=0", ">= 1"], marks=pytest.mark.slow),
-    pytest.param(["--config.ecg_length=2500"], ["--config.ecg_length=2500: unknown config key config.ecg_length"],
+    pytest.param(["--config.ecg_length=2500"], ["--config.ecg_length=2500: unknown config key config.ecg_length", "fixed at 5000 x 12"],
                  marks=pytest.mark.slow),
 ], ids=["typo-key", "typo-nested-key", "key-below-a-value", "string-for-int", "unknown-flag", "negative-lr",
         "checkpoint-every-0", "retired-ecg-length"])
