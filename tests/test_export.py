@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -290,7 +291,7 @@ def test_an_older_workdir_config_with_a_mixed_model_dict_exports_and_predicts_th
   assert sorted(old_state) == sorted(new_state)
   for name in new_state:
     np.testing.assert_array_equal(old_state[name], new_state[name])
-  configs = [json.load(open(os.path.join(folder, "config.json"), encoding="utf-8")) for folder in (exported[1], out)]
+  configs = [json.loads(pathlib.Path(folder, "config.json").read_text("utf-8")) for folder in (exported[1], out)]
   for section in ("architecture", "input", "zero_shot"):
     assert configs[0][section] == configs[1][section]
   assert {k: v for k, v in configs[0]["source"].items() if k != "workdir"} == \
@@ -316,7 +317,7 @@ def test_split_config_is_the_one_mapping_of_old_and_new_configs():
 def test_exported_module_builds_its_layout_from_config_json(depth):
   """modeling_ecg.py has no layout table of its own: architecture.stage_sizes (from models/resnet1d.py) builds the
   very tensors that layout_map names, for every depth of the one table."""
-  assert "STAGE_SIZES" not in open(modeling_ecg.__file__, encoding="utf-8").read()
+  assert "STAGE_SIZES" not in pathlib.Path(modeling_ecg.__file__).read_text("utf-8")
   arch = dict(TINY_MODEL, depth=depth)
   section = to_torch.architecture_section(arch)
   assert section["stage_sizes"] == list(resnet1d.stage_sizes(depth))
