@@ -25,6 +25,7 @@ from bench.timing import time_windows
 from bench.workload import Workload
 from ecg_contrastive.ecg.signal import MV_PER_UNIT
 from ecg_contrastive.export import modeling_ecg
+from ecg_contrastive.export.to_torch import architecture_section
 
 
 def torch_device() -> torch.device:
@@ -36,7 +37,7 @@ class TorchTwoTower(nn.Module):
 
   def __init__(self, workload: Workload, temperature: float):
     super().__init__()
-    self.encoder = modeling_ecg.ECGEncoder({"architecture": workload.architecture()}, labels=[])
+    self.encoder = modeling_ecg.ECGEncoder({"architecture": architecture_section(workload.architecture())}, labels=[])
     self.txt_head = nn.Linear(workload.text_dim, workload.embed_dim)
     with torch.no_grad():
       self.encoder.logit_scale.fill_(math.log(1.0 / temperature))
@@ -68,7 +69,7 @@ def bench_torch_step(workload: Workload, batch_size: int, mode: str, host_batche
   config = workload.config(batch_size)
   torch.manual_seed(seed)
   torch.backends.cudnn.benchmark = True
-  model = TorchTwoTower(workload, config.model.temperature).to(device).train()
+  model = TorchTwoTower(workload, config.train.temperature).to(device).train()
   opt = make_adamw(model, config.optimizer, device)
   loss_fn = torch.compile(model, dynamic=False) if mode == "compile" else model
   table_t = torch.from_numpy(table).to(device)

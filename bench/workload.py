@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from configs import paper
-from ecg_contrastive.models.resnet1d import STAGE_SIZES
+from ecg_contrastive.models.resnet1d import stage_sizes
 
 ECG_LENGTH = 5000
 ECG_LEADS = 12
@@ -42,7 +42,8 @@ class Workload:
   def config(self, batch_size: int) -> ml_collections.ConfigDict:
     """configs/paper.py with this model and global batch size."""
     c = paper.get_config()
-    c.model.update(self.architecture(), dtype=self.dtype)
+    c.model.update(self.architecture())
+    c.train.dtype = self.dtype
     c.batch_size = batch_size
     c.ecg_length, c.ecg_leads = ECG_LENGTH, ECG_LEADS
     return c
@@ -56,7 +57,7 @@ class Workload:
     t = (t + 2 * 3 - 7) // 2 + 1  # stem: k=7, stride 2, pad 3
     macs = t * ECG_LEADS * self.width * 7
     channels = self.width
-    for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
+    for stage, num_blocks in enumerate(stage_sizes(self.depth)):
       out = self.width * 2**stage
       for block in range(num_blocks):
         stride = 2 if stage > 0 and block == 0 else 1

@@ -32,7 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.text.cache_dir = ""  # "" -> $ECG_CONTRASTIVE_CACHE or ~/.cache/ecg_contrastive/text
   c.text.templates = ("{}", "{}を認める。", "所見：{}。")
 
-  c.model = dict(depth=18, width=16, downsample=5, embed_dim=128, temperature=0.07, dtype="float32",
+  c.model = dict(depth=18, width=16, downsample=5, embed_dim=128)  # the architecture: all that an export rebuilds
+  c.train = dict(temperature=0.07, dtype="float32",  # initial (fixed unless learn_temperature) tau; compute dtype
                  logit_bias=config_dict.placeholder(float),  # the sigmoid loss's initial bias (SigLIP: -10.0)
                  bn_backward="lean")  # BatchNorm's backward: "lean" (keeps bf16 inputs only) | "autodiff" (as flax's)
   c.learn_temperature = False

@@ -7,7 +7,7 @@ symmetric InfoNCE at a fixed tau 0.07, a frozen Japanese (medical) BERT-family t
 arg = "DATASET,TEXT_MODEL_DIR" (either may be empty: defaults synthetic_ecg_ja/large and the stand-in).
 Sweep batch sizes with launch/sweep_batch_size.sh. A batch larger than memory keeps its exact contrastive
 gradient with gradient caching, e.g. --config.batch_size=16384 --config.microbatches=8 (2,048 ECGs of
-activations at a time); --config.loss.name=sigmoid --config.model.logit_bias=-10.0 trains with SigLIP's loss.
+activations at a time); --config.loss.name=sigmoid --config.train.logit_bias=-10.0 trains with SigLIP's loss.
 """
 
 import ml_collections
@@ -23,7 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.text.standin = dict(hidden_size=768, num_layers=12, num_heads=12, seed=0)
   c.text.pooling = "mean"
   c.text.max_length = 256
-  c.model.update(width=64, downsample=1, embed_dim=256, dtype="bfloat16")
+  c.model.update(width=64, downsample=1, embed_dim=256)
+  c.train.dtype = "bfloat16"
   c.learn_temperature = False
   c.loss.duplicate_reports_positive = False  # plain InfoNCE, as in the paper
   c.batch_size = 256

@@ -1,7 +1,8 @@
 """Checkpoints of a training workdir (orbax) and what inference needs from them.
 
 Workdir layout written by training:
-  config.json                    the run's ml_collections config (model kwargs under "model")
+  config.json                    the run's ml_collections config (architecture under "model", training-only TwoTower
+                                 settings under "train"; older: all under "model", see two_tower.split_config)
   labels.json                    zero-shot label set: [{"ja", "en", "group_ja", "group_en"}, ...]
   label_text_embeddings.npy      float32 (num_labels, text_dim): frozen-text-tower prompt embeddings
   checkpoints/<step>/            orbax CheckpointManager: item "state" = {step, params, batch_stats,
@@ -29,6 +30,7 @@ from etils import epath
 
 from ecg_contrastive import paths
 from ecg_contrastive.errors import ENVIRONMENT_ERRNOS, UserError
+from ecg_contrastive.models import two_tower
 from ecg_contrastive.models.two_tower import TwoTower
 
 
@@ -263,7 +265,7 @@ def restore_inference(workdir: str, step: int | None = None) -> Inference:
   if label_emb.ndim != 2 or len(label_emb) != len(labels):
     raise CheckpointError(f"{paths.join(workdir, 'label_text_embeddings.npy')} holds {label_emb.shape} embeddings for "
                           f"{len(labels)} labels in labels.json; {rewrite}")
-  return Inference(TwoTower(**config.model.to_dict()), variables, config, int(step), labels, label_emb)
+  return Inference(two_tower.from_config(config), variables, config, int(step), labels, label_emb)
 
 
 def _run_file(workdir: str, name: str, what_to_do: str) -> Any:

@@ -15,7 +15,8 @@ from ecg_contrastive.ecg import signal
 from ecg_contrastive.errors import UserError
 from ecg_contrastive.models.batch_norm import BACKWARDS
 from ecg_contrastive.models.bert import POOLINGS
-from ecg_contrastive.models.resnet1d import STAGE_SIZES
+from ecg_contrastive.models.resnet1d import stage_sizes
+from ecg_contrastive.models.two_tower import split_config
 
 LOSSES = ("softmax", "sigmoid")
 DTYPES = ("float32", "bfloat16")
@@ -61,8 +62,8 @@ RULES = (
     Rule("model.width", int, lambda v: v > 0, "a positive integer, e.g. 64"),
     Rule("model.embed_dim", int, lambda v: v > 0, "a positive integer, e.g. 256"),
     Rule("model.downsample", int, lambda v: v >= 1, "an integer >= 1 (1: the full 500 Hz input)"),
-    Rule("model.temperature", float, lambda v: 0 < v < 1, "a number in (0, 1), the paper uses 0.07"),
-    Rule("model.dtype", str, _choice(DTYPES), f"one of {DTYPES}"),
+    Rule("train.temperature", float, lambda v: 0 < v < 1, "a number in (0, 1), the paper uses 0.07"),
+    Rule("train.dtype", str, _choice(DTYPES), f"one of {DTYPES}"),
     Rule("loss.name", str, _choice(LOSSES), f"one of {LOSSES}"),
     Rule("text.pooling", str, _choice(POOLINGS), f"one of {POOLINGS}"),
     Rule("text.dtype", str, _choice(DTYPES), f"one of {DTYPES}"),
@@ -157,15 +158,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       f"{', '.join(f'{dataset}/{v}' for v in variants)}")
   if pipeline.needs_source(dataset):
     _check_source_dir(config)
-  m = config.model
-  if m.depth not in STAGE_SIZES:
-    raise ConfigError(f"config.model.depth={m.depth}: unknown model ResNet1d-{m.depth}; use one of {sorted(STAGE_SIZES)}")
-  if m.get("bn_backward", "lean") not in BACKWARDS:
-    raise ConfigError(f"config.model.bn_backward={m.bn_backward!r}: use one of {BACKWARDS} (the same math; "
+  m, training = config.model, split_config(config)[1]
+  try:
+    stage_sizes(m.depth)
+  except ValueError as e:
+    raise ConfigError(f"config.model.depth={m.depth}: {e}") from e
+  if training.get("bn_backward", "lean") not in BACKWARDS:
+    raise ConfigError(f"config.train.bn_backward={training['bn_backward']!r}: use one of {BACKWARDS} (the same math; "
                       "'lean' keeps less for the backward pass)")
-  if (config.loss.name == "sigmoid") != (m.get("logit_bias") is not None):
-    raise ConfigError(f"config.loss.name={config.loss.name!r} with config.model.logit_bias={m.get('logit_bias')}: "
-                      "the sigmoid loss needs a learnable bias (set --config.model.logit_bias=-10.0, SigLIP's "
+  if (config.loss.name == "sigmoid") != (training.get("logit_bias") is not None):
+    raise ConfigError(f"config.loss.name={config.loss.name!r} with config.train.logit_bias={training.get('logit_bias')}: "
+                      "the sigmoid loss needs a learnable bias (set --config.train.logit_bias=-10.0, SigLIP's "
                       "initialisation) and the softmax loss has none (leave it None)")
   if not (config.num_steps or config.num_epochs):
     raise ConfigError("set config.num_steps or config.num_epochs (both are 0)")

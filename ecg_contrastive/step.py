@@ -14,6 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ecg_contrastive.ecg.signal import MV_PER_UNIT, NUM_LEADS, NUM_SAMPLES
 from ecg_contrastive.losses import sigmoid_loss, softmax_loss
+from ecg_contrastive.models import two_tower
 from ecg_contrastive.models.two_tower import TwoTower
 from ecg_contrastive.sharding import DATA_AXIS, data_sharding, replicated
 
@@ -24,7 +25,7 @@ def ecg_millivolts(ecg: jax.Array) -> jax.Array:
 
 
 def make_model(config) -> TwoTower:
-  return TwoTower(**config.model.to_dict())
+  return two_tower.from_config(config)
 
 
 def make_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 
 import jax
@@ -25,18 +24,16 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ecg_contrastive import checkpoints, paths, preemption, step as step_lib, workdir_lock
-from ecg_contrastive.vocab import terms
+from ecg_contrastive import checkpoints, paths, preemption, workdir_lock
+from ecg_contrastive import step as step_lib
 from ecg_contrastive.config_check import ConfigError, check_config
 from ecg_contrastive.data import pipeline
 from ecg_contrastive.errors import UserError
-from ecg_contrastive.evals import plots
-from ecg_contrastive.evals.retrieval import retrieval_metrics
-from ecg_contrastive.evals.zeroshot import zero_shot_metrics
+from ecg_contrastive.evals.evaluate import evaluate
 from ecg_contrastive.metric_writer import MetricWriter
-from ecg_contrastive.models.two_tower import TwoTower
 from ecg_contrastive.sharding import batch_sizes, make_mesh, replicated
-from ecg_contrastive.text import cache as text_cache, precompute, standin
+from ecg_contrastive.text.setup import embed_texts
+from ecg_contrastive.vocab import terms
 
 log = logging.getLogger("ecg_contrastive")
 
@@ -52,94 +49,6 @@ class Preempted(dict):
   def __init__(self, step: int):
     super().__init__()
     self.step = step
-
-
-# ----------------------------------------------------------------------------- text
-
-
-def text_model_dir(config: ml_collections.ConfigDict) -> str:
-  """The configured text model directory, or the stand-in (written on first use)."""
-  if config.text.model_dir:
-    return config.text.model_dir
-  root = config.text.cache_dir or text_cache.default_cache_dir()
-  if paths.is_remote(root):  # the text tower loads from local files
-    local = paths.local_dir("text_models", root)
-    log.info("text cache %s is remote: the stand-in text model goes to the local folder %s", root, local)
-    root = local
-  kw = config.text.standin.to_dict()  # one directory per stand-in size: configs of different sizes coexist
-  name = "standin_bert_ja_" + "_".join(f"{k}{v}" for k, v in sorted(kw.items()))
-  directory = os.path.join(root, name)
-  # process 0 (re)writes it if stale (idempotent); the others use its copy, or write their own if they cannot see it
-  paths.one_process_writes(f"stand-in text model {name}",
-                           lambda: jax.process_index() > 0 and os.path.isfile(os.path.join(directory, "config.json")),
-                           lambda: standin.write_standin_model(directory, **kw))
-  return directory
-
-
-def embed_texts(config, sources: dict[str, pipeline.EcgSource], labels: list[terms.Term]):
-  """Embeds every distinct report of the used splits and the label prompts.
-
-  Returns (TextTable of reports, (num_labels, text_dim) label prompt embeddings).
-  """
-  model_dir = text_model_dir(config)
-  kw = dict(pooling=config.text.pooling, max_length=config.text.max_length, batch_size=config.text.batch_size,
-            dtype=config.text.dtype, cache_dir=config.text.cache_dir or None, progress=jax.process_index() == 0)
-  reports = sorted({r for src in sources.values() for r in src.meta.reports})
-  table = precompute.embed_texts(reports, model_dir, **kw)
-  log.info("report table: %s", json.dumps(table.summary, ensure_ascii=False))
-  label_emb = precompute.embed_label_prompts([t.ja for t in labels], list(config.text.templates), model_dir, **kw)
-  return table, label_emb
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def make_ecg_encoder(model: TwoTower, mesh):
-  """jit(variables, ecg, index, mask) -> (embeddings, index, mask), replicated so that every process
-  holds the whole batch's embeddings and record indices. Compiled once, used for every split."""
-  return jax.jit(lambda v, ecg, index, mask: (model.apply(v, step_lib.ecg_millivolts(ecg), method=TwoTower.encode_ecg),
-                                              index, mask), out_shardings=replicated(mesh))
-
-
-def embed_split(encode, state: dict, source: pipeline.EcgSource, batch_size: int, embed_dim: int, mesh) -> np.ndarray:
-  """(N, E) unit-norm ECG embeddings of every record of a split, in record order (eval-mode BN)."""
-  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  out = np.zeros((len(source), embed_dim), np.float32)
-  batches = pipeline.BatchIterator(source, global_batch_size=batch_size, mesh=mesh, seed=0, shuffle=False,
-                                   drop_remainder=False, num_epochs=1)
-  for batch in batches:
-    emb, index, mask = (np.asarray(x) for x in encode(variables, batch["ecg"], batch["index"], batch["mask"]))
-    out[index[mask]] = emb[mask]
-  return out
-
-
-def evaluate(config, model, state, sources, table, label_emb, labels, mesh, workdir) -> dict[str, dict]:
-  """Zero-shot + retrieval metrics of each eval split; writes eval/<split>.json and a PNG."""
-  params = state["params"]
-  project = jax.jit(lambda p, x: model.apply({"params": p}, x, method=TwoTower.encode_text))
-  z_labels = np.asarray(project(params, jnp.asarray(label_emb)))
-  encode = make_ecg_encoder(model, mesh)
-  if jax.process_index() == 0:
-    paths.makedirs(paths.join(workdir, "eval"))
-  results = {}
-  for split in config.eval_splits:
-    source = sources[split]
-    z_ecg = embed_split(encode, state, source, config.eval_batch_size, model.embed_dim, mesh)
-    meta = source.meta
-    metrics = zero_shot_metrics(z_ecg, z_labels, [t.ja for t in labels], [t.group_ja for t in labels],
-                                meta.primary_label, meta.labels)
-    split_reports = sorted(set(meta.reports))
-    z_reports = np.asarray(project(params, jnp.asarray(table.embeddings[table.rows(split_reports)])))
-    local_row = {r: i for i, r in enumerate(split_reports)}
-    metrics.update(retrieval_metrics(z_ecg, z_reports, np.array([local_row[r] for r in meta.reports])))
-    metrics["step"] = int(state["step"])
-    results[split] = metrics
-    if jax.process_index() == 0:
-      paths.write_text(paths.join(workdir, "eval", f"{split}.json"), json.dumps(metrics, ensure_ascii=False, indent=1))
-      plots.plot_per_label(metrics, paths.join(workdir, "eval", f"{split}_per_label.png"),
-                           f"{config.dataset} {split} @ step {metrics['step']}")
-      print(plots.format_summary(split, metrics), flush=True)
-  return results
 
 
 # ----------------------------------------------------------------------------- the job
@@ -233,7 +142,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if saved:
       checkpoints.save(manager, step, state, batches.get_state())
     if config.eval_every and step % config.eval_every == 0 and step != num_steps:
-      writer.write(step, _headline(evaluate(config, model, state, sources, table, label_emb, labels, mesh, workdir)))
+      writer.write(step, _headline(evaluate(config=config, model=model, state=state, sources=sources, table=table, label_emb=label_emb,
+                     labels=labels, mesh=mesh, workdir=workdir)))
     if stop.stop_requested(step):
       if not saved:
         checkpoints.save(manager, step, state, batches.get_state())
@@ -245,7 +155,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   stop.armed = False  # a signal during the final evaluation stops at once: the last checkpoint is written
 
   # 7. evaluation
-  results = evaluate(config, model, state, sources, table, label_emb, labels, mesh, workdir)
+  results = evaluate(config=config, model=model, state=state, sources=sources, table=table, label_emb=label_emb,
+                     labels=labels, mesh=mesh, workdir=workdir)
   writer.write(num_steps, _headline(results))
   writer.close()
   return results

@@ -12,9 +12,10 @@ import numpy as np
 
 from ecg_contrastive import checkpoints
 from ecg_contrastive.vocab import terms
-from ecg_contrastive.models.two_tower import TwoTower
+from ecg_contrastive.models.two_tower import from_config
 
-TINY_MODEL = {"depth": 18, "width": 8, "downsample": 5, "embed_dim": 32, "temperature": 0.07, "dtype": "float32"}
+TINY_MODEL = {"depth": 18, "width": 8, "downsample": 5, "embed_dim": 32}  # config.model: the architecture
+TINY_TRAIN = {"temperature": 0.07, "dtype": "float32"}  # config.train: TwoTower settings of training only
 TEXT_DIM = 16
 
 
@@ -46,23 +47,25 @@ def logit_scale_at(step: int) -> np.ndarray:
 
 
 def make_workdir(workdir: str, model: dict | None = None, steps: tuple[int, ...] = (3,), seed: int = 0,
-                 params_hook=None) -> str:
+                 params_hook=None, train: dict | None = None, legacy: bool = False) -> str:
   """Writes config.json, labels.json, label_text_embeddings.npy and checkpoints at `steps`.
 
-  model: TwoTower kwargs (default TINY_MODEL). Variables are random (see _random_like); logit_scale
+  model, train: config.model and config.train (default TINY_MODEL, TINY_TRAIN); legacy: write them as a config.json
+  from before the split did, all in one "model" dict. Variables are random (see _random_like); logit_scale
   differs per step (logit_scale_at) so that tests can tell which step was exported.
   params_hook: optional f(params dict) -> params dict applied before saving (to corrupt the tree).
   """
-  model = dict(TINY_MODEL if model is None else model)
+  model, train = dict(TINY_MODEL if model is None else model), dict(TINY_TRAIN if train is None else train)
+  config = {"model": dict(model, **train)} if legacy else {"model": model, "train": train}
   rng = np.random.default_rng(seed)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    json.dump({"model": model}, f)
+    json.dump(config, f)
   labels = [dataclasses.asdict(t) for t in terms.load_terms()]
   with open(os.path.join(workdir, "labels.json"), "w", encoding="utf-8") as f:
     json.dump(labels, f, ensure_ascii=False)
   np.save(os.path.join(workdir, "label_text_embeddings.npy"), rng.normal(size=(len(labels), TEXT_DIM)).astype(np.float32))
-  shapes = jax.eval_shape(TwoTower(**model).init, jax.random.key(0), jnp.zeros((1, 5000, 12)), jnp.zeros((1, TEXT_DIM)))
+  shapes = jax.eval_shape(from_config(config).init, jax.random.key(0), jnp.zeros((1, 5000, 12)), jnp.zeros((1, TEXT_DIM)))
   shapes["params"].pop("logit_scale")
   variables = _random_like(shapes, rng)
   params = variables["params"] if params_hook is None else params_hook(variables["params"])

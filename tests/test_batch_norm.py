@@ -124,7 +124,7 @@ def test_bf16_resnet_backward_keeps_no_float32_activations():
 
 @pytest.mark.slow
 def test_autodiff_backward_gives_the_same_model_and_keeps_float32_maps():
-  """config.model.bn_backward="autodiff" (the A/B baseline): the same parameters and forward, and gradients equal up to rounding, as
+  """config.train.bn_backward="autodiff" (the A/B baseline): the same parameters and forward, and gradients equal up to rounding, as
   the lean backward, and what JAX keeps for the backward includes the float32 maps the lean one avoids."""
   ecg = jax.random.normal(jax.random.PRNGKey(4), (2, 1000, 12))
   results = {}

@@ -47,6 +47,21 @@ def test_paper_model_flops_match_perf_md():
 
 
 @pytest.mark.slow
+def test_workload_config_is_the_project_config_of_its_model():
+  """config.model is the workload's architecture as is; its compute dtype is a training setting (config.train); the
+  project's one builder and the exported module's config see the same network."""
+  from ecg_contrastive.export.to_torch import architecture_section
+  from ecg_contrastive.models.resnet1d import stage_sizes
+  from ecg_contrastive.models.two_tower import from_config
+
+  for workload in PRESETS.values():
+    config = workload.config(64)
+    assert config.model.to_dict() == workload.architecture() and config.train.dtype == workload.dtype
+    model = from_config(config)
+    assert (model.depth, model.width, model.dtype) == (workload.depth, workload.width, workload.dtype)
+    assert architecture_section(workload.architecture())["stage_sizes"] == list(stage_sizes(workload.depth))
+
+
 def test_step_command_runs_ours_and_torch_side_by_side(tmp_path, capsys):
   prefix = str(tmp_path / "step")
   assert main(["step", "--model", "tiny", "--batch-sizes", "8", "--torch", "eager", "--buffers", "2",

@@ -74,3 +74,19 @@ def test_retrieval_counts_duplicate_reports_as_hits():
   assert m["report_to_ecg_r@1"] == pytest.approx(2 / 3)
   assert m["report_to_ecg_r@5"] == pytest.approx(1.0)
   assert m["distinct_reports"] == 3
+
+
+def test_evaluation_lives_in_evals_with_keyword_only_arguments():
+  """train.py calls evals.evaluate (no copy of its own); every argument is named at the call."""
+  import inspect
+
+  from ecg_contrastive import train
+  from ecg_contrastive.evals import evaluate as evaluate_lib
+
+  assert train.evaluate is evaluate_lib.evaluate
+  params = inspect.signature(evaluate_lib.evaluate).parameters.values()
+  assert [p.name for p in params] == ["config", "model", "state", "sources", "table", "label_emb", "labels", "mesh",
+                                      "workdir"]
+  assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params)
+  for name in ("evaluate", "embed_split", "make_ecg_encoder", "text_model_dir"):
+    assert name == "evaluate" or not hasattr(train, name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -20,10 +21,18 @@ from ecg_contrastive.ecg import signal
 from ecg_contrastive.ecg import preprocess
 from ecg_contrastive.export import predict, to_torch
 from ecg_contrastive.export.flax_scorer import FlaxScorer
-from export_helpers import TINY_MODEL, logit_scale_at, make_workdir
+from ecg_contrastive.export import modeling_ecg
+from ecg_contrastive.models import resnet1d
+from ecg_contrastive.models.two_tower import ARCHITECTURE_KEYS, TRAINING_KEYS, from_config, split_config
+from export_helpers import TINY_MODEL, TINY_TRAIN, logit_scale_at, make_workdir
 
 TOL = 1e-5
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def jax_key():
+  import jax
+  return jax.random.key(0)
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +259,7 @@ def test_export_of_missing_step_lists_available(exported, tmp_path):
     to_torch.export(exported[0], str(tmp_path / "out"), step=4)
 
 
-@pytest.mark.parametrize("change, message", [({"depth": 50}, r"depth 50 is unknown.*\[18, 34\]"),
+@pytest.mark.parametrize("change, message", [({"depth": 50}, r"depth 50 is not supported.*\[18, 34\]"),
                                              ({"norm": "layer"}, r"unknown model option\(s\) \['norm'\]")])
 def test_export_of_unknown_architecture_fails_clearly(tmp_path, change, message):
   workdir = tmp_path / "workdir"  # the config is checked before any checkpoint is read
@@ -263,13 +272,75 @@ def test_export_of_unknown_architecture_fails_clearly(tmp_path, change, message)
 @pytest.mark.slow
 def test_sigmoid_loss_checkpoint_exports_without_its_bias(tmp_path):
   """The SigLIP bias is a constant shift of every score: training-only, not part of the exported encoder."""
-  workdir = make_workdir(str(tmp_path / "workdir"), model=dict(TINY_MODEL, logit_bias=-10.0))
+  workdir = make_workdir(str(tmp_path / "workdir"), train=dict(TINY_TRAIN, logit_bias=-10.0))
   assert "logit_bias" in restore_inference(workdir).variables["params"]
   out = to_torch.export(workdir, str(tmp_path / "out"))  # verifies PyTorch/Flax parity before returning
   names = set(load_file(f"{out}/model.safetensors"))
   assert "logit_scale" in names and not any("logit_bias" in name for name in names)
   with open(f"{out}/config.json", encoding="utf-8") as f:
     assert "logit_bias" not in json.load(f)["architecture"]
+
+
+def test_an_older_workdir_config_with_a_mixed_model_dict_exports_and_predicts_the_same(exported, tmp_path):
+  """A config.json from before config.train (training-only keys inside "model") is read through split_config:
+  the same TwoTower, the same exported tensors and config.json, the same Flax scores."""
+  old = make_workdir(str(tmp_path / "old"), steps=(3, 5), legacy=True)  # the same seed: the same variables
+  with open(os.path.join(old, "config.json"), encoding="utf-8") as f:
+    assert set(json.load(f)) == {"model"}
+  old_inference, new_inference = restore_inference(old), restore_inference(exported[0])
+  assert old_inference.model == new_inference.model
+  out = to_torch.export(old, str(tmp_path / "out"), verify=False)
+  new_state, old_state = load_file(os.path.join(exported[1], "model.safetensors")), load_file(f"{out}/model.safetensors")
+  assert sorted(old_state) == sorted(new_state)
+  for name in new_state:
+    np.testing.assert_array_equal(old_state[name], new_state[name])
+  configs = [json.loads(pathlib.Path(folder, "config.json").read_text("utf-8")) for folder in (exported[1], out)]
+  for section in ("architecture", "input", "zero_shot"):
+    assert configs[0][section] == configs[1][section]
+  assert {k: v for k, v in configs[0]["source"].items() if k != "workdir"} == \
+         {k: v for k, v in configs[1]["source"].items() if k != "workdir"}
+  ecg = random_ecgs(2, seed=3)
+  np.testing.assert_array_equal(FlaxScorer(old_inference).scores(ecg), FlaxScorer(new_inference).scores(ecg))
+
+
+def test_split_config_is_the_one_mapping_of_old_and_new_configs():
+  new = {"model": dict(TINY_MODEL), "train": dict(TINY_TRAIN, logit_bias=-10.0, bn_backward="autodiff", other=1)}
+  old = {"model": dict(TINY_MODEL, **TINY_TRAIN, logit_bias=-10.0, bn_backward="autodiff")}
+  assert split_config(new) == split_config(old) == (TINY_MODEL, dict(TINY_TRAIN, logit_bias=-10.0, bn_backward="autodiff"))
+  assert from_config(new) == from_config(old)
+  assert from_config(new).logit_bias == -10.0 and from_config(new).bn_backward == "autodiff"
+  assert set(ARCHITECTURE_KEYS).isdisjoint(TRAINING_KEYS)
+  from configs import default, paper
+  for config in (default.get_config(), paper.get_config()):
+    assert sorted(config.model) == sorted(ARCHITECTURE_KEYS) and sorted(config.train) == sorted(TRAINING_KEYS)
+    assert to_torch.architecture(config) == from_config(config)
+
+
+@pytest.mark.parametrize("depth", sorted(resnet1d.STAGE_SIZES))
+def test_exported_module_builds_its_layout_from_config_json(depth):
+  """modeling_ecg.py has no layout table of its own: architecture.stage_sizes (from models/resnet1d.py) builds the
+  very tensors that layout_map names, for every depth of the one table."""
+  assert "STAGE_SIZES" not in pathlib.Path(modeling_ecg.__file__).read_text("utf-8")
+  arch = dict(TINY_MODEL, depth=depth)
+  section = to_torch.architecture_section(arch)
+  assert section["stage_sizes"] == list(resnet1d.stage_sizes(depth))
+  encoder = modeling_ecg.ECGEncoder({"architecture": section}, labels=[])
+  expected = {e.torch for e in to_torch.layout_map(depth)}
+  expected |= {e.torch.replace(".running_mean", ".num_batches_tracked") for e in to_torch.layout_map(depth)
+               if e.torch.endswith(".running_mean")}
+  assert set(encoder.state_dict()) - {"label_embeddings"} == expected
+
+
+def test_the_depth_check_has_one_message():
+  with pytest.raises(ValueError) as info:
+    resnet1d.stage_sizes(50)
+  message = str(info.value)
+  assert message == "ResNet1d depth 50 is not supported; use one of [18, 34]"
+  with pytest.raises(to_torch.ExportError) as export_info:
+    to_torch.architecture({"model": dict(TINY_MODEL, depth=50)})
+  assert str(export_info.value) == f"cannot export: {message}"
+  with pytest.raises(ValueError, match=re.escape(message)):
+    resnet1d.ResNet1d(depth=50).init(jax_key(), np.zeros((1, 100, 12), np.float32))
 
 
 def test_export_of_unexpected_parameter_tree_lists_names(tmp_path):

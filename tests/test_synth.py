@@ -5,13 +5,19 @@ of a median beat, axis from the net QRS area in I and aVF, PR from the P wave in
 detected from the waveform. Ground-truth beat times only align beats, they are never the answer.
 """
 
+import ast
+import hashlib
+import itertools
+import json
+import pathlib
+
 import numpy as np
 import pytest
 
-from ecg_contrastive.vocab import terms
 from ecg_contrastive.data.synthetic import findings, synth
 from ecg_contrastive.data.synthetic.dipole import CONDUCTED, ECTOPIC_V
 from ecg_contrastive.ecg.signal import LEADS, SAMPLE_RATE
+from ecg_contrastive.vocab import report_ja, terms
 
 L = {name: i for i, name in enumerate(LEADS)}
 MS = 1000 / SAMPLE_RATE  # ms per sample
@@ -113,7 +119,7 @@ def test_labels_primary_and_reports(noisy):
   vocabulary = set(terms.term_names())
   for labels, primary, report in zip(noisy.labels, noisy.primary_label, noisy.report):
     assert set(labels) <= vocabulary and primary in labels
-    assert findings.primary_of(labels) == primary
+    assert report_ja.primary_label(labels) == primary
     for label in labels:
       assert label in report, (label, report)
     others = [t for t in vocabulary - set(labels) if t in report and not any(t in l for l in labels)]
@@ -291,3 +297,76 @@ def test_deterministic_and_seeded():
   assert not np.array_equal(a.ecg, c.ecg)
   with pytest.raises(ValueError, match="unknown split 'dev'"):
     synth.generate_chunk(7, "dev", 40, 0)
+
+
+# The simulator's own rule before report_ja.primary_label became the one rule (commit 2e7653b): first in this order.
+PREVIOUS_SIGNIFICANCE = (
+    "電極付け間違いの疑い",
+    "心室頻拍", "ST上昇", "完全房室ブロック", "2度房室ブロック(ウェンケバッハ型)",
+    "上室頻拍", "心房粗動", "心房細動", "心室ペーシング", "WPW症候群",
+    "右胸心", "陳旧性前壁中隔梗塞", "陳旧性下壁梗塞", "完全左脚ブロック", "完全右脚ブロック",
+    "テント状T波", "QT延長", "左室肥大", "右室肥大", "ST低下", "陰性T波",
+    "接合部調律", "心室期外収縮", "心房期外収縮", "1度房室ブロック", "低電位", "左室高電位",
+    "右軸偏位", "左軸偏位", "洞性頻脈", "洞性徐脈",
+    "ストレイン型ST-T変化", "異常Q波", "右房負荷", "左房負荷", "U波増高", "平低T波",
+    "時計方向回転", "反時計方向回転",
+    "正常心電図", "洞調律",
+    "基線の動揺", "筋電図混入", "交流障害",
+)
+
+
+def _previous_primary(labels):
+  return min(labels, key=PREVIOUS_SIGNIFICANCE.index)
+
+
+def test_the_one_primary_label_rule_gives_the_primaries_of_before(noisy):
+  """report_ja.primary_label (PRIMARY_ORDER) picks what the simulator's SIGNIFICANCE rule picked: on generated
+  records, and on every label set the generator can draw (primary, its rhythm, any secondaries, any quality)."""
+  assert findings.SIGNIFICANCE == PREVIOUS_SIGNIFICANCE  # the same findings in the same order (draw_labels sorts so)
+  for labels, primary in zip(noisy.labels, noisy.primary_label):
+    assert _previous_primary(labels) == primary == report_ja.primary_label(labels)
+  checked = 0
+  for primary in findings.PRIMARY_WEIGHTS:
+    options = findings.SECONDARIES.get(primary, ())
+    for count in range(len(options) + 1):
+      for secondaries in itertools.combinations(options, count):
+        for quality in ((),) + tuple((q,) for q in findings.QUALITY):
+          labels = [findings.RHYTHM_OF.get(primary, "洞調律"), primary, *secondaries, *quality]
+          assert report_ja.primary_label(labels) == _previous_primary(labels) == primary, labels
+          checked += 1
+  assert checked > 4 * len(findings.PRIMARY_WEIGHTS)
+
+
+def test_rhythm_and_quality_terms_come_from_the_vocabulary_groups():
+  """The varied writer's rhythm and quality terms (vocab/report_ja, from the vocabulary's groups) are, on the
+  simulator's findings, exactly the sets the simulator's writer used."""
+  simulated = set(findings.SIGNIFICANCE)
+  assert report_ja.rhythm_terms() & simulated == set(findings.RHYTHM_OF.values()) | {"洞調律"}
+  assert findings.QUALITY == report_ja.QUALITY == ("基線の動揺", "筋電図混入", "交流障害")  # drawn by index: same order
+  groups = terms.term_by_name()
+  assert {groups[t].group_ja for t in report_ja.QUALITY} == {report_ja.QUALITY_GROUP}
+
+
+@pytest.mark.parametrize("args, digest", [
+    ((7, "validation", 40, 0), "64cc1960d95b1ca5286d370acb4e4c0597d2800a0a777336d0fe0bb3066f69bd"),
+    ((0, "train", 1000, 0), "3e6becaef7e3ee2626e26d7ca7db68e0a7de27af5d605efc621ee0fff7244213"),
+    ((0, "test", 1000, 1), "a862e167ce2f5acc79c2d95323585658bfe76c34dc569fb5a5c8770416879da1"),
+])
+def test_reports_labels_and_primaries_are_byte_identical_to_before_the_move(args, digest):
+  """The writer moved to vocab/report_ja and the primary rule changed home: the same seed gives byte-identical
+  reports, labels and primary labels (SHA-256 of their JSON, computed with commit 2e7653b, the last one with
+  data/synthetic/reports.py). A change here changes every synthetic dataset: bump its version."""
+  chunk = synth.generate_chunk(*args)
+  blob = json.dumps([chunk.report, chunk.labels, chunk.primary_label], ensure_ascii=False).encode("utf-8")
+  assert hashlib.sha256(blob).hexdigest() == digest
+
+
+def test_vocab_imports_nothing_of_ours_but_vocab_and_errors():
+  root = pathlib.Path(report_ja.__file__).parent
+  for path in root.glob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+      names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+              [a.name for a in node.names] if isinstance(node, ast.Import) else []
+      for name in names:
+        if name.startswith("ecg_contrastive"):
+          assert name.startswith(("ecg_contrastive.vocab", "ecg_contrastive.errors")), (path.name, name)

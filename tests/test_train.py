@@ -99,11 +99,11 @@ def test_resume_continues_bitwise(data_dirs, tmp_path, monkeypatch):
 @pytest.mark.parametrize("key, value, message", [
     ("batch_size", 30, r"batch_size 30 does not divide over the 8 devices"),
     ("dataset", "ptbxl_typo/x", r"unknown dataset 'ptbxl_typo'"),
-    ("model.depth", 50, r"unknown model ResNet1d-50"),
+    ("model.depth", 50, r"config.model.depth=50: ResNet1d depth 50 is not supported; use one of \[18, 34\]"),
     ("text.model_dir", "/nonexistent/bert", r"no such directory.*local Hugging Face"),
     ("microbatches", 3, r"microbatches 3 does not divide the 4 ECGs per device.*divisor of 4"),
     ("loss.name", "sigmoid", r"sigmoid loss needs a learnable bias.*logit_bias=-10"),
-    ("model.bn_backward", "fused", r"config.model.bn_backward='fused': use one of \('lean', 'autodiff'\)"),
+    ("train.bn_backward", "fused", r"config.train.bn_backward='fused': use one of \('lean', 'autodiff'\)"),
 ])
 def test_bad_config_fails_before_training(data_dirs, tmp_path, key, value, message):
   config = tiny_config(data_dirs)

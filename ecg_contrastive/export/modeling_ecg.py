@@ -30,7 +30,6 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
-STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 NUM_LEADS = 12
 NUM_SAMPLES = 5000
 BN_EPS = 1e-5
@@ -67,18 +66,17 @@ class BasicBlock(nn.Module):
 
 
 class ResNet1d(nn.Module):
-  """(B, 12, T) mV -> (B, 8 * width) time-averaged features."""
+  """(B, 12, T) mV -> (B, 8 * width) time-averaged features; stage_sizes: BasicBlocks per stage (config.json's
+  architecture.stage_sizes, e.g. [2, 2, 2, 2] for ResNet1d-18)."""
 
-  def __init__(self, depth: int, width: int, downsample: int):
+  def __init__(self, stage_sizes: list[int], width: int, downsample: int):
     super().__init__()
-    if depth not in STAGE_SIZES:
-      raise ValueError(f"ResNet1d depth {depth} is not supported; use one of {sorted(STAGE_SIZES)}")
     self.pool = nn.AvgPool1d(downsample, stride=downsample) if downsample > 1 else nn.Identity()
     self.stem_conv = _conv(NUM_LEADS, width, 7, 2)
     self.stem_bn = nn.BatchNorm1d(width, eps=BN_EPS)
     self.block_names = []
     in_ch = width
-    for stage, num_blocks in enumerate(STAGE_SIZES[depth]):
+    for stage, num_blocks in enumerate(stage_sizes):
       for block in range(num_blocks):
         stride = 2 if stage > 0 and block == 0 else 1
         name = f"stage{stage + 1}_block{block + 1}"
@@ -101,7 +99,7 @@ class ECGEncoder(nn.Module):
     arch = config["architecture"]
     self.config = config
     self.labels = labels
-    self.ecg = ResNet1d(arch["depth"], arch["width"], arch["downsample"])
+    self.ecg = ResNet1d(arch["stage_sizes"], arch["width"], arch["downsample"])
     self.ecg_head = nn.Linear(8 * arch["width"], arch["embed_dim"])
     self.logit_scale = nn.Parameter(torch.zeros(()))
     self.register_buffer("label_embeddings", torch.zeros(len(labels), arch["embed_dim"]), persistent=False)

@@ -41,14 +41,12 @@ from ecg_contrastive import checkpoints, paths
 from ecg_contrastive.ecg import signal
 from ecg_contrastive.errors import UserError
 from ecg_contrastive.export.flax_scorer import FlaxScorer
-from ecg_contrastive.models.resnet1d import STAGE_SIZES
-from ecg_contrastive.models.two_tower import MAX_LOGIT_SCALE, TwoTower
+from ecg_contrastive.models.resnet1d import stage_sizes
+from ecg_contrastive.models.two_tower import ARCHITECTURE_KEYS, MAX_LOGIT_SCALE, TwoTower, from_config, split_config
 
 MODELING_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "modeling_ecg.py")
-MODEL_KEYS = ("depth", "width", "downsample", "embed_dim", "temperature", "dtype")
 TEXT_HEAD = ("params/txt_head/kernel", "params/txt_head/bias")
 NOT_EXPORTED = ("params/logit_bias",)  # the sigmoid loss's bias: a constant shift of every score
-TRAINING_ONLY_KEYS = ("logit_bias", "bn_backward")  # config.model keys that do not change the exported encoder
 TOLERANCE = 1e-5
 log = logging.getLogger("ecg_contrastive")
 LAYOUTS = {
@@ -89,7 +87,7 @@ def _batch_norm(path: str) -> list[Entry]:
 def layout_map(depth: int) -> list[Entry]:
   """Every exported tensor of a TwoTower with a ResNet1d-`depth` ECG tower, Flax -> PyTorch."""
   entries = _conv("ecg/stem_conv") + _batch_norm("ecg/stem_bn")
-  for stage, num_blocks in enumerate(STAGE_SIZES[depth]):
+  for stage, num_blocks in enumerate(stage_sizes(depth)):
     for block in range(num_blocks):
       path = f"ecg/stage{stage + 1}_block{block + 1}"
       entries += _conv(f"{path}/conv1") + _batch_norm(f"{path}/bn1") + _conv(f"{path}/conv2") + _batch_norm(f"{path}/bn2")
@@ -98,20 +96,21 @@ def layout_map(depth: int) -> list[Entry]:
   return entries + _dense("ecg_head") + [Entry("params/logit_scale", "logit_scale", "same")]
 
 
-def architecture(config: Any) -> dict:
-  """The TwoTower kwargs of a workdir config, checked to be an architecture this exporter knows."""
+def architecture(config: Any) -> TwoTower:
+  """The TwoTower of a workdir config (two_tower.from_config), checked to be an architecture this exporter knows:
+  config.model is the architecture as is (an older config.json's training-only keys there: split_config)."""
   if "model" not in config:
     raise ExportError("cannot export: the workdir config has no 'model' section")
-  model = config.model.to_dict()
-  unknown = sorted(set(model) - set(MODEL_KEYS) - set(TRAINING_ONLY_KEYS))
+  unknown = sorted(set(split_config(config)[0]) - set(ARCHITECTURE_KEYS))
   if unknown:
     raise ExportError(f"cannot export: unknown model option(s) {unknown} in config.model; the exporter "
-                      f"knows TwoTower({', '.join(MODEL_KEYS)})")
-  tower = TwoTower(**model)
-  if tower.depth not in STAGE_SIZES:
-    raise ExportError(f"cannot export: ResNet1d depth {tower.depth} is unknown to the exporter; "
-                      f"known depths: {sorted(STAGE_SIZES)}")
-  return {key: getattr(tower, key) for key in MODEL_KEYS}
+                      f"knows the architecture ({', '.join(ARCHITECTURE_KEYS)})")
+  tower = from_config(config)
+  try:
+    stage_sizes(tower.depth)
+  except ValueError as e:
+    raise ExportError(f"cannot export: {e}") from e
+  return tower
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
@@ -140,14 +139,21 @@ def to_state_dict(variables: dict, depth: int) -> dict[str, np.ndarray]:
   return state
 
 
-def export_config(arch: dict, num_labels: int, workdir: str, step: int) -> dict:
+def architecture_section(arch: dict | TwoTower) -> dict:
+  """config.json's "architecture" of a TwoTower (or its ARCHITECTURE_KEYS): what the exported modeling_ecg.py builds
+  the network from (stage_sizes from models/resnet1d.py's table: the exported file has no table of its own)."""
+  if isinstance(arch, TwoTower):
+    arch = {key: getattr(arch, key) for key in ARCHITECTURE_KEYS}
+  return {"name": "ResNet1d", "depth": arch["depth"], "width": arch["width"], "downsample": arch["downsample"],
+          "embed_dim": arch["embed_dim"], "stage_sizes": list(stage_sizes(arch["depth"])), "batchnorm_eps": 1e-5,
+          "l2_normalize_eps": 1e-6, "compute_dtype": "float32"}
+
+
+def export_config(tower: TwoTower, num_labels: int, workdir: str, step: int) -> dict:
   """config.json of the export folder: architecture, input contract, zero-shot head, provenance."""
   return {
       "format_version": 1,
-      "architecture": {"name": "ResNet1d", "depth": arch["depth"], "width": arch["width"],
-                       "downsample": arch["downsample"], "embed_dim": arch["embed_dim"],
-                       "stage_sizes": list(STAGE_SIZES[arch["depth"]]), "batchnorm_eps": 1e-5,
-                       "l2_normalize_eps": 1e-6, "compute_dtype": "float32"},
+      "architecture": architecture_section(tower),
       "input": {"shape": f"(B, {signal.NUM_LEADS}, {signal.NUM_SAMPLES})",
                 "layout": "channels-first: (batch, lead, sample)", "dtype": "float32",
                 "sampling_rate_hz": signal.SAMPLE_RATE, "num_samples": signal.NUM_SAMPLES,
@@ -157,7 +163,7 @@ def export_config(arch: dict, num_labels: int, workdir: str, step: int) -> dict:
       "zero_shot": {"num_labels": num_labels, "labels": "labels.json", "embeddings": "label_embeddings.safetensors",
                     "score": f"exp(min(logit_scale, {MAX_LOGIT_SCALE:.6f})) * cosine(ecg, label)"},
       "source": {"workdir": workdir if paths.is_remote(workdir) else os.path.abspath(workdir), "step": step,
-                 "training_compute_dtype": jnp.dtype(arch["dtype"]).name, "temperature": arch["temperature"]},
+                 "training_compute_dtype": jnp.dtype(tower.dtype).name, "temperature": tower.temperature},
   }
 
 
@@ -211,12 +217,12 @@ def export(workdir: str, out: str, step: int | None = None, verify: bool | None 
     run_config = checkpoints.read_config(workdir)
   except FileNotFoundError as e:
     raise ExportError(f"cannot export: {e}") from e
-  arch = architecture(run_config)  # before restoring: an unknown architecture fails fast
+  tower = architecture(run_config)  # before restoring: an unknown architecture fails fast
   try:
     inference = checkpoints.restore_inference(workdir, step)
   except (FileNotFoundError, ValueError, checkpoints.CheckpointError) as e:
     raise ExportError(f"cannot export {workdir!r}: {e}") from e
-  state = to_state_dict(inference.variables, arch["depth"])
+  state = to_state_dict(inference.variables, tower.depth)
   scorer = FlaxScorer(inference)
   remote = paths.is_remote(out)
   if not remote:
@@ -230,7 +236,7 @@ def export(workdir: str, out: str, step: int | None = None, verify: bool | None 
     with open(os.path.join(partial, "labels.json"), "w", encoding="utf-8") as f:
       json.dump(inference.labels, f, ensure_ascii=False, indent=1)
     shutil.copyfile(MODELING_FILE, os.path.join(partial, "modeling_ecg.py"))
-    config = export_config(arch, len(inference.labels), workdir, inference.step)
+    config = export_config(tower, len(inference.labels), workdir, inference.step)
     _write_config(partial, config)  # modeling_ecg.load reads it
     if verify is None:
       verify = torch_available()

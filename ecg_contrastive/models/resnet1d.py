@@ -22,7 +22,16 @@ import jax.numpy as jnp
 
 from ecg_contrastive.models.batch_norm import BatchNorm
 
+# The one table of ResNet1d layouts: depth -> BasicBlocks per stage. config_check, the exporter (layout_map, the
+# exported config.json's architecture.stage_sizes, which the exported modeling_ecg.py builds from) and bench use it.
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+
+def stage_sizes(depth: int) -> tuple[int, ...]:
+  """BasicBlocks per stage of ResNet1d-`depth`; ValueError naming the supported depths for any other depth."""
+  if depth not in STAGE_SIZES:
+    raise ValueError(f"ResNet1d depth {depth} is not supported; use one of {sorted(STAGE_SIZES)}")
+  return STAGE_SIZES[depth]
 
 
 def conv1d(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
@@ -67,8 +76,7 @@ class ResNet1d(nn.Module):
 
   @nn.compact
   def __call__(self, ecg: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    if self.depth not in STAGE_SIZES:
-      raise ValueError(f"ResNet1d depth {self.depth} is not supported; use one of {sorted(STAGE_SIZES)}")
+    sizes = stage_sizes(self.depth)
     dtype = jnp.dtype(self.dtype)
     x = ecg.astype(jnp.float32)
     if self.downsample > 1:
@@ -76,7 +84,7 @@ class ResNet1d(nn.Module):
     x = x.astype(dtype)
     x = conv1d(self.width, 7, 2, dtype, "stem_conv")(x)
     x = batch_norm(dtype, "stem_bn", relu=True, backward=self.bn_backward)(x, train)
-    for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
+    for stage, num_blocks in enumerate(sizes):
       for block in range(num_blocks):
         stride = 2 if stage > 0 and block == 0 else 1
         x = BasicBlock(self.width * 2**stage, stride, dtype, self.bn_backward,

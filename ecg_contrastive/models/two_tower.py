@@ -10,6 +10,7 @@ Parameter tree (names double as the interface for freezing, loading and export):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -19,6 +20,10 @@ import numpy as np
 from ecg_contrastive.models.resnet1d import ResNet1d
 
 MAX_LOGIT_SCALE = float(np.log(100.0))  # CLIP's clamp: temperature never below 0.01
+# config.model: the architecture (what an export rebuilds); config.train: TwoTower settings of training only (the
+# initial temperature, the compute dtype, the sigmoid loss's initial bias, BatchNorm's backward pass).
+ARCHITECTURE_KEYS = ("depth", "width", "downsample", "embed_dim")
+TRAINING_KEYS = ("temperature", "dtype", "logit_bias", "bn_backward")
 
 
 def l2_normalize(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
@@ -63,3 +68,27 @@ class TwoTower(nn.Module):
   def __call__(self, ecg_mv: jnp.ndarray, text_emb: jnp.ndarray, train: bool = False):
     """Returns (ecg embeddings (B, E), text embeddings (B, E), logit scale ())."""
     return self.encode_ecg(ecg_mv, train), self.encode_text(text_emb), self.scale()
+
+
+def _as_dict(node: Any) -> dict:
+  return dict(node.to_dict() if hasattr(node, "to_dict") else node or {})
+
+
+def split_config(config: Any) -> tuple[dict, dict]:
+  """(architecture, training settings) of a run config: config.model as is, and the TRAINING_KEYS of config.train.
+
+  The one compat mapping for configs written before the split (an older workdir's config.json): their
+  config.model also held the TRAINING_KEYS; these are moved to the training settings (and win over config.train).
+  Keys of config.model that are neither stay in the architecture, for the caller to reject.
+  """
+  model = _as_dict(config["model"])
+  train = _as_dict(config.get("train"))
+  training = {k: train[k] for k in TRAINING_KEYS if k in train}
+  training.update({k: model.pop(k) for k in TRAINING_KEYS if k in model})
+  return model, training
+
+
+def from_config(config: Any) -> TwoTower:
+  """The TwoTower of a run config (config.model + config.train; an older mixed config.model too: split_config)."""
+  model, training = split_config(config)
+  return TwoTower(**model, **training)

@@ -28,8 +28,6 @@ from ecg_contrastive.text.tokenizer import check_texts, load_tokenizer, tokenize
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# Japanese prompt templates for the 98 labels; '{}' is replaced by the label.
-DEFAULT_LABEL_TEMPLATES = ("{}", "{}を認める。", "{}の所見。", "心電図所見：{}")
 _COUNTS = ("empty", "truncated", "unk_tokens", "texts_with_unk", "tokens", "padded_tokens", "batches")
 
 

@@ -1,9 +1,9 @@
-"""The findings the synthetic generator draws, their co-occurrence rules and the primary-label rule.
+"""The findings the synthetic generator draws and their co-occurrence rules.
 
 Every name is a term of the project vocabulary (`ecg_contrastive.vocab.terms`), verbatim.
 
-Primary label rule: a record's `primary_label` is its finding that comes first in SIGNIFICANCE,
-the order of clinical urgency used here:
+Primary label rule: the project's one rule, `vocab.report_ja.primary_label` (first in PRIMARY_ORDER);
+SIGNIFICANCE lists the generator's findings in that order. For these findings it reads:
   1. a recording that cannot be read as it is (suspected lead misplacement: repeat it);
   2. life-threatening rhythms and acute injury (VT, ST elevation, complete / Mobitz I AV block);
   3. other rhythm disturbances (SVT, flutter, AF, pacing, pre-excitation);
@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecg_contrastive.vocab import terms
+from ecg_contrastive.vocab import report_ja, terms
 
-SIGNIFICANCE = (
+# The findings the generator emits (a primary, its rhythm, secondaries, a recording-quality remark).
+_FINDINGS = frozenset({
     "電極付け間違いの疑い",
     "心室頻拍", "ST上昇", "完全房室ブロック", "2度房室ブロック(ウェンケバッハ型)",
     "上室頻拍", "心房粗動", "心房細動", "心室ペーシング", "WPW症候群",
@@ -32,7 +33,8 @@ SIGNIFICANCE = (
     "時計方向回転", "反時計方向回転",
     "正常心電図", "洞調律",
     "基線の動揺", "筋電図混入", "交流障害",
-)
+})
+SIGNIFICANCE = tuple(t for t in report_ja.PRIMARY_ORDER if t in _FINDINGS)  # the findings, most urgent first
 
 # Relative frequency of each primary label (normalised when drawn): ~12% normal, the rest balanced.
 PRIMARY_WEIGHTS = {
@@ -72,24 +74,16 @@ SECONDARIES = {
     "陳旧性前壁中隔梗塞": ("異常Q波",),
     "QT延長": ("U波増高",),
 }
-QUALITY = ("基線の動揺", "筋電図混入", "交流障害")
+QUALITY = report_ja.QUALITY  # recording-quality remarks, drawn by index: their order is part of the data
 QUALITY_RATE = 0.08                     # share of records with one recording-quality finding
 SECONDARY_COUNT_P = (0.65, 0.28, 0.07)  # P(0, 1, 2 secondary findings) where the primary allows them
 
-_RANK = {name: i for i, name in enumerate(SIGNIFICANCE)}
+_RANK = report_ja.primary_rank()
 
 
 def all_findings() -> tuple[str, ...]:
   """Every finding name the generator can emit, in SIGNIFICANCE order."""
   return SIGNIFICANCE
-
-
-def primary_of(labels: list[str]) -> str:
-  """The most significant of `labels` (see the module docstring); raises on a name outside SIGNIFICANCE."""
-  unknown = [l for l in labels if l not in _RANK]
-  if unknown or not labels:
-    raise ValueError(f"cannot rank findings {unknown or labels}: known findings are {list(SIGNIFICANCE)}")
-  return min(labels, key=_RANK.__getitem__)
 
 
 def draw_primaries(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -118,9 +112,9 @@ def draw_labels(rng: np.random.Generator, primaries: np.ndarray) -> list[list[st
 def _check_catalogue() -> None:
   """Import-time guard: every name is a vocabulary term and every secondary ranks below its primary."""
   vocabulary = set(terms.term_names())
-  unknown = [n for n in SIGNIFICANCE if n not in vocabulary]
-  if unknown or len(set(SIGNIFICANCE)) != len(SIGNIFICANCE):
-    raise ValueError(f"findings.SIGNIFICANCE: not vocabulary terms or duplicated: {unknown}")
+  unknown = sorted(_FINDINGS - vocabulary)
+  if unknown:
+    raise ValueError(f"findings._FINDINGS: not vocabulary terms: {unknown}")
   for primary, options in SECONDARIES.items():
     bad = [s for s in options if _RANK[s] <= _RANK[primary]]
     if primary not in PRIMARY_WEIGHTS or bad:

@@ -16,9 +16,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ecg_contrastive.data.synthetic import dipole, findings, morphology, noise, phenotype, plan, reports
+from ecg_contrastive.data.synthetic import dipole, findings, morphology, noise, phenotype, plan
 from ecg_contrastive.data.synthetic import rhythm as rh
 from ecg_contrastive.ecg.signal import LEADS, NUM_SAMPLES, SAMPLE_RATE, from_independent, to_units
+from ecg_contrastive.vocab import report_ja
 
 SPLITS = ("train", "validation", "test")
 RECORDS_PER_PATIENT_P = (0.5, 0.3, 0.2)  # P(1, 2, 3 records of one patient)
@@ -113,8 +114,8 @@ def _chunk(rng: np.random.Generator, traits: dict[str, np.ndarray], patient_of: 
     swapped = heart.arms_swapped[block]  # LA/RA exchanged: I -> -I, II -> III
     leads[swapped, :, 0], leads[swapped, :, 1] = -leads[swapped, :, 0], leads[swapped, :, 1] - leads[swapped, :, 0]
     ecg[block] = to_units(from_independent(leads), "synthetic ECG")
-  text = [reports.write_report(rng, labels[i], chunk.where[i]) for i in range(n)]
-  primary = [findings.primary_of(l) for l in labels]
+  text = [report_ja.write_varied(rng, labels[i], chunk.where[i]) for i in range(n)]
+  primary = [report_ja.primary_label(l) for l in labels]
   if primary != list(primaries):
     raise RuntimeError("findings.draw_labels gave a record a finding that outranks its primary label")
   return Records(ecg, text, labels, primary, [], [], beats)
