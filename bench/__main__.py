@@ -70,7 +70,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--microbatches", type=_ints, default=[1],
                  help="ours with each of these micro-batch counts (gradient caching, config.microbatches), e.g. 1,4")
   p.add_argument("--bn-backward", type=_bn_backwards, default=["lean"],
-                 help="ours with each BatchNorm backward, e.g. lean,autodiff (config.model.bn_backward): "
+                 help="ours with each BatchNorm backward, e.g. lean,autodiff (config.train.bn_backward): "
                       "an A/B in one run")
   p.add_argument("--plan-only", action="store_true",
                  help="compile ours only and report XLA's memory plan per device (what fits), without running")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 6's GPU run, in one call on the device machine (one H100; about 6 minutes there):
 #   1. the training step of ResNet1d-18 on (5000, 12) at global batch 256 and 1024: ours (JAX), ours with
-#      BatchNorm's plain autodiff backward (config.model.bn_backward=autodiff: the A/B of the lean one) and
+#      BatchNorm's plain autodiff backward (config.train.bn_backward=autodiff: the A/B of the lean one) and
 #      the PyTorch step of the same architecture (eager and torch.compile), side by side in one process,
 #      plus a profile of ours at 1024 (where the time goes);
 #   2. ours at 1024 fed by the real input pipeline (int16 on the wire) next to device-resident batches;

@@ -41,7 +41,7 @@ class ProjectStep:
                microbatches: int = 1, bn_backward: str = "lean"):
     config = workload.config(batch_size)
     config.microbatches = microbatches
-    config.model.bn_backward = bn_backward
+    config.train.bn_backward = bn_backward
     self.mesh = make_mesh()
     model = step_lib.make_model(config)
     tx, schedule = step_lib.make_optimizer(config, SCHEDULE_STEPS)

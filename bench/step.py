@@ -36,7 +36,7 @@ def run(workload: Workload, batch_sizes: Sequence[int], torch_modes: Sequence[st
   `hlo_path`: write its optimized HLO there (gzipped).
 
   microbatches: ours once per count that divides the batch per device (gradient caching for k > 1).
-  bn_backwards: and once per BatchNorm backward ("lean", "autodiff"; config.model.bn_backward), for A/B runs;
+  bn_backwards: and once per BatchNorm backward ("lean", "autodiff"; config.train.bn_backward), for A/B runs;
   the profile and the HLO are of the first.
   plan_only: compile ours and report XLA's memory plan per device, without running (no PyTorch rows).
 

@@ -14,10 +14,10 @@ import ml_collections
 import numpy as np
 
 from configs import paper
+from ecg_contrastive.ecg.signal import NUM_LEADS, NUM_SAMPLES
 from ecg_contrastive.models.resnet1d import stage_sizes
 
-ECG_LENGTH = 5000
-ECG_LEADS = 12
+ECG_LENGTH, ECG_LEADS = NUM_SAMPLES, NUM_LEADS  # the input contract (ecg/signal.py)
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (grad wrt inputs and wrt weights)
 
 
@@ -45,7 +45,6 @@ class Workload:
     c.model.update(self.architecture())
     c.train.dtype = self.dtype
     c.batch_size = batch_size
-    c.ecg_length, c.ecg_leads = ECG_LENGTH, ECG_LEADS
     return c
 
   def forward_flops_per_ecg(self) -> float:

@@ -90,7 +90,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
            ", ".join(f"{s}={len(src)}" for s, src in sources.items()), num_steps, num_steps / steps_per_epoch)
 
   # 4. text
-  table, label_emb = embed_texts(config, sources, labels)
+  table, label_emb = embed_texts(config, (r for src in sources.values() for r in src.meta.reports), labels)
   if jax.process_index() == 0:
     _write_run_files(workdir, config, labels, label_emb)
   report_rows = table.rows(train_source.meta.reports)

@@ -19,7 +19,7 @@ def _setup(microbatches: int, loss: str = "softmax"):
   config.loss.name = loss
   config.optimizer.warmup_steps = 0  # the first step updates at the full learning rate (the bias must move)
   if loss == "sigmoid":
-    config.model.logit_bias = -10.0
+    config.train.logit_bias = -10.0
   mesh = make_mesh()
   model = step_lib.make_model(config)
   tx, schedule = step_lib.make_optimizer(config, 10)

@@ -66,7 +66,7 @@ LAYERS = (
                                                                          "data.builders")),
   Rule("step", ("step",), ("models", "ecg", "losses", "sharding", "errors")),
   Rule("checkpoints", ("checkpoints",), ("models", "paths", "errors", "vocab")),
-  Rule("evals", ("evals", "evals.*"), ("step", "models", "sharding", "paths", "errors", "vocab") + _DATA),
+  Rule("evals", ("evals", "evals.*"), ("step", "models", "text", "sharding", "paths", "errors", "vocab") + _DATA),
   Rule("export", ("export", "export.*"), ("ecg", "models", "checkpoints", "paths", "errors", "vocab")),
   Rule("config_check", ("config_check",), AnyExcept(("train", "main", "evals", "export"))),
   Rule("train", ("train",), AnyExcept(("main", "export"))),

@@ -355,7 +355,7 @@ def test_rhythm_and_quality_terms_come_from_the_vocabulary_groups():
 def test_reports_labels_and_primaries_are_byte_identical_to_before_the_move(args, digest):
   """The writer moved to vocab/report_ja and the primary rule changed home: the same seed gives byte-identical
   reports, labels and primary labels (SHA-256 of their JSON, computed with commit 2e7653b, the last one with
-  data/synthetic/reports.py). A change here changes every synthetic dataset: bump its version."""
+  vocab/report_ja.write_varied). A change here changes every synthetic dataset: bump its version."""
   chunk = synth.generate_chunk(*args)
   blob = json.dumps([chunk.report, chunk.labels, chunk.primary_label], ensure_ascii=False).encode("utf-8")
   assert hashlib.sha256(blob).hexdigest() == digest

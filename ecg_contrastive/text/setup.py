@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 
 import jax
 import ml_collections
 
 from ecg_contrastive import paths
-from ecg_contrastive.data import pipeline
 from ecg_contrastive.text import cache as text_cache
 from ecg_contrastive.text import precompute, standin
 from ecg_contrastive.vocab import terms
@@ -39,15 +39,15 @@ def text_model_dir(config: ml_collections.ConfigDict) -> str:
   return directory
 
 
-def embed_texts(config, sources: dict[str, pipeline.EcgSource], labels: list[terms.Term]):
-  """Embeds every distinct report of the used splits and the label prompts.
+def embed_texts(config, reports: Iterable[str], labels: list[terms.Term]):
+  """Embeds every distinct report of `reports` (those of the used splits) and the label prompts.
 
   Returns (TextTable of reports, (num_labels, text_dim) label prompt embeddings).
   """
   model_dir = text_model_dir(config)
   kw = dict(pooling=config.text.pooling, max_length=config.text.max_length, batch_size=config.text.batch_size,
             dtype=config.text.dtype, cache_dir=config.text.cache_dir or None, progress=jax.process_index() == 0)
-  reports = sorted({r for src in sources.values() for r in src.meta.reports})
+  reports = sorted(set(reports))
   table = precompute.embed_texts(reports, model_dir, **kw)
   log.info("report table: %s", json.dumps(table.summary, ensure_ascii=False))
   label_emb = precompute.embed_label_prompts([t.ja for t in labels], list(config.text.templates), model_dir, **kw)
