@@ -25,7 +25,8 @@ import argparse
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
   from bench.workload import Workload
@@ -40,67 +41,116 @@ def _modes(text: str) -> list[str]:
 
 
 def _bn_backwards(text: str) -> list[str]:
-  from ecg_contrastive.models.batch_norm import BACKWARDS  # imports JAX, but starts no backend (XLA_FLAGS still apply)
+  from ecg_contrastive.models.batch_norm import (
+    BACKWARDS,
+  )  # imports JAX, but starts no backend (XLA_FLAGS still apply)
+
   values = [v for v in text.split(",") if v]
   if not values or set(values) - set(BACKWARDS):
-    raise argparse.ArgumentTypeError(f"{text!r}: give one or more of {', '.join(BACKWARDS)}, comma-separated")
+    raise argparse.ArgumentTypeError(
+      f"{text!r}: give one or more of {', '.join(BACKWARDS)}, comma-separated"
+    )
   return values
 
 
 def _timing_args(p: argparse.ArgumentParser, warmup: int, windows: int, steps: int) -> None:
-  p.add_argument("--warmup", type=int, default=warmup, help="untimed steps first (compilation, autotuning)")
-  p.add_argument("--windows", type=int, default=windows, help="timed windows; the median is reported")
+  p.add_argument(
+    "--warmup", type=int, default=warmup, help="untimed steps first (compilation, autotuning)"
+  )
+  p.add_argument(
+    "--windows", type=int, default=windows, help="timed windows; the median is reported"
+  )
   p.add_argument("--steps", type=int, default=steps, help="steps per timed window")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--model", default="paper", choices=["paper", "tiny"], help="workload preset (workload.py)")
-  p.add_argument("--dtype", choices=["bfloat16", "float32"], help="override the preset's compute dtype")
+  p.add_argument(
+    "--model", default="paper", choices=["paper", "tiny"], help="workload preset (workload.py)"
+  )
+  p.add_argument(
+    "--dtype", choices=["bfloat16", "float32"], help="override the preset's compute dtype"
+  )
   p.add_argument("--seed", type=int, default=0)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m bench",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   sub = parser.add_subparsers(dest="command", required=True)
 
   p = sub.add_parser("step", help="our training step vs PyTorch eager / torch.compile")
   _model_args(p)
-  p.add_argument("--batch-sizes", type=_ints, default=[256, 1024], help="global batch sizes, comma-separated")
-  p.add_argument("--microbatches", type=_ints, default=[1],
-                 help="ours with each of these micro-batch counts (gradient caching, config.microbatches), e.g. 1,4")
-  p.add_argument("--bn-backward", type=_bn_backwards, default=["lean"],
-                 help="ours with each BatchNorm backward, e.g. lean,autodiff (config.train.bn_backward): "
-                      "an A/B in one run")
-  p.add_argument("--plan-only", action="store_true",
-                 help="compile ours only and report XLA's memory plan per device (what fits), without running")
-  p.add_argument("--torch", type=_modes, default=["eager", "compile"], help="'eager,compile', 'eager' or 'none'")
+  p.add_argument(
+    "--batch-sizes", type=_ints, default=[256, 1024], help="global batch sizes, comma-separated"
+  )
+  p.add_argument(
+    "--microbatches",
+    type=_ints,
+    default=[1],
+    help="ours with each of these micro-batch counts (gradient caching, config.microbatches), e.g. 1,4",
+  )
+  p.add_argument(
+    "--bn-backward",
+    type=_bn_backwards,
+    default=["lean"],
+    help="ours with each BatchNorm backward, e.g. lean,autodiff (config.train.bn_backward): "
+    "an A/B in one run",
+  )
+  p.add_argument(
+    "--plan-only",
+    action="store_true",
+    help="compile ours only and report XLA's memory plan per device (what fits), without running",
+  )
+  p.add_argument(
+    "--torch", type=_modes, default=["eager", "compile"], help="'eager,compile', 'eager' or 'none'"
+  )
   p.add_argument("--buffers", type=int, default=4, help="distinct input batches rotated through")
-  p.add_argument("--torch-threads", type=int, default=0,
-                 help="PyTorch CPU threads (0: its default, one per core; on a busy shared CPU, 1 avoids "
-                      "OpenMP threads waiting on each other)")
-  p.add_argument("--profile", help="trace a few steps of ours at the largest batch into this folder and "
-                                   "write a breakdown of device time (profile_summary.txt there)")
-  p.add_argument("--dump-hlo", help="write the optimized HLO of ours at the largest batch here, gzipped (the "
-                                    "fusions the profile names: what each reads and writes)")
+  p.add_argument(
+    "--torch-threads",
+    type=int,
+    default=0,
+    help="PyTorch CPU threads (0: its default, one per core; on a busy shared CPU, 1 avoids "
+    "OpenMP threads waiting on each other)",
+  )
+  p.add_argument(
+    "--profile",
+    help="trace a few steps of ours at the largest batch into this folder and "
+    "write a breakdown of device time (profile_summary.txt there)",
+  )
+  p.add_argument(
+    "--dump-hlo",
+    help="write the optimized HLO of ours at the largest batch here, gzipped (the "
+    "fusions the profile names: what each reads and writes)",
+  )
   _timing_args(p, warmup=3, windows=5, steps=10)
   p.add_argument("--out", default="bench_out/step", help="writes OUT.json and OUT.csv")
 
   p = sub.add_parser("pipeline", help="our step fed by the real input pipeline")
   _model_args(p)
   p.add_argument("--batch-size", type=int, default=1024, help="global batch size")
-  p.add_argument("--dataset", default="synthetic_ecg_ja/tiny", help="TFDS name/config, built on first use")
+  p.add_argument(
+    "--dataset", default="synthetic_ecg_ja/tiny", help="TFDS name/config, built on first use"
+  )
   p.add_argument("--split", default="train")
   p.add_argument("--data-dir", default="", help="'' -> the pipeline's default data directory")
   p.add_argument("--prefetch", type=int, default=4, help="batches the pipeline prepares ahead")
   _timing_args(p, warmup=3, windows=5, steps=10)
   p.add_argument("--out", default="bench_out/pipeline", help="writes OUT.json and OUT.csv")
 
-  p = sub.add_parser("memory", help="per-device loss memory vs global batch size, against a naive B x B loss")
+  p = sub.add_parser(
+    "memory", help="per-device loss memory vs global batch size, against a naive B x B loss"
+  )
   p.add_argument("--batch-sizes", type=_ints, default=[256, 512, 1024, 2048, 4096, 8192])
   p.add_argument("--embed-dim", type=int, default=256)
-  p.add_argument("--cpu-devices", type=int, default=0,
-                 help="on CPU, run with this many virtual devices (sets XLA_FLAGS before JAX starts)")
+  p.add_argument(
+    "--cpu-devices",
+    type=int,
+    default=0,
+    help="on CPU, run with this many virtual devices (sets XLA_FLAGS before JAX starts)",
+  )
   p.add_argument("--out", default="bench_out/memory", help="writes OUT.json and OUT.csv")
 
   p = sub.add_parser("show", help="print the tables of results files (PREFIX.json) again")
@@ -111,7 +161,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def _force_cpu_devices(count: int) -> None:
   """Virtual CPU devices for the mesh; must run before JAX initialises its backends."""
   flag = f"--xla_force_host_platform_device_count={count}"
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
+  flags = [
+    f
+    for f in os.environ.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform")
+  ]
   os.environ["XLA_FLAGS"] = " ".join(flags + [flag])
 
 
@@ -120,6 +174,7 @@ def _workload(args: argparse.Namespace) -> Workload:
   import dataclasses
 
   from bench.workload import PRESETS
+
   workload = PRESETS[args.model]
   return dataclasses.replace(workload, dtype=args.dtype) if args.dtype else workload
 
@@ -127,33 +182,59 @@ def _workload(args: argparse.Namespace) -> Workload:
 def _step(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
   from bench import results, step
   from bench.rows import STEP_COLUMNS
+
   workload = _workload(args)
-  meta.update(workload=dict(workload.__dict__, train_gflop_per_ecg=workload.train_flops_per_ecg() / 1e9))
+  meta.update(
+    workload=dict(workload.__dict__, train_gflop_per_ecg=workload.train_flops_per_ecg() / 1e9)
+  )
   if args.torch and not args.plan_only:
     import torch
+
     if args.torch_threads:
       torch.set_num_threads(args.torch_threads)
     meta.update(torch_threads=torch.get_num_threads())
-  rows = step.run(workload, args.batch_sizes, args.torch, warmup=args.warmup, windows=args.windows,
-                  steps=args.steps, buffers=args.buffers, seed=args.seed, profile_dir=args.profile,
-                  microbatches=args.microbatches, plan_only=args.plan_only, hlo_path=args.dump_hlo,
-                  bn_backwards=args.bn_backward,
-                  on_row=lambda rows: results.write_results(args.out, meta, rows, STEP_COLUMNS))
+  rows = step.run(
+    workload,
+    args.batch_sizes,
+    args.torch,
+    warmup=args.warmup,
+    windows=args.windows,
+    steps=args.steps,
+    buffers=args.buffers,
+    seed=args.seed,
+    profile_dir=args.profile,
+    microbatches=args.microbatches,
+    plan_only=args.plan_only,
+    hlo_path=args.dump_hlo,
+    bn_backwards=args.bn_backward,
+    on_row=lambda rows: results.write_results(args.out, meta, rows, STEP_COLUMNS),
+  )
   return rows, STEP_COLUMNS
 
 
 def _pipeline(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
   from bench import input_path
+
   workload = _workload(args)
   meta.update(workload=dict(workload.__dict__, dataset=args.dataset, split=args.split))
-  rows = input_path.run(workload, args.batch_size, args.dataset, args.split, args.data_dir or None,
-                        prefetch=args.prefetch, warmup=args.warmup, windows=args.windows, steps=args.steps,
-                        seed=args.seed)
+  rows = input_path.run(
+    workload,
+    args.batch_size,
+    args.dataset,
+    args.split,
+    args.data_dir or None,
+    prefetch=args.prefetch,
+    warmup=args.warmup,
+    windows=args.windows,
+    steps=args.steps,
+    seed=args.seed,
+  )
   return rows, input_path.COLUMNS
 
 
 def _memory(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
   from bench import loss_memory
+
   return loss_memory.run(args.batch_sizes, args.embed_dim), loss_memory.COLUMNS
 
 
@@ -165,25 +246,34 @@ def run_command(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str
   import jax
 
   from bench import results
+
   meta = dict(results.environment(jax.devices()), subcommand=args.command)
-  rows, columns = {"step": _step, "pipeline": _pipeline, "memory": _memory}[args.command](args, meta)
+  rows, columns = {"step": _step, "pipeline": _pipeline, "memory": _memory}[args.command](
+    args, meta
+  )
   return meta, rows, columns
 
 
 def show(files: Sequence[str]) -> None:
   """Prints each file's card, command, versions and table; then the issue's targets if a step file is there."""
   from bench import results, targets
+
   by_command: dict[str, list[dict[str, Any]]] = {}
   for path in files:
     meta, rows, columns = results.read_results(path)
     by_command.setdefault(meta["subcommand"], []).extend(rows)
     print(f"\n{path}\n{results.format_meta(meta)}\n{results.format_table(rows, columns)}")
   if "step" in by_command:
-    print("\nissue 6 targets:\n" + "\n".join(targets.check(by_command["step"], by_command.get("pipeline", []))))
+    print(
+      "\nissue 6 targets:\n"
+      + "\n".join(targets.check(by_command["step"], by_command.get("pipeline", [])))
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+  logging.basicConfig(
+    level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+  )
   args = parse_args(argv)
   if args.command == "show":
     show(args.files)
@@ -191,15 +281,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     meta, rows, columns = run_command(args)
   except ModuleNotFoundError as e:  # e.g. on a device machine without the carried wheels
-    print(f"\n{args.command}: Python package {e.name!r} is missing. Where packages cannot be installed (the "
-          f"device machine), run `bash bench/fetch_wheels.sh` and carry .whl/ (bench/gpu_run.sh installs it).",
-          file=sys.stderr)
+    print(
+      f"\n{args.command}: Python package {e.name!r} is missing. Where packages cannot be installed (the "
+      f"device machine), run `bash bench/fetch_wheels.sh` and carry .whl/ (bench/gpu_run.sh installs it).",
+      file=sys.stderr,
+    )
     return 2
   from bench import results
+
   paths = results.write_results(args.out, meta, rows, columns)
   for row in rows:
     if "profile" in row:
       from bench.trace_summary import format_summary
+
       print(f"\n{row['impl']} at batch {row['batch']}: " + format_summary(row["profile"]))
     for key in ("error", "profile_error"):
       if key in row:

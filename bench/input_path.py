@@ -30,41 +30,81 @@ from bench.xla_stats import compiled_bytes_per_device, compiled_flops, peak_devi
 STEP_KEYS = ("ecg", "report_row")  # what the step reads; the iterator's 'index' is not passed
 
 COLUMNS: list[Column] = [
-    ("impl", "implementation", ""), ("batch", "global batch", "d"), ("ecg_per_s", "ECG/s", ",.0f"),
-    ("step_ms", "step ms (median)", ".2f"), ("step_ms_min", "min", ".2f"), ("step_ms_max", "max", ".2f"),
-    ("tflops", "TFLOP/s (analytic)", ".3g"), ("peak_gib", "peak GiB", ".2f"),
-    ("fraction", "fraction of device-resident", ".3f"),
+  ("impl", "implementation", ""),
+  ("batch", "global batch", "d"),
+  ("ecg_per_s", "ECG/s", ",.0f"),
+  ("step_ms", "step ms (median)", ".2f"),
+  ("step_ms_min", "min", ".2f"),
+  ("step_ms_max", "max", ".2f"),
+  ("tflops", "TFLOP/s (analytic)", ".3g"),
+  ("peak_gib", "peak GiB", ".2f"),
+  ("fraction", "fraction of device-resident", ".3f"),
 ]
 
 
-def run(workload: Workload, batch_size: int, dataset: str, split: str, data_dir: str | None, *, prefetch: int,
-        warmup: int, windows: int, steps: int, seed: int, buffers: int = 4) -> list[dict[str, Any]]:
+def run(
+  workload: Workload,
+  batch_size: int,
+  dataset: str,
+  split: str,
+  data_dir: str | None,
+  *,
+  prefetch: int,
+  warmup: int,
+  windows: int,
+  steps: int,
+  seed: int,
+  buffers: int = 4,
+) -> list[dict[str, Any]]:
   """Results rows: the pipeline alone, ours on device-resident batches, ours fed by the pipeline."""
   from ecg_contrastive.data import pipeline  # here: the step benchmark does not need the data stack
+
   start = time.perf_counter()
   source = pipeline.open_source(dataset, split, data_dir)
   open_s = time.perf_counter() - start
-  report_rows = np.random.default_rng(seed).integers(0, workload.table_rows, len(source), dtype=np.int32)
+  report_rows = np.random.default_rng(seed).integers(
+    0, workload.table_rows, len(source), dtype=np.int32
+  )
   example = random_batches(workload, batch_size, 1, seed)[0]
   step = ProjectStep(workload, batch_size, random_table(workload, seed), example)
-  batches = pipeline.BatchIterator(source, global_batch_size=batch_size, mesh=step.mesh, seed=seed,
-                                   columns={"report_row": report_rows}, prefetch=prefetch)
+  batches = pipeline.BatchIterator(
+    source,
+    global_batch_size=batch_size,
+    mesh=step.mesh,
+    seed=seed,
+    columns={"report_row": report_rows},
+    prefetch=prefetch,
+  )
   take = lambda: {k: v for k, v in next(batches).items() if k in STEP_KEYS}
-  drained = dict(warmup=max(warmup, prefetch + 2), windows=windows, steps=steps)  # past the filled queue
+  drained = dict(
+    warmup=max(warmup, prefetch + 2), windows=windows, steps=steps
+  )  # past the filled queue
   last: dict[str, jax.Array] = {}
-  alone = time_windows(lambda i: last.update(take()), lambda: jax.block_until_ready(last), **drained)
+  alone = time_windows(
+    lambda i: last.update(take()), lambda: jax.block_until_ready(last), **drained
+  )
   resident = [take() for _ in range(buffers)]
-  on_device = time_windows(lambda i: step(resident[i % buffers]), step.sync, warmup=warmup, windows=windows,
-                           steps=steps)
+  on_device = time_windows(
+    lambda i: step(resident[i % buffers]), step.sync, warmup=warmup, windows=windows, steps=steps
+  )
   fed = time_windows(lambda i: step(take()), step.sync, **drained)
   batches.close()
-  stats = (peak_device_bytes(list(step.mesh.devices.flat)), compiled_bytes_per_device(step.compiled),
-           compiled_flops(step.compiled))
-  rows = [step_row("input pipeline alone", workload, batch_size, alone, None, None, None, None),
-          step_row("jax (ours), device-resident", workload, batch_size, on_device, step.loss(), *stats),
-          step_row("jax (ours), input pipeline", workload, batch_size, fed, step.loss(), *stats)]
+  stats = (
+    peak_device_bytes(list(step.mesh.devices.flat)),
+    compiled_bytes_per_device(step.compiled),
+    compiled_flops(step.compiled),
+  )
+  rows = [
+    step_row("input pipeline alone", workload, batch_size, alone, None, None, None, None),
+    step_row("jax (ours), device-resident", workload, batch_size, on_device, step.loss(), *stats),
+    step_row("jax (ours), input pipeline", workload, batch_size, fed, step.loss(), *stats),
+  ]
   rows[0]["tflops"] = None  # no training step in that row
   for row in rows:
-    row.update(fraction=row["ecg_per_s"] / rows[1]["ecg_per_s"], records=len(source), open_s=open_s,
-               prefetch=prefetch)
+    row.update(
+      fraction=row["ecg_per_s"] / rows[1]["ecg_per_s"],
+      records=len(source),
+      open_s=open_s,
+      prefetch=prefetch,
+    )
   return rows

@@ -28,20 +28,27 @@ def _args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--dataset", default="synthetic_ecg_ja/demo")
   parser.add_argument("--split", default="train")
-  parser.add_argument("--data_dir", default=None, help="default: $ECG_CONTRASTIVE_DATA or ~/.cache/ecg_contrastive/tfds")
+  parser.add_argument(
+    "--data_dir",
+    default=None,
+    help="default: $ECG_CONTRASTIVE_DATA or ~/.cache/ecg_contrastive/tfds",
+  )
   parser.add_argument("--batch", type=int, default=256, help="global batch size")
   parser.add_argument("--batches", type=int, default=40, help="batches per timed window")
   parser.add_argument("--windows", type=int, default=3)
   parser.add_argument("--devices", type=int, default=8, help="virtual CPU devices in the mesh")
-  parser.add_argument("--generate", type=int, default=20_000, help="records to time the generator on (0: skip)")
+  parser.add_argument(
+    "--generate", type=int, default=20_000, help="records to time the generator on (0: skip)"
+  )
   return parser.parse_args()
 
 
 def main() -> None:
   args = _args()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             f" --xla_force_host_platform_device_count={args.devices}").strip()
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
+  ).strip()
   import jax
   import numpy as np
   import tensorflow_datasets as tfds
@@ -49,22 +56,32 @@ def main() -> None:
   from ecg_contrastive.data import pipeline
   from ecg_contrastive.data.synthetic import synth
 
-  print(f"python {platform.python_version()}, jax {jax.__version__}, {os.cpu_count()} CPU cores, "
-        f"{jax.device_count()} devices; {args.dataset}:{args.split}, global batch {args.batch}; "
-        f"load average {os.getloadavg()[0]:.1f}", flush=True)
+  print(
+    f"python {platform.python_version()}, jax {jax.__version__}, {os.cpu_count()} CPU cores, "
+    f"{jax.device_count()} devices; {args.dataset}:{args.split}, global batch {args.batch}; "
+    f"load average {os.getloadavg()[0]:.1f}",
+    flush=True,
+  )
   rows = []
   if args.generate:
     start = time.perf_counter()
     for _ in synth.generate_split(0, "train", args.generate):
       pass
     elapsed = time.perf_counter() - start
-    rows.append((f"generate {args.generate} records (1 process)", args.generate / elapsed, f"{elapsed:.1f} s"))
+    rows.append(
+      (f"generate {args.generate} records (1 process)", args.generate / elapsed, f"{elapsed:.1f} s")
+    )
 
   data_dir = args.data_dir or pipeline.data_dir_default()
   start = time.perf_counter()
   source = pipeline.open_source(args.dataset, args.split, data_dir)
-  print(f"open_source: {len(source)} records in {time.perf_counter() - start:.1f} s (build/cache if first)", flush=True)
-  order = np.random.default_rng(0).permutation(len(source))  # random records, as a shuffled epoch reads them
+  print(
+    f"open_source: {len(source)} records in {time.perf_counter() - start:.1f} s (build/cache if first)",
+    flush=True,
+  )
+  order = np.random.default_rng(0).permutation(
+    len(source)
+  )  # random records, as a shuffled epoch reads them
   plain = tfds.data_source(args.dataset, split=args.split, data_dir=data_dir)
 
   def plain_window(batch_read: bool):
@@ -72,18 +89,21 @@ def main() -> None:
       starts = np.random.default_rng(len(rows)).integers(0, len(order) - args.batch, args.batches)
       start = time.perf_counter()
       for s in starts:
-        indices = [int(i) for i in order[s:s + args.batch]]
+        indices = [int(i) for i in order[s : s + args.batch]]
         examples = plain.__getitems__(indices) if batch_read else [plain[i] for i in indices]
         ecg = np.stack([e["ecg"] for e in examples])
         assert ecg.shape == (args.batch, 5000, 12)
       return args.batches * args.batch / (time.perf_counter() - start)
+
     return run
 
   rows.append(("tfds per-record", *_median(args.windows, plain_window(False))))
   rows.append(("tfds getitems", *_median(args.windows, plain_window(True))))
 
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-  batches = pipeline.BatchIterator(source, global_batch_size=args.batch, mesh=mesh, seed=0, prefetch=2)
+  batches = pipeline.BatchIterator(
+    source, global_batch_size=args.batch, mesh=mesh, seed=0, prefetch=2
+  )
   for _ in range(3):
     next(batches)["ecg"].block_until_ready()
 
@@ -94,7 +114,9 @@ def main() -> None:
     return args.batches * args.batch / (time.perf_counter() - start)
 
   rows.append((f"pipeline ({jax.device_count()} devices)", *_median(args.windows, pipeline_window)))
-  print(f"host buffers reused: {batches.reuses_host_buffers}; load average at the end {os.getloadavg()[0]:.1f}")
+  print(
+    f"host buffers reused: {batches.reuses_host_buffers}; load average at the end {os.getloadavg()[0]:.1f}"
+  )
   batches.close()
 
   baseline = next(rate for name, rate, _ in rows if name == "tfds per-record")
@@ -103,7 +125,9 @@ def main() -> None:
     if name.startswith("generate"):
       print(f"| {name} | {rate:,.0f} | | | {detail} |")
     else:
-      print(f"| {name} | {rate:,.0f} | {rate * 120_000 / 1e6:,.0f} | {rate / baseline:.1f}x | {detail} |")
+      print(
+        f"| {name} | {rate:,.0f} | {rate * 120_000 / 1e6:,.0f} | {rate / baseline:.1f}x | {detail} |"
+      )
   sys.stdout.flush()
 
 

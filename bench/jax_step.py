@@ -15,12 +15,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from ecg_contrastive import step as step_lib
 from bench import trace_summary
 from bench.rows import step_row
 from bench.timing import time_windows
 from bench.workload import Workload
 from bench.xla_stats import compiled_bytes_per_device, compiled_flops, peak_device_bytes
+from ecg_contrastive import step as step_lib
 from ecg_contrastive.sharding import data_sharding, make_mesh, replicated
 
 log = logging.getLogger("bench")
@@ -37,8 +37,15 @@ def ours_impl(microbatches: int, bn_backward: str = "lean") -> str:
 class ProjectStep:
   """State, compiled step and frozen text table of the project's trainer for one workload and batch size."""
 
-  def __init__(self, workload: Workload, batch_size: int, table: np.ndarray, example_batch: dict[str, Any],
-               microbatches: int = 1, bn_backward: str = "lean"):
+  def __init__(
+    self,
+    workload: Workload,
+    batch_size: int,
+    table: np.ndarray,
+    example_batch: dict[str, Any],
+    microbatches: int = 1,
+    bn_backward: str = "lean",
+  ):
     config = workload.config(batch_size)
     config.microbatches = microbatches
     config.train.bn_backward = bn_backward
@@ -51,8 +58,11 @@ class ProjectStep:
     log.info("compiling %s at batch %d", ours_impl(microbatches, bn_backward), batch_size)
     start = time.perf_counter()
     self.compiled = step.lower(self.state, self.put(example_batch), self.table).compile()
-    log.info("compiled in %.1f s; XLA plan %.2f GiB per device", time.perf_counter() - start,
-             compiled_bytes_per_device(self.compiled) / 2**30)
+    log.info(
+      "compiled in %.1f s; XLA plan %.2f GiB per device",
+      time.perf_counter() - start,
+      compiled_bytes_per_device(self.compiled) / 2**30,
+    )
     self.metrics: dict[str, jax.Array] = {}
 
   def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -69,11 +79,21 @@ class ProjectStep:
     return float(self.metrics["loss"])
 
 
-def bench_project_step(workload: Workload, batch_size: int, host_batches: list[dict[str, np.ndarray]],
-                       table: np.ndarray, *, warmup: int, windows: int, steps: int,
-                       profile_dir: str | None = None, microbatches: int = 1,
-                       plan_only: bool = False, hlo_path: str | None = None,
-                       bn_backward: str = "lean") -> dict[str, Any]:
+def bench_project_step(
+  workload: Workload,
+  batch_size: int,
+  host_batches: list[dict[str, np.ndarray]],
+  table: np.ndarray,
+  *,
+  warmup: int,
+  windows: int,
+  steps: int,
+  profile_dir: str | None = None,
+  microbatches: int = 1,
+  plan_only: bool = False,
+  hlo_path: str | None = None,
+  bn_backward: str = "lean",
+) -> dict[str, Any]:
   """One results row for the project's step on device-resident batches (rotated, never zeros).
 
   microbatches > 1: the gradient-caching step (config.microbatches); its analytic TFLOP/s count the
@@ -84,21 +104,35 @@ def bench_project_step(workload: Workload, batch_size: int, host_batches: list[d
   """
   step = ProjectStep(workload, batch_size, table, host_batches[0], microbatches, bn_backward)
   impl = ours_impl(microbatches, bn_backward)
-  hlo_text = step.compiled.as_text() if hlo_path or profile_dir else None  # the module is large: print it once
+  hlo_text = (
+    step.compiled.as_text() if hlo_path or profile_dir else None
+  )  # the module is large: print it once
   if hlo_path:
     with gzip.open(hlo_path, "wt", encoding="utf-8") as f:
       f.write(hlo_text)
   if plan_only:  # compiled, not run: XLA's memory plan and FLOP count (e.g. what fits, from a CPU)
     flops = compiled_flops(step.compiled)
-    return {"impl": impl, "model": workload.name, "batch": batch_size, "ecg_per_s": None,
-            "plan_gib": compiled_bytes_per_device(step.compiled) / 2**30,
-            "gflop_per_ecg_xla": None if flops is None else flops / batch_size / 1e9}
+    return {
+      "impl": impl,
+      "model": workload.name,
+      "batch": batch_size,
+      "ecg_per_s": None,
+      "plan_gib": compiled_bytes_per_device(step.compiled) / 2**30,
+      "gflop_per_ecg_xla": None if flops is None else flops / batch_size / 1e9,
+    }
   batches = [step.put(b) for b in host_batches]
   run_step = lambda i: step(batches[i % len(batches)])
   timing = time_windows(run_step, step.sync, warmup=warmup, windows=windows, steps=steps)
-  row = step_row(impl, workload, batch_size, timing, step.loss(),
-                 peak_device_bytes(list(step.mesh.devices.flat)), compiled_bytes_per_device(step.compiled),
-                 compiled_flops(step.compiled))
+  row = step_row(
+    impl,
+    workload,
+    batch_size,
+    timing,
+    step.loss(),
+    peak_device_bytes(list(step.mesh.devices.flat)),
+    compiled_bytes_per_device(step.compiled),
+    compiled_flops(step.compiled),
+  )
   if profile_dir:
     try:
       row["profile"] = trace_summary.trace_steps(run_step, step.sync, steps, profile_dir, hlo_text)

@@ -9,7 +9,8 @@ per device: the peak that program needs on the device, exact for the compiled pr
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,11 +26,16 @@ SCALE = 1.0 / 0.07
 MIB = 2**20
 
 COLUMNS: list[Column] = [
-    ("batch", "global batch B", "d"), ("devices", "devices n", "d"), ("per_device", "b = B/n", "d"),
-    ("logit_block_mib", "b x B f32 MiB", ".2f"), ("temp_mib", "ours temp MiB/device", ".2f"),
-    ("plan_mib", "ours plan MiB/device", ".2f"), ("temp_per_logit_bytes", "ours temp B/(b x B)", ".1f"),
-    ("naive_temp_mib", "naive B x B temp MiB", ".2f"), ("naive_plan_mib", "naive plan MiB", ".2f"),
-    ("naive_over_ours", "naive / ours temp", ".2f"),
+  ("batch", "global batch B", "d"),
+  ("devices", "devices n", "d"),
+  ("per_device", "b = B/n", "d"),
+  ("logit_block_mib", "b x B f32 MiB", ".2f"),
+  ("temp_mib", "ours temp MiB/device", ".2f"),
+  ("plan_mib", "ours plan MiB/device", ".2f"),
+  ("temp_per_logit_bytes", "ours temp B/(b x B)", ".1f"),
+  ("naive_temp_mib", "naive B x B temp MiB", ".2f"),
+  ("naive_plan_mib", "naive plan MiB", ".2f"),
+  ("naive_over_ours", "naive / ours temp", ".2f"),
 ]
 
 
@@ -55,18 +61,32 @@ def memory_row(batch: int, embed_dim: int, mesh) -> dict[str, Any]:
   if batch % n:
     raise ValueError(f"batch size {batch} does not divide over the {n} devices of the mesh")
   scale = jax.device_put(jnp.float32(SCALE), replicated(mesh))
-  ours = _compile_loss_and_grad(lambda e, t: softmax_loss(e, t, scale, mesh)[0], data_sharding(mesh), batch,
-                                embed_dim)
-  naive = _compile_loss_and_grad(lambda e, t: naive_softmax_loss(e, t, SCALE),
-                                 SingleDeviceSharding(mesh.devices.flat[0]), batch, embed_dim)
+  ours = _compile_loss_and_grad(
+    lambda e, t: softmax_loss(e, t, scale, mesh)[0], data_sharding(mesh), batch, embed_dim
+  )
+  naive = _compile_loss_and_grad(
+    lambda e, t: naive_softmax_loss(e, t, SCALE),
+    SingleDeviceSharding(mesh.devices.flat[0]),
+    batch,
+    embed_dim,
+  )
   b = batch // n
-  temp, naive_temp = ours.memory_analysis().temp_size_in_bytes, naive.memory_analysis().temp_size_in_bytes
+  temp, naive_temp = (
+    ours.memory_analysis().temp_size_in_bytes,
+    naive.memory_analysis().temp_size_in_bytes,
+  )
   return {
-      "batch": batch, "devices": n, "per_device": b, "embed_dim": embed_dim,
-      "logit_block_mib": b * batch * 4 / MIB, "temp_mib": temp / MIB,
-      "plan_mib": compiled_bytes_per_device(ours) / MIB, "temp_per_logit_bytes": temp / (b * batch),
-      "naive_temp_mib": naive_temp / MIB, "naive_plan_mib": compiled_bytes_per_device(naive) / MIB,
-      "naive_over_ours": naive_temp / temp,
+    "batch": batch,
+    "devices": n,
+    "per_device": b,
+    "embed_dim": embed_dim,
+    "logit_block_mib": b * batch * 4 / MIB,
+    "temp_mib": temp / MIB,
+    "plan_mib": compiled_bytes_per_device(ours) / MIB,
+    "temp_per_logit_bytes": temp / (b * batch),
+    "naive_temp_mib": naive_temp / MIB,
+    "naive_plan_mib": compiled_bytes_per_device(naive) / MIB,
+    "naive_over_ours": naive_temp / temp,
   }
 
 

@@ -13,10 +13,16 @@ import os
 import platform
 import shlex
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "torch", "numpy")
-ENV_VARS = ("XLA_FLAGS", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE", "JAX_PLATFORMS")
+ENV_VARS = (
+  "XLA_FLAGS",
+  "XLA_PYTHON_CLIENT_MEM_FRACTION",
+  "XLA_PYTHON_CLIENT_PREALLOCATE",
+  "JAX_PLATFORMS",
+)
 
 
 def _version(package: str) -> str | None:
@@ -43,16 +49,16 @@ def environment(devices: Sequence[Any]) -> dict[str, Any]:
   devices: the JAX devices the run used.
   """
   return {
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "command": shlex.join(["python", "-m", "bench", *sys.argv[1:]]),
-      "platform": devices[0].platform,
-      "device": devices[0].device_kind,
-      "num_devices": len(devices),
-      "cpu": f"{_cpu_model()} x {os.cpu_count()}",
-      "load_average_1m": os.getloadavg()[0],  # other work on the host skews CPU figures
-      "python": platform.python_version(),
-      "versions": {p: _version(p) for p in PACKAGES},
-      "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "command": shlex.join(["python", "-m", "bench", *sys.argv[1:]]),
+    "platform": devices[0].platform,
+    "device": devices[0].device_kind,
+    "num_devices": len(devices),
+    "cpu": f"{_cpu_model()} x {os.cpu_count()}",
+    "load_average_1m": os.getloadavg()[0],  # other work on the host skews CPU figures
+    "python": platform.python_version(),
+    "versions": {p: _version(p) for p in PACKAGES},
+    "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
   }
 
 
@@ -78,17 +84,22 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> s
 def format_meta(meta: dict[str, Any]) -> str:
   """One paragraph: card, date, command and versions, to go with a table."""
   versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
-  return (f"{meta['device']} x {meta['num_devices']} ({meta['platform']}; host {meta['cpu']}, load average "
-          f"{meta['load_average_1m']:.1f}), {meta['date']}\n"
-          f"command: {meta['command']}\nversions: python {meta['python']}, {versions}")
+  return (
+    f"{meta['device']} x {meta['num_devices']} ({meta['platform']}; host {meta['cpu']}, load average "
+    f"{meta['load_average_1m']:.1f}), {meta['date']}\n"
+    f"command: {meta['command']}\nversions: python {meta['python']}, {versions}"
+  )
 
 
-def write_results(prefix: str, meta: dict[str, Any], rows: Sequence[dict[str, Any]],
-                  columns: Sequence[Column]) -> list[str]:
+def write_results(
+  prefix: str, meta: dict[str, Any], rows: Sequence[dict[str, Any]], columns: Sequence[Column]
+) -> list[str]:
   """Writes PREFIX.json ({meta, columns, rows}) and PREFIX.csv (the table's columns); returns the paths."""
   os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
   with open(prefix + ".json", "w", encoding="utf-8") as f:
-    json.dump({"meta": meta, "columns": [list(c) for c in columns], "rows": list(rows)}, f, indent=1)
+    json.dump(
+      {"meta": meta, "columns": [list(c) for c in columns], "rows": list(rows)}, f, indent=1
+    )
   with open(prefix + ".csv", "w", encoding="utf-8", newline="") as f:
     writer = csv.writer(f)
     writer.writerow([key for key, _, _ in columns])

@@ -10,25 +10,46 @@ from bench.workload import Workload
 
 TORCH_MODES = ("eager", "compile")  # the PyTorch steps ours is compared with (bench/torch_step.py)
 STEP_COLUMNS: list[Column] = [
-    ("impl", "implementation", ""), ("batch", "global batch", "d"), ("ecg_per_s", "ECG/s", ",.0f"),
-    ("step_ms", "step ms (median)", ".2f"), ("step_ms_min", "min", ".2f"), ("step_ms_max", "max", ".2f"),
-    ("tflops", "TFLOP/s (analytic)", ".3g"), ("tflops_xla", "TFLOP/s (XLA count)", ".3g"),
-    ("peak_gib", "peak GiB", ".2f"), ("plan_gib", "XLA plan GiB/device", ".2f"),
-    ("vs_torch_eager", "x eager", ".2f"), ("vs_torch_compile", "x compile", ".2f"),
+  ("impl", "implementation", ""),
+  ("batch", "global batch", "d"),
+  ("ecg_per_s", "ECG/s", ",.0f"),
+  ("step_ms", "step ms (median)", ".2f"),
+  ("step_ms_min", "min", ".2f"),
+  ("step_ms_max", "max", ".2f"),
+  ("tflops", "TFLOP/s (analytic)", ".3g"),
+  ("tflops_xla", "TFLOP/s (XLA count)", ".3g"),
+  ("peak_gib", "peak GiB", ".2f"),
+  ("plan_gib", "XLA plan GiB/device", ".2f"),
+  ("vs_torch_eager", "x eager", ".2f"),
+  ("vs_torch_compile", "x compile", ".2f"),
 ]
 
 
-def step_row(impl: str, workload: Workload, batch_size: int, timing: Timing, loss: float | None, peak_bytes: int | None,
-             compiled_bytes: int | None, xla_flops: float | None) -> dict[str, Any]:
+def step_row(
+  impl: str,
+  workload: Workload,
+  batch_size: int,
+  timing: Timing,
+  loss: float | None,
+  peak_bytes: int | None,
+  compiled_bytes: int | None,
+  xla_flops: float | None,
+) -> dict[str, Any]:
   """A results row: throughput, step time (median and spread), TFLOP/s, memory (GiB), last loss."""
   analytic = workload.train_flops_per_ecg() * batch_size
   return {
-      "impl": impl, "model": workload.name, "batch": batch_size,
-      "ecg_per_s": timing.per_second(batch_size),
-      "step_ms": 1e3 * timing.step_s, "step_ms_min": 1e3 * timing.min_step_s, "step_ms_max": 1e3 * timing.max_step_s,
-      "tflops": analytic / timing.step_s / 1e12,
-      "tflops_xla": None if xla_flops is None else xla_flops / timing.step_s / 1e12,
-      "peak_gib": None if peak_bytes is None else peak_bytes / 2**30,
-      "plan_gib": None if compiled_bytes is None else compiled_bytes / 2**30,
-      "loss": loss, "windows": len(timing.window_s), "steps_per_window": timing.steps,
+    "impl": impl,
+    "model": workload.name,
+    "batch": batch_size,
+    "ecg_per_s": timing.per_second(batch_size),
+    "step_ms": 1e3 * timing.step_s,
+    "step_ms_min": 1e3 * timing.min_step_s,
+    "step_ms_max": 1e3 * timing.max_step_s,
+    "tflops": analytic / timing.step_s / 1e12,
+    "tflops_xla": None if xla_flops is None else xla_flops / timing.step_s / 1e12,
+    "peak_gib": None if peak_bytes is None else peak_bytes / 2**30,
+    "plan_gib": None if compiled_bytes is None else compiled_bytes / 2**30,
+    "loss": loss,
+    "windows": len(timing.window_s),
+    "steps_per_window": timing.steps,
   }

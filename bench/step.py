@@ -8,7 +8,8 @@ already copied to the device, then each JAX row's speed-up over each PyTorch mod
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 
@@ -28,10 +29,23 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
       row[f"vs_torch_{mode}"] = row["ecg_per_s"] / ref[0]["ecg_per_s"] if ok else None
 
 
-def run(workload: Workload, batch_sizes: Sequence[int], torch_modes: Sequence[str], *, warmup: int, windows: int,
-        steps: int, buffers: int, seed: int, profile_dir: str | None = None, microbatches: Sequence[int] = (1,),
-        plan_only: bool = False, hlo_path: str | None = None, bn_backwards: Sequence[str] = ("lean",),
-        on_row: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
+def run(
+  workload: Workload,
+  batch_sizes: Sequence[int],
+  torch_modes: Sequence[str],
+  *,
+  warmup: int,
+  windows: int,
+  steps: int,
+  buffers: int,
+  seed: int,
+  profile_dir: str | None = None,
+  microbatches: Sequence[int] = (1,),
+  plan_only: bool = False,
+  hlo_path: str | None = None,
+  bn_backwards: Sequence[str] = ("lean",),
+  on_row: Callable[[list[dict[str, Any]]], None] = lambda rows: None,
+) -> list[dict[str, Any]]:
   """Results rows: one per (implementation, batch size). `profile_dir`: trace ours at the largest batch;
   `hlo_path`: write its optimized HLO there (gzipped).
 
@@ -55,26 +69,54 @@ def run(workload: Workload, batch_sizes: Sequence[int], torch_modes: Sequence[st
     variants = [(k, bn) for bn in bn_backwards for k in microbatches if per_device % k == 0]
     for k, bn in variants:
       first = (k, bn) == variants[0] and k == 1
-      rows.append(measured_row(jax_step.ours_impl(k, bn), batch_size, lambda: jax_step.bench_project_step(
-          workload, batch_size, host_batches, table, profile_dir=profile_here if first else None,
-          hlo_path=hlo_path if first and batch_size == max(batch_sizes) else None,
-          microbatches=k, plan_only=plan_only, bn_backward=bn, **kw)))
+      rows.append(
+        measured_row(
+          jax_step.ours_impl(k, bn),
+          batch_size,
+          lambda: jax_step.bench_project_step(
+            workload,
+            batch_size,
+            host_batches,
+            table,
+            profile_dir=profile_here if first else None,
+            hlo_path=hlo_path if first and batch_size == max(batch_sizes) else None,
+            microbatches=k,
+            plan_only=plan_only,
+            bn_backward=bn,
+            **kw,
+          ),
+        )
+      )
       _done(rows, on_row)
     for mode in torch_modes:
-      rows.append(measured_row(f"torch {mode}", batch_size, lambda: torch_step.bench_torch_step(
-          workload, batch_size, mode, host_batches, table, seed=seed, **kw)))
+      rows.append(
+        measured_row(
+          f"torch {mode}",
+          batch_size,
+          lambda: torch_step.bench_torch_step(
+            workload, batch_size, mode, host_batches, table, seed=seed, **kw
+          ),
+        )
+      )
       torch_step.release_memory()
       _done(rows, on_row)
   return rows
 
 
-def measured_row(impl: str, batch_size: int, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def measured_row(
+  impl: str, batch_size: int, measure: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
   """measure(), or a row that records why it failed (out of memory, say) so that the other runs go on."""
   try:
     return measure()
   except Exception as e:  # noqa: BLE001  (any failure of one run is a result to report, not the end)
     log.exception("%s at batch %d failed", impl, batch_size)
-    return {"impl": impl, "batch": batch_size, "ecg_per_s": None, "error": f"{type(e).__name__}: {e}"[:500]}
+    return {
+      "impl": impl,
+      "batch": batch_size,
+      "ecg_per_s": None,
+      "error": f"{type(e).__name__}: {e}"[:500],
+    }
 
 
 def _done(rows: list[dict[str, Any]], on_row: Callable[[list[dict[str, Any]]], None]) -> None:

@@ -6,7 +6,8 @@ in the same run, and through the real input path >= 90% of ours on device-reside
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 TARGET_BATCH = 1024
 MIN_ECG_PER_S = 30_000.0
@@ -18,7 +19,9 @@ def _verdict(ok: bool) -> str:
   return "met" if ok else "MISSED"
 
 
-def check(step_rows: Sequence[dict[str, Any]], pipeline_rows: Sequence[dict[str, Any]] = ()) -> list[str]:
+def check(
+  step_rows: Sequence[dict[str, Any]], pipeline_rows: Sequence[dict[str, Any]] = ()
+) -> list[str]:
   """One line per target: the measured figure, the target and whether it is met."""
   ours = [r for r in step_rows if r["impl"] == "jax (ours)" and r["batch"] == TARGET_BATCH]
   if not ours:
@@ -26,14 +29,32 @@ def check(step_rows: Sequence[dict[str, Any]], pipeline_rows: Sequence[dict[str,
   row = ours[0]
   if row["ecg_per_s"] is None:
     return [f"ours at batch {TARGET_BATCH} failed ({row.get('error')}): targets not checked"]
-  lines = [f"ours at batch {TARGET_BATCH}: {row['ecg_per_s']:,.0f} ECG/s (target >= {MIN_ECG_PER_S:,.0f}): "
-           f"{_verdict(row['ecg_per_s'] >= MIN_ECG_PER_S)}"]
+  lines = [
+    f"ours at batch {TARGET_BATCH}: {row['ecg_per_s']:,.0f} ECG/s (target >= {MIN_ECG_PER_S:,.0f}): "
+    f"{_verdict(row['ecg_per_s'] >= MIN_ECG_PER_S)}"
+  ]
   vs = row.get("vs_torch_compile")
-  lines.append(f"ours / torch.compile at batch {TARGET_BATCH}: " + (
-      "not measured" if vs is None else f"{vs:.2f}x (target >= {MIN_VS_TORCH_COMPILE:.0f}x): "
-                                        f"{_verdict(vs >= MIN_VS_TORCH_COMPILE)}"))
-  fed = [r for r in pipeline_rows if r["impl"] == "jax (ours), input pipeline" and r["batch"] == TARGET_BATCH]
-  lines.append(f"input pipeline / device-resident at batch {TARGET_BATCH}: " + (
-      "not measured" if not fed else f"{fed[0]['fraction']:.2f} (target >= {MIN_PIPELINE_FRACTION:.2f}): "
-                                     f"{_verdict(fed[0]['fraction'] >= MIN_PIPELINE_FRACTION)}"))
+  lines.append(
+    f"ours / torch.compile at batch {TARGET_BATCH}: "
+    + (
+      "not measured"
+      if vs is None
+      else f"{vs:.2f}x (target >= {MIN_VS_TORCH_COMPILE:.0f}x): "
+      f"{_verdict(vs >= MIN_VS_TORCH_COMPILE)}"
+    )
+  )
+  fed = [
+    r
+    for r in pipeline_rows
+    if r["impl"] == "jax (ours), input pipeline" and r["batch"] == TARGET_BATCH
+  ]
+  lines.append(
+    f"input pipeline / device-resident at batch {TARGET_BATCH}: "
+    + (
+      "not measured"
+      if not fed
+      else f"{fed[0]['fraction']:.2f} (target >= {MIN_PIPELINE_FRACTION:.2f}): "
+      f"{_verdict(fed[0]['fraction'] >= MIN_PIPELINE_FRACTION)}"
+    )
+  )
   return lines

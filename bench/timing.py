@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
   window_s: tuple[float, ...]  # wall time of each timed window
-  steps: int                   # steps per window
+  steps: int  # steps per window
 
   @property
   def step_s(self) -> float:
@@ -34,8 +34,14 @@ class Timing:
     return batch_size / self.step_s
 
 
-def time_windows(run_step: Callable[[int], None], sync: Callable[[], None], *, warmup: int, windows: int,
-                 steps: int) -> Timing:
+def time_windows(
+  run_step: Callable[[int], None],
+  sync: Callable[[], None],
+  *,
+  warmup: int,
+  windows: int,
+  steps: int,
+) -> Timing:
   """Times `run_step(i)` (i counts calls from 0, to rotate inputs); `sync()` blocks until the device is idle."""
   if warmup < 1 or windows < 1 or steps < 1:
     raise ValueError(f"warmup, windows and steps must be >= 1, got {warmup}, {windows}, {steps}")

@@ -37,13 +37,17 @@ class TorchTwoTower(nn.Module):
 
   def __init__(self, workload: Workload, temperature: float):
     super().__init__()
-    self.encoder = modeling_ecg.ECGEncoder({"architecture": architecture_section(workload.architecture())}, labels=[])
+    self.encoder = modeling_ecg.ECGEncoder(
+      {"architecture": architecture_section(workload.architecture())}, labels=[]
+    )
     self.txt_head = nn.Linear(workload.text_dim, workload.embed_dim)
     with torch.no_grad():
       self.encoder.logit_scale.fill_(math.log(1.0 / temperature))
     self.encoder.logit_scale.requires_grad_(False)  # fixed temperature, as configs/paper.py
 
-  def forward(self, ecg_units: torch.Tensor, rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+  def forward(
+    self, ecg_units: torch.Tensor, rows: torch.Tensor, table: torch.Tensor
+  ) -> torch.Tensor:
     z_ecg = self.encoder(ecg_units.transpose(1, 2).float() * MV_PER_UNIT)
     z_txt = F.normalize(self.txt_head(table[rows]), dim=-1, eps=modeling_ecg.L2_EPS)
     logits = self.encoder.scale() * z_ecg @ z_txt.T
@@ -54,14 +58,27 @@ class TorchTwoTower(nn.Module):
 def make_adamw(model: nn.Module, optimizer: Any, device: torch.device) -> torch.optim.AdamW:
   """AdamW as make_optimizer: decay on parameters with ndim > 1 only; frozen parameters left out."""
   trained = [p for p in model.parameters() if p.requires_grad]
-  groups = [{"params": [p for p in trained if p.ndim > 1], "weight_decay": optimizer.weight_decay},
-            {"params": [p for p in trained if p.ndim <= 1], "weight_decay": 0.0}]
-  return torch.optim.AdamW(groups, lr=optimizer.lr, betas=(optimizer.b1, optimizer.b2),
-                           fused=device.type == "cuda")
+  groups = [
+    {"params": [p for p in trained if p.ndim > 1], "weight_decay": optimizer.weight_decay},
+    {"params": [p for p in trained if p.ndim <= 1], "weight_decay": 0.0},
+  ]
+  return torch.optim.AdamW(
+    groups, lr=optimizer.lr, betas=(optimizer.b1, optimizer.b2), fused=device.type == "cuda"
+  )
 
 
-def bench_torch_step(workload: Workload, batch_size: int, mode: str, host_batches: list[dict[str, np.ndarray]],
-                     table: np.ndarray, *, warmup: int, windows: int, steps: int, seed: int = 0) -> dict[str, Any]:
+def bench_torch_step(
+  workload: Workload,
+  batch_size: int,
+  mode: str,
+  host_batches: list[dict[str, np.ndarray]],
+  table: np.ndarray,
+  *,
+  warmup: int,
+  windows: int,
+  steps: int,
+  seed: int = 0,
+) -> dict[str, Any]:
   """One results row for the PyTorch step in `mode` ("eager" | "compile") on device-resident batches."""
   if mode not in TORCH_MODES:
     raise ValueError(f"unknown torch mode {mode!r}; use one of {TORCH_MODES}")
@@ -73,8 +90,13 @@ def bench_torch_step(workload: Workload, batch_size: int, mode: str, host_batche
   opt = make_adamw(model, config.optimizer, device)
   loss_fn = torch.compile(model, dynamic=False) if mode == "compile" else model
   table_t = torch.from_numpy(table).to(device)
-  batches = [(torch.from_numpy(b["ecg"]).to(device), torch.from_numpy(b["report_row"].astype(np.int64)).to(device))
-             for b in host_batches]
+  batches = [
+    (
+      torch.from_numpy(b["ecg"]).to(device),
+      torch.from_numpy(b["report_row"].astype(np.int64)).to(device),
+    )
+    for b in host_batches
+  ]
   autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=workload.dtype == "bfloat16")
   last = {}
 
@@ -92,7 +114,9 @@ def bench_torch_step(workload: Workload, batch_size: int, mode: str, host_batche
     torch.cuda.reset_peak_memory_stats(device)
   timing = time_windows(run_step, sync, warmup=warmup, windows=windows, steps=steps)
   peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-  return step_row(f"torch {mode}", workload, batch_size, timing, float(last["loss"]), peak, None, None)
+  return step_row(
+    f"torch {mode}", workload, batch_size, timing, float(last["loss"]), peak, None, None
+  )
 
 
 def release_memory() -> None:

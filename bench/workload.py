@@ -27,9 +27,9 @@ class Workload:
   width: int
   downsample: int
   embed_dim: int
-  dtype: str          # compute dtype of the ECG tower ("bfloat16" | "float32"); parameters stay float32
-  text_dim: int       # width of the frozen text embeddings
-  table_rows: int     # rows of the frozen text-embedding table the batch indexes
+  dtype: str  # compute dtype of the ECG tower ("bfloat16" | "float32"); parameters stay float32
+  text_dim: int  # width of the frozen text embeddings
+  table_rows: int  # rows of the frozen text-embedding table the batch indexes
 
   @property
   def name(self) -> str:
@@ -37,7 +37,9 @@ class Workload:
 
   def architecture(self) -> dict:
     """The keyword arguments of the Flax TwoTower / the exported PyTorch ECGEncoder."""
-    return dict(depth=self.depth, width=self.width, downsample=self.downsample, embed_dim=self.embed_dim)
+    return dict(
+      depth=self.depth, width=self.width, downsample=self.downsample, embed_dim=self.embed_dim
+    )
 
   def config(self, batch_size: int) -> ml_collections.ConfigDict:
     """configs/paper.py with this model and global batch size."""
@@ -74,20 +76,31 @@ class Workload:
 
 
 PRESETS = {
-    "paper": Workload(depth=18, width=64, downsample=1, embed_dim=256, dtype="bfloat16", text_dim=768,
-                      table_rows=4096),
-    "tiny": Workload(depth=18, width=8, downsample=10, embed_dim=32, dtype="float32", text_dim=32,
-                     table_rows=256),
+  "paper": Workload(
+    depth=18, width=64, downsample=1, embed_dim=256, dtype="bfloat16", text_dim=768, table_rows=4096
+  ),
+  "tiny": Workload(
+    depth=18, width=8, downsample=10, embed_dim=32, dtype="float32", text_dim=32, table_rows=256
+  ),
 }
 
 
-def random_batches(workload: Workload, batch_size: int, count: int, seed: int) -> list[dict[str, np.ndarray]]:
+def random_batches(
+  workload: Workload, batch_size: int, count: int, seed: int
+) -> list[dict[str, np.ndarray]]:
   """`count` distinct host batches: 'ecg' int16 (B, 5000, 12) in +-2 mV (never zeros), 'report_row' int32 (B,)."""
   rng = np.random.default_rng(seed)
-  return [{"ecg": rng.integers(-2000, 2001, (batch_size, ECG_LENGTH, ECG_LEADS), dtype=np.int16),
-           "report_row": rng.integers(0, workload.table_rows, batch_size, dtype=np.int32)} for _ in range(count)]
+  return [
+    {
+      "ecg": rng.integers(-2000, 2001, (batch_size, ECG_LENGTH, ECG_LEADS), dtype=np.int16),
+      "report_row": rng.integers(0, workload.table_rows, batch_size, dtype=np.int32),
+    }
+    for _ in range(count)
+  ]
 
 
 def random_table(workload: Workload, seed: int) -> np.ndarray:
   """(table_rows, text_dim) float32 stand-in for the frozen text embeddings."""
-  return np.random.default_rng(seed).standard_normal((workload.table_rows, workload.text_dim), dtype=np.float32)
+  return np.random.default_rng(seed).standard_normal(
+    (workload.table_rows, workload.text_dim), dtype=np.float32
+  )

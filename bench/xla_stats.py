@@ -16,7 +16,9 @@ def compiled_bytes_per_device(compiled: jax.stages.Compiled) -> int | None:
   m = compiled.memory_analysis()
   if m is None:
     return None
-  return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+  return (
+    m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+  )
 
 
 def compiled_flops(compiled: jax.stages.Compiled) -> float | None:

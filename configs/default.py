@@ -18,12 +18,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.dataset = "synthetic_ecg_ja/demo"
   c.data_dir = ""  # "" -> $ECG_CONTRASTIVE_DATA or ~/.cache/ecg_contrastive/tfds
-  c.source_dir = ""  # folder of the raw records for ptbxl / mimic_iv_ecg / ecg_manifest (docs/data.md)
+  c.source_dir = (
+    ""  # folder of the raw records for ptbxl / mimic_iv_ecg / ecg_manifest (docs/data.md)
+  )
   c.train_split = "train"
   c.eval_splits = ("validation", "test")
 
   c.text = ml_collections.ConfigDict()
-  c.text.model_dir = ""  # "" -> the stand-in BERT (random weights, character vocabulary), written on first use
+  c.text.model_dir = (
+    ""  # "" -> the stand-in BERT (random weights, character vocabulary), written on first use
+  )
   c.text.standin = dict(hidden_size=128, num_layers=2, num_heads=4, seed=0)
   c.text.pooling = "mean"  # "cls" | "mean" | "pooler"
   c.text.max_length = 128
@@ -32,21 +36,37 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.text.cache_dir = ""  # "" -> $ECG_CONTRASTIVE_CACHE or ~/.cache/ecg_contrastive/text
   c.text.templates = ("{}", "{}を認める。", "所見：{}。")
 
-  c.model = dict(depth=18, width=16, downsample=5, embed_dim=128)  # the architecture: all that an export rebuilds
-  c.train = dict(temperature=0.07, dtype="float32",  # initial (fixed unless learn_temperature) tau; compute dtype
-                 logit_bias=config_dict.placeholder(float),  # the sigmoid loss's initial bias (SigLIP: -10.0)
-                 bn_backward="lean")  # BatchNorm's backward: "lean" (keeps bf16 inputs only) | "autodiff" (as flax's)
+  c.model = dict(
+    depth=18, width=16, downsample=5, embed_dim=128
+  )  # the architecture: all that an export rebuilds
+  c.train = dict(
+    temperature=0.07,
+    dtype="float32",  # initial (fixed unless learn_temperature) tau; compute dtype
+    logit_bias=config_dict.placeholder(float),  # the sigmoid loss's initial bias (SigLIP: -10.0)
+    bn_backward="lean",
+  )  # BatchNorm's backward: "lean" (keeps bf16 inputs only) | "autodiff" (as flax's)
   c.learn_temperature = False
   c.text_head_trainable = True
-  c.loss = dict(name="softmax", duplicate_reports_positive=True)  # name: "softmax" (InfoNCE) | "sigmoid" (SigLIP)
+  c.loss = dict(
+    name="softmax", duplicate_reports_positive=True
+  )  # name: "softmax" (InfoNCE) | "sigmoid" (SigLIP)
 
   c.batch_size = 256
-  c.microbatches = 1  # k > 1: exact gradient of the batch's loss with activations of batch_size / k ECGs at a time
+  c.microbatches = (
+    1  # k > 1: exact gradient of the batch's loss with activations of batch_size / k ECGs at a time
+  )
   c.eval_batch_size = 512
   c.num_epochs = 12
   c.num_steps = 0  # > 0 overrides num_epochs
-  c.optimizer = dict(lr=2e-3, b1=0.9, b2=0.999, weight_decay=1e-4, warmup_steps=100, final_lr_fraction=0.01,
-                     grad_clip_norm=0.0)
+  c.optimizer = dict(
+    lr=2e-3,
+    b1=0.9,
+    b2=0.999,
+    weight_decay=1e-4,
+    warmup_steps=100,
+    final_lr_fraction=0.01,
+    grad_clip_norm=0.0,
+  )
   c.prefetch = 2
 
   c.log_every = 20

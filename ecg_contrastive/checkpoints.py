@@ -33,7 +33,6 @@ from ecg_contrastive.errors import ENVIRONMENT_ERRNOS, UserError
 from ecg_contrastive.models import two_tower
 from ecg_contrastive.models.two_tower import TwoTower
 
-
 log = logging.getLogger("ecg_contrastive")
 
 MANIFEST = "files.json"
@@ -52,9 +51,13 @@ def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
 def make_manager(workdir: str | os.PathLike, keep: int = 3) -> ocp.CheckpointManager:
   """The workdir's orbax manager; it keeps the newest `keep` (>= 1) checkpoints and deletes older ones on save."""
   if not isinstance(keep, int) or keep < 1:
-    raise CheckpointError(f"keep_checkpoints must be an integer >= 1, not {keep!r}: {keep!r} would delete every "
-                          f"checkpoint in {checkpoint_dir(workdir)}; set --config.keep_checkpoints=3")
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    raise CheckpointError(
+      f"keep_checkpoints must be an integer >= 1, not {keep!r}: {keep!r} would delete every "
+      f"checkpoint in {checkpoint_dir(workdir)}; set --config.keep_checkpoints=3"
+    )
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, create=True, enable_async_checkpointing=False
+  )
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
@@ -62,19 +65,28 @@ def save(manager: ocp.CheckpointManager, step: int, state: dict, data_state: dic
   """Saves `step` and then its file manifest; a failed write (disk full, ...) is a one-line CheckpointError and
   leaves the earlier checkpoints as they were (orbax writes to a temporary folder and renames it when complete)."""
   try:
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               data=ocp.args.JsonSave(data_state)), force=True)
+    manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+      ),
+      force=True,
+    )
     manager.wait_until_finished()
     if jax.process_index() == 0:
       _write_manifest(manager.directory / str(step))
-  except Exception as e:  # orbax and tensorstore wrap the OSError in their own types: look for the errno
+  except (
+    Exception
+  ) as e:  # orbax and tensorstore wrap the OSError in their own types: look for the errno
     reason = _write_failure(e)
     if reason is None:
       raise
     _remove_partial(manager.directory, step)
-    raise CheckpointError(f"could not write checkpoint {manager.directory / str(step)} ({reason}): free space or "
-                          f"point --workdir elsewhere; the earlier checkpoints {_steps_text(manager)} are intact "
-                          "and a rerun resumes from the newest") from e
+    raise CheckpointError(
+      f"could not write checkpoint {manager.directory / str(step)} ({reason}): free space or "
+      f"point --workdir elsewhere; the earlier checkpoints {_steps_text(manager)} are intact "
+      "and a rerun resumes from the newest"
+    ) from e
 
 
 def _write_failure(e: BaseException) -> str | None:
@@ -174,8 +186,10 @@ def restore_newest_intact(manager: ocp.CheckpointManager, restore_fn, what_to_do
         problem = _first_line(e)
     damaged.append(step)
     log.warning("checkpoint %s is damaged (%s); skipping it", step_dir, problem)
-  raise CheckpointError(f"no intact checkpoint in {manager.directory}: steps {', '.join(map(str, damaged))} are all "
-                        f"damaged (see the warnings above); {what_to_do}")
+  raise CheckpointError(
+    f"no intact checkpoint in {manager.directory}: steps {', '.join(map(str, damaged))} are all "
+    f"damaged (see the warnings above); {what_to_do}"
+  )
 
 
 def move_aside(workdir: str | os.PathLike, steps: list[int]) -> None:
@@ -197,24 +211,30 @@ def move_aside(workdir: str | os.PathLike, steps: list[int]) -> None:
       log.warning("moved damaged checkpoint %s to %s", source / str(step), dest)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices("ecg_contrastive: damaged checkpoints moved")
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
   """Restores (state with the shardings of `abstract_state`, data iterator state)."""
-  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                      data=ocp.args.JsonRestore()))
+  out = manager.restore(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+    ),
+  )
   return out["state"], out["data"]
 
 
 @dataclasses.dataclass
 class Inference:
   """A trained model ready for embedding ECGs and zero-shot scoring (host arrays)."""
+
   model: TwoTower
-  variables: dict            # {"params": ..., "batch_stats": ...} as numpy arrays
+  variables: dict  # {"params": ..., "batch_stats": ...} as numpy arrays
   config: ml_collections.ConfigDict
   step: int
-  labels: list[dict]         # [{"ja", "en", "group_ja", "group_en"}]
+  labels: list[dict]  # [{"ja", "en", "group_ja", "group_en"}]
   label_text_embeddings: np.ndarray  # float32 (num_labels, text_dim)
 
 
@@ -222,9 +242,13 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config.json (local or gs://); a missing or damaged one is a one-line error."""
   path = paths.join(workdir, "config.json")
   if not paths.exists(path):
-    raise FileNotFoundError(f"{path} not found: {workdir!r} is not a training workdir "
-                            "(run `python -m ecg_contrastive.main --workdir ...` first)")
-  return ml_collections.ConfigDict(_read_json(path, "rerun training with this --workdir to rewrite it"))
+    raise FileNotFoundError(
+      f"{path} not found: {workdir!r} is not a training workdir "
+      "(run `python -m ecg_contrastive.main --workdir ...` first)"
+    )
+  return ml_collections.ConfigDict(
+    _read_json(path, "rerun training with this --workdir to rewrite it")
+  )
 
 
 def _read_json(path: str, what_to_do: str) -> Any:
@@ -241,14 +265,22 @@ def restore_inference(workdir: str, step: int | None = None) -> Inference:
   directory = checkpoint_dir(workdir)
   steps = manager.all_steps()
   if not steps:
-    raise FileNotFoundError(f"no checkpoint in {directory}: train first, or pass the "
-                            "workdir of a run that saved one")
-  restore_fn = lambda s: manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    raise FileNotFoundError(
+      f"no checkpoint in {directory}: train first, or pass the workdir of a run that saved one"
+    )
+  restore_fn = lambda s: manager.restore(
+    s, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+  )["state"]
   if step is None:
-    step, state, _ = restore_newest_intact(manager, restore_fn, "rerun training with this --workdir to write a new "
-                                           "one, or restore the folder from a backup")
+    step, state, _ = restore_newest_intact(
+      manager,
+      restore_fn,
+      "rerun training with this --workdir to write a new one, or restore the folder from a backup",
+    )
   elif step not in steps:
-    raise CheckpointError(f"no checkpoint for step {step} in {directory}; available: {sorted(steps)}")
+    raise CheckpointError(
+      f"no checkpoint for step {step} in {directory}; available: {sorted(steps)}"
+    )
   else:
     problem = find_damage(directory / str(step))
     try:
@@ -256,15 +288,24 @@ def restore_inference(workdir: str, step: int | None = None) -> Inference:
     except Exception as e:  # noqa: BLE001
       problem = _first_line(e)
     if problem is not None:
-      raise CheckpointError(f"checkpoint {directory / str(step)} is damaged ({problem}); pass another --step of "
-                            f"{sorted(steps)} or omit --step to use the newest intact one")
+      raise CheckpointError(
+        f"checkpoint {directory / str(step)} is damaged ({problem}); pass another --step of "
+        f"{sorted(steps)} or omit --step to use the newest intact one"
+      )
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   variables = {k: _to_numpy(v) for k, v in variables.items()}
-  rewrite = "rerun training with this --workdir (it rewrites the file and resumes from the last checkpoint)"
-  labels, label_emb = _run_file(workdir, "labels.json", rewrite), _run_file(workdir, "label_text_embeddings.npy", rewrite)
+  rewrite = (
+    "rerun training with this --workdir (it rewrites the file and resumes from the last checkpoint)"
+  )
+  labels, label_emb = (
+    _run_file(workdir, "labels.json", rewrite),
+    _run_file(workdir, "label_text_embeddings.npy", rewrite),
+  )
   if label_emb.ndim != 2 or len(label_emb) != len(labels):
-    raise CheckpointError(f"{paths.join(workdir, 'label_text_embeddings.npy')} holds {label_emb.shape} embeddings for "
-                          f"{len(labels)} labels in labels.json; {rewrite}")
+    raise CheckpointError(
+      f"{paths.join(workdir, 'label_text_embeddings.npy')} holds {label_emb.shape} embeddings for "
+      f"{len(labels)} labels in labels.json; {rewrite}"
+    )
   return Inference(two_tower.from_config(config), variables, config, int(step), labels, label_emb)
 
 

@@ -20,7 +20,11 @@ from ecg_contrastive.models.two_tower import split_config
 
 LOSSES = ("softmax", "sigmoid")
 DTYPES = ("float32", "bfloat16")
-SPLITS = ("train", "validation", "test")  # every dataset's splits (builders/local_source.SPLITS, synthetic_ecg_ja)
+SPLITS = (
+  "train",
+  "validation",
+  "test",
+)  # every dataset's splits (builders/local_source.SPLITS, synthetic_ecg_ja)
 
 
 class ConfigError(UserError, ValueError):
@@ -30,6 +34,7 @@ class ConfigError(UserError, ValueError):
 @dataclasses.dataclass(frozen=True)
 class Rule:
   """config.<key> must be of `kind` (int, float: finite, int accepted; str) and satisfy `ok`; else: use `use`."""
+
   key: str
   kind: type
   ok: Callable[[Any], bool]
@@ -41,44 +46,80 @@ def _choice(options: tuple) -> Callable[[Any], bool]:
 
 
 RULES = (
-    Rule("seed", int, lambda v: True, "an integer, e.g. 0"),
-    Rule("batch_size", int, lambda v: v > 0, "a positive integer (ECGs per step over all devices), e.g. 256"),
-    Rule("eval_batch_size", int, lambda v: v > 0, "a positive integer, e.g. 512"),
-    Rule("microbatches", int, lambda v: v >= 1, "a positive integer (1: no gradient caching)"),
-    Rule("num_steps", int, lambda v: v >= 0, "an integer >= 0 (0: train num_epochs epochs)"),
-    Rule("num_epochs", int, lambda v: v >= 0, "an integer >= 0 (ignored when num_steps > 0)"),
-    Rule("prefetch", int, lambda v: v >= 1, "an integer >= 1 (batches read ahead), e.g. 2"),
-    Rule("log_every", int, lambda v: v >= 1, "an integer >= 1 (steps between metric lines), e.g. 20"),
-    Rule("eval_every", int, lambda v: v >= 0, "an integer >= 0 (0: evaluate at the end only)"),
-    Rule("checkpoint_every", int, lambda v: v >= 1, "an integer >= 1 (steps between checkpoints), e.g. 500"),
-    Rule("keep_checkpoints", int, lambda v: v >= 1, "an integer >= 1 (checkpoints kept; 0 would delete them all)"),
-    Rule("optimizer.lr", float, lambda v: v > 0, "a number > 0, e.g. 1e-3 (a negative rate trains uphill)"),
-    Rule("optimizer.b1", float, lambda v: 0 <= v < 1, "a number in [0, 1), e.g. 0.9"),
-    Rule("optimizer.b2", float, lambda v: 0 <= v < 1, "a number in [0, 1), e.g. 0.999"),
-    Rule("optimizer.weight_decay", float, lambda v: v >= 0, "a number >= 0, e.g. 1e-4"),
-    Rule("optimizer.warmup_steps", int, lambda v: v >= 0, "an integer >= 0, e.g. 100"),
-    Rule("optimizer.final_lr_fraction", float, lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 0.01"),
-    Rule("optimizer.grad_clip_norm", float, lambda v: v >= 0, "a number >= 0 (0: no clipping)"),
-    Rule("model.width", int, lambda v: v > 0, "a positive integer, e.g. 64"),
-    Rule("model.embed_dim", int, lambda v: v > 0, "a positive integer, e.g. 256"),
-    Rule("model.downsample", int, lambda v: v >= 1, "an integer >= 1 (1: the full 500 Hz input)"),
-    Rule("train.temperature", float, lambda v: 0 < v < 1, "a number in (0, 1), the paper uses 0.07"),
-    Rule("train.dtype", str, _choice(DTYPES), f"one of {DTYPES}"),
-    Rule("loss.name", str, _choice(LOSSES), f"one of {LOSSES}"),
-    Rule("text.pooling", str, _choice(POOLINGS), f"one of {POOLINGS}"),
-    Rule("text.dtype", str, _choice(DTYPES), f"one of {DTYPES}"),
-    Rule("text.max_length", int, lambda v: v > 2, "an integer > 2 (tokens per report, special tokens included), "
-         "e.g. 128"),
-    Rule("text.batch_size", int, lambda v: v > 0, "a positive integer (texts per embedding batch), e.g. 256"),
-    Rule("train_split", str, _choice(SPLITS), f"one of {SPLITS}"),
+  Rule("seed", int, lambda v: True, "an integer, e.g. 0"),
+  Rule(
+    "batch_size",
+    int,
+    lambda v: v > 0,
+    "a positive integer (ECGs per step over all devices), e.g. 256",
+  ),
+  Rule("eval_batch_size", int, lambda v: v > 0, "a positive integer, e.g. 512"),
+  Rule("microbatches", int, lambda v: v >= 1, "a positive integer (1: no gradient caching)"),
+  Rule("num_steps", int, lambda v: v >= 0, "an integer >= 0 (0: train num_epochs epochs)"),
+  Rule("num_epochs", int, lambda v: v >= 0, "an integer >= 0 (ignored when num_steps > 0)"),
+  Rule("prefetch", int, lambda v: v >= 1, "an integer >= 1 (batches read ahead), e.g. 2"),
+  Rule("log_every", int, lambda v: v >= 1, "an integer >= 1 (steps between metric lines), e.g. 20"),
+  Rule("eval_every", int, lambda v: v >= 0, "an integer >= 0 (0: evaluate at the end only)"),
+  Rule(
+    "checkpoint_every",
+    int,
+    lambda v: v >= 1,
+    "an integer >= 1 (steps between checkpoints), e.g. 500",
+  ),
+  Rule(
+    "keep_checkpoints",
+    int,
+    lambda v: v >= 1,
+    "an integer >= 1 (checkpoints kept; 0 would delete them all)",
+  ),
+  Rule(
+    "optimizer.lr",
+    float,
+    lambda v: v > 0,
+    "a number > 0, e.g. 1e-3 (a negative rate trains uphill)",
+  ),
+  Rule("optimizer.b1", float, lambda v: 0 <= v < 1, "a number in [0, 1), e.g. 0.9"),
+  Rule("optimizer.b2", float, lambda v: 0 <= v < 1, "a number in [0, 1), e.g. 0.999"),
+  Rule("optimizer.weight_decay", float, lambda v: v >= 0, "a number >= 0, e.g. 1e-4"),
+  Rule("optimizer.warmup_steps", int, lambda v: v >= 0, "an integer >= 0, e.g. 100"),
+  Rule(
+    "optimizer.final_lr_fraction", float, lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 0.01"
+  ),
+  Rule("optimizer.grad_clip_norm", float, lambda v: v >= 0, "a number >= 0 (0: no clipping)"),
+  Rule("model.width", int, lambda v: v > 0, "a positive integer, e.g. 64"),
+  Rule("model.embed_dim", int, lambda v: v > 0, "a positive integer, e.g. 256"),
+  Rule("model.downsample", int, lambda v: v >= 1, "an integer >= 1 (1: the full 500 Hz input)"),
+  Rule("train.temperature", float, lambda v: 0 < v < 1, "a number in (0, 1), the paper uses 0.07"),
+  Rule("train.dtype", str, _choice(DTYPES), f"one of {DTYPES}"),
+  Rule("loss.name", str, _choice(LOSSES), f"one of {LOSSES}"),
+  Rule("text.pooling", str, _choice(POOLINGS), f"one of {POOLINGS}"),
+  Rule("text.dtype", str, _choice(DTYPES), f"one of {DTYPES}"),
+  Rule(
+    "text.max_length",
+    int,
+    lambda v: v > 2,
+    "an integer > 2 (tokens per report, special tokens included), e.g. 128",
+  ),
+  Rule(
+    "text.batch_size",
+    int,
+    lambda v: v > 0,
+    "a positive integer (texts per embedding batch), e.g. 256",
+  ),
+  Rule("train_split", str, _choice(SPLITS), f"one of {SPLITS}"),
 )
 
 # Keys that were settings once and are fixed now: key -> (the one value an older config may still hold, why).
 # A config.json of an older run keeps working (that value is ignored); any other value is an error saying so.
 RETIRED = {
-    "ecg_length": (signal.NUM_SAMPLES, (f"every dataset stores {signal.DURATION_S} s at {signal.SAMPLE_RATE} Hz; "
-                                        "to compute at a lower rate set config.model.downsample")),
-    "ecg_leads": (signal.NUM_LEADS, "every dataset stores the 12 standard leads"),
+  "ecg_length": (
+    signal.NUM_SAMPLES,
+    (
+      f"every dataset stores {signal.DURATION_S} s at {signal.SAMPLE_RATE} Hz; "
+      "to compute at a lower rate set config.model.downsample"
+    ),
+  ),
+  "ecg_leads": (signal.NUM_LEADS, "every dataset stores the 12 standard leads"),
 }
 
 
@@ -86,8 +127,10 @@ def retired_key_message(key: str) -> str | None:
   """For a key of RETIRED: what it was and why it is gone (for an 'unknown key' message); else None."""
   if key not in RETIRED:
     return None
-  return (f"config.{key} is no longer a setting: the ECG input is fixed at {signal.NUM_SAMPLES} x "
-          f"{signal.NUM_LEADS} (samples x leads) by ecg_contrastive/ecg/signal.py; {RETIRED[key][1]}")
+  return (
+    f"config.{key} is no longer a setting: the ECG input is fixed at {signal.NUM_SAMPLES} x "
+    f"{signal.NUM_LEADS} (samples x leads) by ecg_contrastive/ecg/signal.py; {RETIRED[key][1]}"
+  )
 
 
 # Keys the trainer reads that a config file written before they existed may lack. Their defaults have one home,
@@ -121,15 +164,19 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   for key, (fixed, _) in RETIRED.items():
     value = _get(config, key)
     if value is not _MISSING and (isinstance(value, bool) or value != fixed):
-      raise ConfigError(f"config.{key}={value!r}: {retired_key_message(key)}; use no {key} key (an older "
-                        f"config's {key}={fixed} is ignored)")
+      raise ConfigError(
+        f"config.{key}={value!r}: {retired_key_message(key)}; use no {key} key (an older "
+        f"config's {key}={fixed} is ignored)"
+      )
   for rule in RULES:
     value = _get(config, rule.key)
     if value is _MISSING:
       continue
     if not _kind_ok(value, rule.kind):
-      raise ConfigError(f"config.{rule.key}={value!r}: {type(value).__name__}, not {_KIND[rule.kind]}; "
-                        f"use {rule.use}")
+      raise ConfigError(
+        f"config.{rule.key}={value!r}: {type(value).__name__}, not {_KIND[rule.kind]}; "
+        f"use {rule.use}"
+      )
     if rule.kind is float and not math.isfinite(value):
       raise ConfigError(f"config.{rule.key}={value!r}: not a finite number; use {rule.use}")
     if not rule.ok(value):
@@ -137,11 +184,15 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   splits = _get(config, "eval_splits")
   if splits is not _MISSING:
     if isinstance(splits, str) or not isinstance(splits, (tuple, list)) or not splits:
-      raise ConfigError(f"config.eval_splits={splits!r}: use a non-empty tuple of split names from {SPLITS}, "
-                        "e.g. --config.eval_splits=\"('validation', 'test')\"")
+      raise ConfigError(
+        f"config.eval_splits={splits!r}: use a non-empty tuple of split names from {SPLITS}, "
+        "e.g. --config.eval_splits=\"('validation', 'test')\""
+      )
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
-      raise ConfigError(f"config.eval_splits={tuple(splits)!r}: unknown split(s) {unknown}; use names from {SPLITS}")
+      raise ConfigError(
+        f"config.eval_splits={tuple(splits)!r}: unknown split(s) {unknown}; use names from {SPLITS}"
+      )
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -150,12 +201,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   dataset = config.dataset.split("/")[0]
   known = pipeline.known_datasets()
   if dataset not in known:
-    raise ConfigError(f"config.dataset={config.dataset!r}: unknown dataset {dataset!r}; known: {sorted(known)}")
+    raise ConfigError(
+      f"config.dataset={config.dataset!r}: unknown dataset {dataset!r}; known: {sorted(known)}"
+    )
   variant = config.dataset.partition("/")[2]
   variants = [c.name for c in getattr(known[dataset], "BUILDER_CONFIGS", None) or []]
   if variant and variants and variant not in variants:
-    raise ConfigError(f"config.dataset={config.dataset!r}: {dataset} has no variant {variant!r}; use one of "
-                      f"{', '.join(f'{dataset}/{v}' for v in variants)}")
+    raise ConfigError(
+      f"config.dataset={config.dataset!r}: {dataset} has no variant {variant!r}; use one of "
+      f"{', '.join(f'{dataset}/{v}' for v in variants)}"
+    )
   if pipeline.needs_source(dataset):
     _check_source_dir(config)
   m, training = config.model, split_config(config)[1]
@@ -164,26 +219,40 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   except ValueError as e:
     raise ConfigError(f"config.model.depth={m.depth}: {e}") from e
   if training.get("bn_backward", "lean") not in BACKWARDS:
-    raise ConfigError(f"config.train.bn_backward={training['bn_backward']!r}: use one of {BACKWARDS} (the same math; "
-                      "'lean' keeps less for the backward pass)")
+    raise ConfigError(
+      f"config.train.bn_backward={training['bn_backward']!r}: use one of {BACKWARDS} (the same math; "
+      "'lean' keeps less for the backward pass)"
+    )
   if (config.loss.name == "sigmoid") != (training.get("logit_bias") is not None):
-    raise ConfigError(f"config.loss.name={config.loss.name!r} with config.train.logit_bias={training.get('logit_bias')}: "
-                      "the sigmoid loss needs a learnable bias (set --config.train.logit_bias=-10.0, SigLIP's "
-                      "initialisation) and the softmax loss has none (leave it None)")
+    raise ConfigError(
+      f"config.loss.name={config.loss.name!r} with config.train.logit_bias={training.get('logit_bias')}: "
+      "the sigmoid loss needs a learnable bias (set --config.train.logit_bias=-10.0, SigLIP's "
+      "initialisation) and the softmax loss has none (leave it None)"
+    )
   if not (config.num_steps or config.num_epochs):
     raise ConfigError("set config.num_steps or config.num_epochs (both are 0)")
   _check_batch_sizes(config)
   if config.text.model_dir:
-    missing = [f for f in ("config.json", "model.safetensors") if not os.path.exists(os.path.join(config.text.model_dir, f))]
+    missing = [
+      f
+      for f in ("config.json", "model.safetensors")
+      if not os.path.exists(os.path.join(config.text.model_dir, f))
+    ]
     if not os.path.isdir(config.text.model_dir) or missing:
-      raise ConfigError(f"config.text.model_dir={config.text.model_dir!r}: "
-                        + ("no such directory" if not os.path.isdir(config.text.model_dir) else f"missing {missing}")
-                        + "; point it at a local Hugging Face BERT/RoBERTa directory (config.json, model.safetensors, "
-                        "tokenizer files), or leave it empty to use the built-in stand-in")
+      raise ConfigError(
+        f"config.text.model_dir={config.text.model_dir!r}: "
+        + (
+          "no such directory" if not os.path.isdir(config.text.model_dir) else f"missing {missing}"
+        )
+        + "; point it at a local Hugging Face BERT/RoBERTa directory (config.json, model.safetensors, "
+        "tokenizer files), or leave it empty to use the built-in stand-in"
+      )
   _check_text_length(config)
   if not config.text.templates or any("{}" not in t for t in config.text.templates):
-    raise ConfigError(f"config.text.templates={tuple(config.text.templates)}: each template needs a '{{}}' "
-                      "placeholder for the label")
+    raise ConfigError(
+      f"config.text.templates={tuple(config.text.templates)}: each template needs a '{{}}' "
+      "placeholder for the label"
+    )
 
 
 def _check_text_length(config: ml_collections.ConfigDict) -> None:
@@ -192,13 +261,18 @@ def _check_text_length(config: ml_collections.ConfigDict) -> None:
   from ecg_contrastive.text import standin
 
   if config.text.model_dir:
-    model, source = read_hf_config(os.path.join(config.text.model_dir, "config.json")), repr(config.text.model_dir)
+    model, source = (
+      read_hf_config(os.path.join(config.text.model_dir, "config.json")),
+      repr(config.text.model_dir),
+    )
   else:
     model = BertConfig.from_hf(standin._config(1, hidden_size=1, num_layers=1, num_heads=1, seed=0))
     source = "the stand-in text model"
   if config.text.max_length > max_tokens(model):
-    raise ConfigError(f"config.text.max_length={config.text.max_length}: {source} has {max_tokens(model)} "
-                      f"positions; use at most {max_tokens(model)}")
+    raise ConfigError(
+      f"config.text.max_length={config.text.max_length}: {source} has {max_tokens(model)} "
+      f"positions; use at most {max_tokens(model)}"
+    )
 
 
 def _check_required(config: ml_collections.ConfigDict) -> None:
@@ -206,8 +280,10 @@ def _check_required(config: ml_collections.ConfigDict) -> None:
   use = {rule.key: rule.use for rule in RULES}
   for key in REQUIRED:
     if _get(config, key) is _MISSING:
-      raise ConfigError(f"config.{key} is missing: set it in the config file (--config.{key} works only for keys "
-                        f"the file has): {use[key]}; configs/default.py has every key with its default")
+      raise ConfigError(
+        f"config.{key} is missing: set it in the config file (--config.{key} works only for keys "
+        f"the file has): {use[key]}; configs/default.py has every key with its default"
+      )
 
 
 def _check_batch_sizes(config: ml_collections.ConfigDict) -> None:
@@ -236,4 +312,6 @@ def _check_source_dir(config: ml_collections.ConfigDict) -> None:
   try:
     pipeline.source_download_config(builder, config.get("source_dir") or None)
   except SourceError as e:
-    raise ConfigError(f"config.dataset={config.dataset!r}, config.source_dir={config.get('source_dir')!r}: {e}") from e
+    raise ConfigError(
+      f"config.dataset={config.dataset!r}, config.source_dir={config.get('source_dir')!r}: {e}"
+    ) from e

@@ -21,12 +21,12 @@ TRACEBACK_ENV = "ECG_CONTRASTIVE_TRACEBACK"
 # Write failures caused by the machine, not the code, with what to do: main prints them as one line naming the
 # file, and a checkpoint save turns them into a CheckpointError.
 ENVIRONMENT_ERRNOS = {
-    errno.ENOSPC: "free space there or point --workdir / config.data_dir / config.text.cache_dir elsewhere",
-    errno.EDQUOT: "free space within your quota or point --workdir elsewhere",
-    errno.EROFS: "the file system is read-only: point --workdir (or the data and cache dirs) at a writable one",
-    errno.EACCES: "no permission: fix the folder's permissions or point --workdir elsewhere",
-    errno.EPERM: "no permission: fix the folder's permissions or point --workdir elsewhere",
-    errno.EIO: "the disk reported an I/O error: check it, or point --workdir elsewhere",
+  errno.ENOSPC: "free space there or point --workdir / config.data_dir / config.text.cache_dir elsewhere",
+  errno.EDQUOT: "free space within your quota or point --workdir elsewhere",
+  errno.EROFS: "the file system is read-only: point --workdir (or the data and cache dirs) at a writable one",
+  errno.EACCES: "no permission: fix the folder's permissions or point --workdir elsewhere",
+  errno.EPERM: "no permission: fix the folder's permissions or point --workdir elsewhere",
+  errno.EIO: "the disk reported an I/O error: check it, or point --workdir elsewhere",
 }
 
 

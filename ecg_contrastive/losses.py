@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from ecg_contrastive.sharding import DATA_AXIS
 
@@ -33,7 +34,9 @@ def _local_softmax_loss(ecg, txt, scale, ids):
   logits_t2e = scale * jnp.dot(txt, ecg_all.T, preferred_element_type=jnp.float32)  # (b, B)
   if ids is None:  # one positive per row: global column offset + i
     own = _own_columns(b)[:, None]
-    pick = lambda logits: jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), own, axis=1)[:, 0]
+    pick = lambda logits: jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), own, axis=1)[
+      :, 0
+    ]
     loss_e2t, loss_t2e = -pick(logits_e2t), -pick(logits_t2e)
     hit = jnp.argmax(logits_e2t, axis=-1) == own[:, 0]
   else:  # every column with the same report is a positive; the target spreads evenly over them
@@ -47,8 +50,13 @@ def _local_softmax_loss(ecg, txt, scale, ids):
   return loss, accuracy
 
 
-def softmax_loss(ecg: jax.Array, txt: jax.Array, scale: jax.Array, mesh: Mesh,
-                 positive_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def softmax_loss(
+  ecg: jax.Array,
+  txt: jax.Array,
+  scale: jax.Array,
+  mesh: Mesh,
+  positive_ids: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """Symmetric InfoNCE (CLIP) loss over the global batch.
 
   Args:
@@ -89,8 +97,14 @@ def _local_sigmoid_loss(ecg, txt, scale, bias, ids):
   return loss, accuracy
 
 
-def sigmoid_loss(ecg: jax.Array, txt: jax.Array, scale: jax.Array, bias: jax.Array, mesh: Mesh,
-                 positive_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def sigmoid_loss(
+  ecg: jax.Array,
+  txt: jax.Array,
+  scale: jax.Array,
+  bias: jax.Array,
+  mesh: Mesh,
+  positive_ids: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """Sigmoid (SigLIP) loss over the global batch.
 
   Args:
@@ -111,5 +125,9 @@ def _on_mesh(body, mesh: Mesh, rows: tuple, scalars: tuple, ids: jax.Array | Non
     fn, args = (lambda *a: body(*a, None)), (*rows, *scalars)
   else:
     fn, args = body, (*rows, *scalars, ids)
-  specs = (P(DATA_AXIS),) * len(rows) + (P(),) * len(scalars) + ((P(DATA_AXIS),) if ids is not None else ())
+  specs = (
+    (P(DATA_AXIS),) * len(rows)
+    + (P(),) * len(scalars)
+    + ((P(DATA_AXIS),) if ids is not None else ())
+  )
   return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=(P(), P()))(*args)

@@ -20,7 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import ml_collections  # noqa: E402
-from absl import app, flags, logging as absl_logging  # noqa: E402
+from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging
 from ml_collections import config_flags  # noqa: E402
 
 from ecg_contrastive import paths  # noqa: E402
@@ -32,15 +33,28 @@ from ecg_contrastive.errors import ENVIRONMENT_ERRNOS, UserError, one_line, want
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "A configs/*.py file, optionally with ':arg'.", lock_config=True)
+config_flags.DEFINE_config_file(
+  "config", None, "A configs/*.py file, optionally with ':arg'.", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tb/, eval/.")
-flags.DEFINE_enum("mode", "train", ["train", "export"], "train: train and evaluate (resumes if the workdir has a "
-                  "checkpoint). export: write a PyTorch folder from the workdir's checkpoint.")
+flags.DEFINE_enum(
+  "mode",
+  "train",
+  ["train", "export"],
+  "train: train and evaluate (resumes if the workdir has a "
+  "checkpoint). export: write a PyTorch folder from the workdir's checkpoint.",
+)
 flags.DEFINE_string("export_dir", None, "Output folder for --mode export (default WORKDIR/torch).")
 flags.DEFINE_integer("step", None, "Checkpoint step to export (default: latest).")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host; reads the "
-                  "coordinator from the environment: TPU pods, SLURM, or JAX_COORDINATOR_ADDRESS etc.).")
-flags.DEFINE_bool("verbose", False, "Show the traceback of a user error too (as ECG_CONTRASTIVE_TRACEBACK=1).")
+flags.DEFINE_bool(
+  "distributed",
+  False,
+  "Call jax.distributed.initialize() first (multi-host; reads the "
+  "coordinator from the environment: TPU pods, SLURM, or JAX_COORDINATOR_ADDRESS etc.).",
+)
+flags.DEFINE_bool(
+  "verbose", False, "Show the traceback of a user error too (as ECG_CONTRASTIVE_TRACEBACK=1)."
+)
 flags.mark_flag_as_required("workdir")
 
 
@@ -62,7 +76,9 @@ def _config_file(argv: list[str]) -> str | None:
 
 def _overrides(argv: list[str]) -> list[tuple[str, str]]:
   """(dotted key, the argument as given) of every --config.KEY=VALUE / --config.KEY VALUE in argv."""
-  return [(arg[len("--config."):].split("=", 1)[0], arg) for arg in argv if arg.startswith("--config.")]
+  return [
+    (arg[len("--config.") :].split("=", 1)[0], arg) for arg in argv if arg.startswith("--config.")
+  ]
 
 
 def unknown_key_message(config: ml_collections.ConfigDict, key: str, given: str) -> str | None:
@@ -72,10 +88,16 @@ def unknown_key_message(config: ml_collections.ConfigDict, key: str, given: str)
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
       prefix = "config." + "".join(p + "." for p in path)
       if not isinstance(node, ml_collections.ConfigDict):
-        return f"{given}: {prefix[:-1]} is a value, not a group of keys; set it as --{prefix[:-1]}=VALUE"
+        return (
+          f"{given}: {prefix[:-1]} is a value, not a group of keys; set it as --{prefix[:-1]}=VALUE"
+        )
       known = [prefix + k for k in node.keys()]
       near = difflib.get_close_matches(prefix + part, known, n=3, cutoff=0.6)
-      hint = f"did you mean {' or '.join(near)}?" if near else f"the keys there are {', '.join(sorted(known))}"
+      hint = (
+        f"did you mean {' or '.join(near)}?"
+        if near
+        else f"the keys there are {', '.join(sorted(known))}"
+      )
       from ecg_contrastive.config_check import retired_key_message  # imports JAX: only on a mistake
 
       retired = retired_key_message(key)
@@ -90,15 +112,19 @@ def _explain_parse_error(argv: list[str], error: Exception) -> str:
   if spec is not None:
     path = spec.split(":", 1)[0]
     if not os.path.isfile(path):
-      return (f"--config {spec}: no such file {path!r}; give a config file such as configs/default.py or "
-              "configs/paper.py")
+      return (
+        f"--config {spec}: no such file {path!r}; give a config file such as configs/default.py or "
+        "configs/paper.py"
+      )
     try:
       module = runpy.run_path(path)
       arg = spec.split(":", 1)[1] if ":" in spec else None
       config = module["get_config"](arg) if arg is not None else module["get_config"]()
     except (SyntaxError, KeyError) as e:
-      return (f"--config {spec}: not a config file ({type(e).__name__}: {one_line(e)}); give a Python file that "
-              "defines get_config(arg=None), such as configs/default.py")
+      return (
+        f"--config {spec}: not a config file ({type(e).__name__}: {one_line(e)}); give a Python file that "
+        "defines get_config(arg=None), such as configs/default.py"
+      )
     except Exception as e:  # noqa: BLE001 (the config file itself fails: say so, naming it)
       return f"--config {spec}: {one_line(e)}"
     for key, given in _overrides(argv):
@@ -131,11 +157,15 @@ def init_distributed() -> None:
   Elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID
   (launch/local_multiprocess.sh does). CPU processes talk through gloo."""
   import jax
+
   if os.environ.get("JAX_PLATFORMS", "") == "cpu":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kw = {}
   if "JAX_NUM_PROCESSES" in os.environ:
-    kw = dict(num_processes=int(os.environ["JAX_NUM_PROCESSES"]), process_id=int(os.environ["JAX_PROCESS_ID"]))
+    kw = dict(
+      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+      process_id=int(os.environ["JAX_PROCESS_ID"]),
+    )
   jax.distributed.initialize(**kw)
 
 
@@ -166,21 +196,30 @@ def run(argv):
   del argv
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save step at INFO
   logging.getLogger("ecg_contrastive").setLevel(logging.INFO)
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+  logging.basicConfig(
+    level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+  )
   if FLAGS.distributed:
     init_distributed()
   if FLAGS.mode == "export":
     from ecg_contrastive.export.to_torch import export
-    out = export(FLAGS.workdir, FLAGS.export_dir or paths.join(FLAGS.workdir, "torch"), step=FLAGS.step)
+
+    out = export(
+      FLAGS.workdir, FLAGS.export_dir or paths.join(FLAGS.workdir, "torch"), step=FLAGS.step
+    )
     print(f"exported to {out}")
     return
   if FLAGS.config is None:
     fail("--config is required for training, e.g. --config configs/default.py (or --mode export)")
   if os.path.isfile(FLAGS.workdir):
-    fail(f"--workdir {FLAGS.workdir}: is a file; give a directory (created if absent) for the run's checkpoints")
+    fail(
+      f"--workdir {FLAGS.workdir}: is a file; give a directory (created if absent) for the run's checkpoints"
+    )
   from ecg_contrastive.config_check import check_config
+
   check_config(FLAGS.config)  # before JAX starts: a bad value fails in seconds
   from ecg_contrastive.train import train_and_evaluate
+
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

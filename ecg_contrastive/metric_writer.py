@@ -36,8 +36,11 @@ class MetricWriter:
     if resume_step is not None:
       kept = [line for line in self._rows if json.loads(line).get("step", 0) <= resume_step]
       if len(kept) < len(self._rows):
-        log.info("metrics.jsonl: dropped %d row(s) after step %d (replayed after resume)",
-                 len(self._rows) - len(kept), resume_step)
+        log.info(
+          "metrics.jsonl: dropped %d row(s) after step %d (replayed after resume)",
+          len(self._rows) - len(kept),
+          resume_step,
+        )
       self._rows = kept
     self._flush()
     self._tb, self._tb_remote = _open_tensorboard(workdir)
@@ -85,14 +88,20 @@ def _open_tensorboard(workdir: str):
   try:
     from tensorboardX import SummaryWriter  # imported here: only the writing process needs it
   except ImportError:
-    log.warning("tensorboardX is not installed: writing metrics.jsonl only (pip install tensorboardX "
-                "for TensorBoard event files)")
+    log.warning(
+      "tensorboardX is not installed: writing metrics.jsonl only (pip install tensorboardX "
+      "for TensorBoard event files)"
+    )
     return None, None
   tb_dir = paths.join(workdir, "tb")
   if not paths.is_remote(workdir):
     return SummaryWriter(tb_dir), None
   local = paths.local_dir("tb", tb_dir)
-  log.info("TensorBoard: event files are written to %s and copied to %s at every metrics write", local, tb_dir)
+  log.info(
+    "TensorBoard: event files are written to %s and copied to %s at every metrics write",
+    local,
+    tb_dir,
+  )
   return SummaryWriter(local), tb_dir
 
 

@@ -106,7 +106,9 @@ def np_load(p: PathLike) -> np.ndarray:
 def local_dir(kind: str, remote: PathLike) -> str:
   """A folder on this host for what cannot live at `remote`: $ECG_CONTRASTIVE_LOCAL or
   ~/.cache/ecg_contrastive/local, then `kind`, then a short hash of `remote` plus its last part."""
-  root = os.environ.get("ECG_CONTRASTIVE_LOCAL") or os.path.expanduser("~/.cache/ecg_contrastive/local")
+  root = os.environ.get("ECG_CONTRASTIVE_LOCAL") or os.path.expanduser(
+    "~/.cache/ecg_contrastive/local"
+  )
   remote = os.fspath(remote).rstrip("/")
   tag = hashlib.sha256(remote.encode()).hexdigest()[:12] + "_" + os.path.basename(remote)
   out = os.path.join(root, kind, tag)
@@ -133,6 +135,7 @@ def barrier(name: str, timeout_s: int = BUILD_TIMEOUT_S) -> None:
   key = f"ecg_contrastive/{name}/{_barriers[name]}"
   try:
     from jax._src import distributed
+
     client = distributed.global_state.client
   except (ImportError, AttributeError):
     client = None
@@ -140,11 +143,13 @@ def barrier(name: str, timeout_s: int = BUILD_TIMEOUT_S) -> None:
     client.wait_at_barrier(key, timeout_in_ms=timeout_s * 1000)
   else:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(key)
 
 
-def one_process_writes(name: str, ready: Callable[[], bool], write: Callable[[], None],
-                       timeout_s: int = BUILD_TIMEOUT_S) -> bool:
+def one_process_writes(
+  name: str, ready: Callable[[], bool], write: Callable[[], None], timeout_s: int = BUILD_TIMEOUT_S
+) -> bool:
   """Makes something (a dataset, a cache file) once for all processes; returns whether this process wrote it.
 
   Process 0 runs `write()` unless `ready()`; the others wait at a barrier, then check `ready()`.
@@ -180,8 +185,12 @@ def one_process_writes(name: str, ready: Callable[[], bool], write: Callable[[],
     if ready():
       log.info("%s: process %d uses what process 0 wrote", name, jax.process_index())
     else:
-      log.info("%s: not visible to process %d after process 0 wrote it (a folder on another disk?): "
-               "writing a copy on this host", name, jax.process_index())
+      log.info(
+        "%s: not visible to process %d after process 0 wrote it (a folder on another disk?): "
+        "writing a copy on this host",
+        name,
+        jax.process_index(),
+      )
       write()
       wrote = True
   return wrote

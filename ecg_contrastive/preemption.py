@@ -70,4 +70,5 @@ class StopOnSignal:
     if step % self.sync_every:
       return False
     from jax.experimental import multihost_utils
+
     return bool(np.any(multihost_utils.process_allgather(np.array(local))))

@@ -12,7 +12,8 @@ import math
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
@@ -42,11 +43,15 @@ class BatchSizes:
   microbatches: int = 1
 
   def describe(self) -> str:
-    text = (f"global batch {self.global_} = {self.processes} process(es) x {self.per_process} "
-            f"= {self.devices} device(s) x {self.per_device}")
+    text = (
+      f"global batch {self.global_} = {self.processes} process(es) x {self.per_process} "
+      f"= {self.devices} device(s) x {self.per_device}"
+    )
     if self.microbatches > 1:
-      text += (f"; gradient caching over {self.microbatches} micro-batches of {self.global_ // self.microbatches} "
-               f"({self.per_device // self.microbatches} per device)")
+      text += (
+        f"; gradient caching over {self.microbatches} micro-batches of {self.global_ // self.microbatches} "
+        f"({self.per_device // self.microbatches} per device)"
+      )
     return text
 
 
@@ -60,15 +65,25 @@ def batch_sizes(global_batch: int, mesh: Mesh, microbatches: int = 1) -> BatchSi
     raise ValueError(f"batch_size must be positive, got {global_batch}")
   if global_batch % devices:
     lo, hi = global_batch // devices * devices, (global_batch // devices + 1) * devices
-    raise ValueError(f"batch_size {global_batch} does not divide over the {devices} devices of the mesh; "
-                     f"use a multiple of {devices} (e.g. {lo or hi} or {hi})")
+    raise ValueError(
+      f"batch_size {global_batch} does not divide over the {devices} devices of the mesh; "
+      f"use a multiple of {devices} (e.g. {lo or hi} or {hi})"
+    )
   if global_batch % processes:
-    raise ValueError(f"batch_size {global_batch} does not divide over {processes} processes; use a multiple of "
-                     f"{math.lcm(processes, devices)}")
+    raise ValueError(
+      f"batch_size {global_batch} does not divide over {processes} processes; use a multiple of "
+      f"{math.lcm(processes, devices)}"
+    )
   per_device = global_batch // devices
   if isinstance(microbatches, bool) or microbatches < 1:
-    raise ValueError(f"microbatches must be a positive integer (1: no gradient caching), got {microbatches}")
+    raise ValueError(
+      f"microbatches must be a positive integer (1: no gradient caching), got {microbatches}"
+    )
   if per_device % microbatches:
-    raise ValueError(f"microbatches {microbatches} does not divide the {per_device} ECGs per device (batch_size "
-                     f"{global_batch} over {devices} devices); use a divisor of {per_device}")
-  return BatchSizes(global_batch, global_batch // processes, per_device, processes, devices, microbatches)
+    raise ValueError(
+      f"microbatches {microbatches} does not divide the {per_device} ECGs per device (batch_size "
+      f"{global_batch} over {devices} devices); use a divisor of {per_device}"
+    )
+  return BatchSizes(
+    global_batch, global_batch // processes, per_device, processes, devices, microbatches
+  )

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ecg_contrastive.ecg.signal import MV_PER_UNIT, NUM_LEADS, NUM_SAMPLES
 from ecg_contrastive.losses import sigmoid_loss, softmax_loss
@@ -33,18 +34,31 @@ def make_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation
   `txt_head` unless config.text_head_trainable, `logit_scale` unless config.learn_temperature.
   Weight decay applies to matrices and kernels only (not to BatchNorm, biases or the scale)."""
   opt = config.optimizer
-  schedule = optax.warmup_cosine_decay_schedule(0.0, opt.lr, min(opt.warmup_steps, max(num_steps - 1, 1)),
-                                                max(num_steps, 2), end_value=opt.lr * opt.final_lr_fraction)
-  adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
-                      mask=lambda params: jax.tree_util.tree_map(lambda p: p.ndim > 1, params))
+  schedule = optax.warmup_cosine_decay_schedule(
+    0.0,
+    opt.lr,
+    min(opt.warmup_steps, max(num_steps - 1, 1)),
+    max(num_steps, 2),
+    end_value=opt.lr * opt.final_lr_fraction,
+  )
+  adamw = optax.adamw(
+    schedule,
+    b1=opt.b1,
+    b2=opt.b2,
+    weight_decay=opt.weight_decay,
+    mask=lambda params: jax.tree_util.tree_map(lambda p: p.ndim > 1, params),
+  )
   if opt.grad_clip_norm:
     adamw = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adamw)
 
   def label(params):
     def one(path, _):
       top = path[0].key
-      frozen = (top == "txt_head" and not config.text_head_trainable) or (top == "logit_scale" and not config.learn_temperature)
+      frozen = (top == "txt_head" and not config.text_head_trainable) or (
+        top == "logit_scale" and not config.learn_temperature
+      )
       return "frozen" if frozen else "train"
+
     return jax.tree_util.tree_map_with_path(one, params)
 
   return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, label), schedule
@@ -58,8 +72,12 @@ def init_state(config, model: TwoTower, tx, text_dim: int, mesh) -> dict:
   @jax.jit
   def init(rng):
     variables = model.init(rng, ecg, jnp.zeros((2, text_dim), jnp.float32), train=False)
-    return {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
-            "batch_stats": variables["batch_stats"], "opt_state": tx.init(variables["params"])}
+    return {
+      "step": jnp.zeros((), jnp.int32),
+      "params": variables["params"],
+      "batch_stats": variables["batch_stats"],
+      "opt_state": tx.init(variables["params"]),
+    }
 
   return jax.jit(init, out_shardings=replicated(mesh))(jax.random.PRNGKey(config.seed))
 
@@ -97,20 +115,38 @@ def make_train_step(config, model: TwoTower, tx, schedule, mesh):
     txt = table[rows]
     if microbatches > 1:
       loss, (acc, scale, batch_stats), grads = _cached_gradients(
-          model, loss_of, state, batch["ecg"], txt, rows, microbatches, mesh)
+        model, loss_of, state, batch["ecg"], txt, rows, microbatches, mesh
+      )
     else:
+
       def loss_fn(params):
-        z_ecg, updates = model.apply({"params": params, "batch_stats": state["batch_stats"]},
-                                     ecg_millivolts(batch["ecg"]), train=True, mutable=["batch_stats"],
-                                     method=TwoTower.encode_ecg)
+        z_ecg, updates = model.apply(
+          {"params": params, "batch_stats": state["batch_stats"]},
+          ecg_millivolts(batch["ecg"]),
+          train=True,
+          mutable=["batch_stats"],
+          method=TwoTower.encode_ecg,
+        )
         loss, (acc, scale) = head_loss(model, loss_of, params, z_ecg, txt, rows)
         return loss, (acc, scale, updates["batch_stats"])
-      (loss, (acc, scale, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+
+      (loss, (acc, scale, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"]
+      )
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                 "batch_stats": batch_stats, "opt_state": opt_state}
-    metrics = {"loss": loss, "batch_accuracy": acc, "temperature": 1.0 / scale,
-               "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state["step"])}
+    new_state = {
+      "step": state["step"] + 1,
+      "params": optax.apply_updates(state["params"], updates),
+      "batch_stats": batch_stats,
+      "opt_state": opt_state,
+    }
+    metrics = {
+      "loss": loss,
+      "batch_accuracy": acc,
+      "temperature": 1.0 / scale,
+      "grad_norm": optax.tree.norm(grads),
+      "learning_rate": schedule(state["step"]),
+    }
     if model.logit_bias is not None:  # the sigmoid loss's learnable bias, worth watching
       metrics["logit_bias"] = new_state["params"]["logit_bias"]
     return new_state, metrics
@@ -122,7 +158,12 @@ def make_train_step(config, model: TwoTower, tx, schedule, mesh):
 def microbatch_rows(global_batch: int, microbatches: int, devices: int) -> np.ndarray:
   """(k, B / k) global row indices of each micro-batch: B / (k n) rows from each device's block."""
   m = global_batch // (microbatches * devices)
-  return np.arange(global_batch).reshape(devices, microbatches, m).transpose(1, 0, 2).reshape(microbatches, -1)
+  return (
+    np.arange(global_batch)
+    .reshape(devices, microbatches, m)
+    .transpose(1, 0, 2)
+    .reshape(microbatches, -1)
+  )
 
 
 def _cached_gradients(model: TwoTower, loss_of, state, ecg, txt, rows, k: int, mesh):
@@ -147,7 +188,9 @@ def _cached_gradients(model: TwoTower, loss_of, state, ecg, txt, rows, k: int, m
   m = B // (k * n)
   chunk_sharding = NamedSharding(mesh, P(None, DATA_AXIS))
 
-  def to_chunks(x):  # (B, ...) -> (k, B / k, ...): rows microbatch_rows(B, k, n), no data crossing devices
+  def to_chunks(
+    x,
+  ):  # (B, ...) -> (k, B / k, ...): rows microbatch_rows(B, k, n), no data crossing devices
     chunks = x.reshape(n, k, m, *x.shape[1:]).swapaxes(0, 1).reshape(k, n * m, *x.shape[1:])
     return jax.lax.with_sharding_constraint(chunks, chunk_sharding)
 
@@ -159,8 +202,13 @@ def _cached_gradients(model: TwoTower, loss_of, state, ecg, txt, rows, k: int, m
 
   def embed(params, chunk):  # (n m, T, C) int16 -> (n m, E), updated batch_stats
     chunk = jax.lax.with_sharding_constraint(chunk, data_sharding(mesh))
-    z, updates = model.apply(variables(params), ecg_millivolts(chunk), train=True, mutable=["batch_stats"],
-                             method=TwoTower.encode_ecg)
+    z, updates = model.apply(
+      variables(params),
+      ecg_millivolts(chunk),
+      train=True,
+      mutable=["batch_stats"],
+      method=TwoTower.encode_ecg,
+    )
     return z, updates["batch_stats"]
 
   params = state["params"]
@@ -168,7 +216,9 @@ def _cached_gradients(model: TwoTower, loss_of, state, ecg, txt, rows, k: int, m
   z = from_chunks(z_chunks)
 
   loss_fn = lambda z, params: head_loss(model, loss_of, params, z, txt, rows)
-  (loss, (acc, scale)), (dz, grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(z, params)
+  (loss, (acc, scale)), (dz, grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+    z, params
+  )
   dz_chunks = to_chunks(dz)
 
   def accumulate(grads, chunk_and_dz):

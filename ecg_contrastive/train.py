@@ -66,31 +66,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return _train_and_evaluate(config, workdir, stop)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        stop: preemption.StopOnSignal) -> dict[str, dict]:
+def _train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, stop: preemption.StopOnSignal
+) -> dict[str, dict]:
   labels = list(terms.load_terms())
 
   # 2. mesh and batch sizes
   mesh = make_mesh()
-  sizes = batch_sizes(config.batch_size, mesh, config.microbatches)  # eval_batch_size: check_config (1.)
-  log.info("mesh %s over %d device(s) (%s); %s", dict(mesh.shape), mesh.devices.size, jax.devices()[0].platform,
-           sizes.describe())
+  sizes = batch_sizes(
+    config.batch_size, mesh, config.microbatches
+  )  # eval_batch_size: check_config (1.)
+  log.info(
+    "mesh %s over %d device(s) (%s); %s",
+    dict(mesh.shape),
+    mesh.devices.size,
+    jax.devices()[0].platform,
+    sizes.describe(),
+  )
 
   # 3. data
   splits = [config.train_split] + [s for s in config.eval_splits if s != config.train_split]
-  sources = {s: pipeline.open_source(config.dataset, s, config.data_dir or None,
-                                    source_dir=config.get("source_dir") or None) for s in splits}
+  sources = {
+    s: pipeline.open_source(
+      config.dataset, s, config.data_dir or None, source_dir=config.get("source_dir") or None
+    )
+    for s in splits
+  }
   train_source = sources[config.train_split]
   steps_per_epoch = len(train_source) // config.batch_size
   if steps_per_epoch == 0:
-    raise ConfigError(f"config.batch_size={config.batch_size} exceeds the {len(train_source)} records of split "
-                      f"{config.train_split!r}; lower config.batch_size")
+    raise ConfigError(
+      f"config.batch_size={config.batch_size} exceeds the {len(train_source)} records of split "
+      f"{config.train_split!r}; lower config.batch_size"
+    )
   num_steps = config.num_steps or config.num_epochs * steps_per_epoch
-  log.info("%s: %s; %d steps (%.1f epochs)", config.dataset,
-           ", ".join(f"{s}={len(src)}" for s, src in sources.items()), num_steps, num_steps / steps_per_epoch)
+  log.info(
+    "%s: %s; %d steps (%.1f epochs)",
+    config.dataset,
+    ", ".join(f"{s}={len(src)}" for s, src in sources.items()),
+    num_steps,
+    num_steps / steps_per_epoch,
+  )
 
   # 4. text
-  table, label_emb = embed_texts(config, (r for src in sources.values() for r in src.meta.reports), labels)
+  table, label_emb = embed_texts(
+    config, (r for src in sources.values() for r in src.meta.reports), labels
+  )
   if jax.process_index() == 0:
     _write_run_files(workdir, config, labels, label_emb)
   report_rows = table.rows(train_source.meta.reports)
@@ -100,12 +121,20 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   model = step_lib.make_model(config)
   tx, schedule = step_lib.make_optimizer(config, num_steps)
   state = step_lib.init_state(config, model, tx, table.embeddings.shape[1], mesh)
-  batches = pipeline.BatchIterator(train_source, global_batch_size=config.batch_size, mesh=mesh, seed=config.seed,
-                                   columns={"report_row": report_rows}, prefetch=config.prefetch)
+  batches = pipeline.BatchIterator(
+    train_source,
+    global_batch_size=config.batch_size,
+    mesh=mesh,
+    seed=config.seed,
+    columns={"report_row": report_rows},
+    prefetch=config.prefetch,
+  )
   manager = checkpoints.make_manager(workdir, keep=config.keep_checkpoints)
   found = checkpoints.restore_newest_intact(
-      manager, lambda s: checkpoints.restore(manager, s, state),
-      f"move {checkpoints.checkpoint_dir(workdir)} aside to train from scratch, or restore it from a backup")
+    manager,
+    lambda s: checkpoints.restore(manager, s, state),
+    f"move {checkpoints.checkpoint_dir(workdir)} aside to train from scratch, or restore it from a backup",
+  )
   if found is not None:
     _, (state, data_state), damaged = found
     batches.set_state(data_state)
@@ -119,8 +148,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # 6. the loop
   train_step = step_lib.make_train_step(config, model, tx, schedule, mesh)
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=first_step)
-  bar = tqdm.tqdm(total=num_steps, initial=first_step, desc="train", disable=jax.process_index() != 0,
-                  dynamic_ncols=True)
+  bar = tqdm.tqdm(
+    total=num_steps,
+    initial=first_step,
+    desc="train",
+    disable=jax.process_index() != 0,
+    dynamic_ncols=True,
+  )
   window_start, window_steps = time.perf_counter(), 0
   stop.armed = True
   for step in range(first_step + 1, num_steps + 1):
@@ -129,11 +163,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if step % config.log_every == 0 or step == num_steps:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       if not np.isfinite(metrics["loss"]):
-        raise NonFiniteLossError(f"loss is {metrics['loss']} at step {step} (learning rate "
-                                 f"{metrics['learning_rate']:.3g}); lower optimizer.lr or set optimizer.grad_clip_norm")
+        raise NonFiniteLossError(
+          f"loss is {metrics['loss']} at step {step} (learning rate "
+          f"{metrics['learning_rate']:.3g}); lower optimizer.lr or set optimizer.grad_clip_norm"
+        )
       elapsed = time.perf_counter() - window_start
-      metrics.update(step_time=elapsed / window_steps, ecg_per_s=window_steps * config.batch_size / elapsed,
-                     epoch=step / steps_per_epoch)
+      metrics.update(
+        step_time=elapsed / window_steps,
+        ecg_per_s=window_steps * config.batch_size / elapsed,
+        epoch=step / steps_per_epoch,
+      )
       writer.write(step, metrics)
       bar.set_postfix(loss=f"{metrics['loss']:.3f}", ecg_s=f"{metrics['ecg_per_s']:.0f}")
       window_start, window_steps = time.perf_counter(), 0
@@ -142,8 +181,22 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if saved:
       checkpoints.save(manager, step, state, batches.get_state())
     if config.eval_every and step % config.eval_every == 0 and step != num_steps:
-      writer.write(step, _headline(evaluate(config=config, model=model, state=state, sources=sources, table=table, label_emb=label_emb,
-                     labels=labels, mesh=mesh, workdir=workdir)))
+      writer.write(
+        step,
+        _headline(
+          evaluate(
+            config=config,
+            model=model,
+            state=state,
+            sources=sources,
+            table=table,
+            label_emb=label_emb,
+            labels=labels,
+            mesh=mesh,
+            workdir=workdir,
+          )
+        ),
+      )
     if stop.stop_requested(step):
       if not saved:
         checkpoints.save(manager, step, state, batches.get_state())
@@ -152,27 +205,48 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       log.warning("preempted: saved step %d; rerun the same command to resume", step)
       return Preempted(step)
   bar.close()
-  stop.armed = False  # a signal during the final evaluation stops at once: the last checkpoint is written
+  stop.armed = (
+    False  # a signal during the final evaluation stops at once: the last checkpoint is written
+  )
 
   # 7. evaluation
-  results = evaluate(config=config, model=model, state=state, sources=sources, table=table, label_emb=label_emb,
-                     labels=labels, mesh=mesh, workdir=workdir)
+  results = evaluate(
+    config=config,
+    model=model,
+    state=state,
+    sources=sources,
+    table=table,
+    label_emb=label_emb,
+    labels=labels,
+    mesh=mesh,
+    workdir=workdir,
+  )
   writer.write(num_steps, _headline(results))
   writer.close()
   return results
 
 
-def _warn_of_deletions(manager, config: ml_collections.ConfigDict, first_step: int, num_steps: int) -> None:
+def _warn_of_deletions(
+  manager, config: ml_collections.ConfigDict, first_step: int, num_steps: int
+) -> None:
   """Logs which checkpoints that this run did not write its saves will delete (only the newest keep_checkpoints
   of all stay)."""
   existing = sorted(manager.all_steps())
-  new = [s for s in range(first_step + 1, num_steps + 1) if s % config.checkpoint_every == 0 or s == num_steps]
-  kept = set(sorted(set(existing) | set(new))[-config.keep_checkpoints:])
+  new = [
+    s
+    for s in range(first_step + 1, num_steps + 1)
+    if s % config.checkpoint_every == 0 or s == num_steps
+  ]
+  kept = set(sorted(set(existing) | set(new))[-config.keep_checkpoints :])
   doomed = [s for s in existing if s not in kept]
   if doomed:
-    log.warning("keep_checkpoints=%d: this run's saves will delete the existing checkpoint(s) of step(s) %s in %s; "
-                "raise keep_checkpoints to keep them", config.keep_checkpoints, ", ".join(map(str, doomed)),
-                manager.directory)
+    log.warning(
+      "keep_checkpoints=%d: this run's saves will delete the existing checkpoint(s) of step(s) %s in %s; "
+      "raise keep_checkpoints to keep them",
+      config.keep_checkpoints,
+      ", ".join(map(str, doomed)),
+      manager.directory,
+    )
 
 
 def _headline(results: dict[str, dict]) -> dict[str, float]:
@@ -182,9 +256,15 @@ def _headline(results: dict[str, dict]) -> dict[str, float]:
 
 def _write_run_files(workdir: str, config, labels: list[terms.Term], label_emb: np.ndarray) -> None:
   """config.json, labels.json and label_text_embeddings.npy: what export and inference read."""
-  paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=1, ensure_ascii=False))
-  paths.write_text(paths.join(workdir, "labels.json"), json.dumps(
+  paths.write_text(
+    paths.join(workdir, "config.json"), config.to_json_best_effort(indent=1, ensure_ascii=False)
+  )
+  paths.write_text(
+    paths.join(workdir, "labels.json"),
+    json.dumps(
       [{"ja": t.ja, "en": t.en, "group_ja": t.group_ja, "group_en": t.group_en} for t in labels],
-      ensure_ascii=False, indent=1))
+      ensure_ascii=False,
+      indent=1,
+    ),
+  )
   paths.np_save(paths.join(workdir, "label_text_embeddings.npy"), label_emb.astype(np.float32))
-

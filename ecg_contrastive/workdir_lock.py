@@ -53,8 +53,11 @@ class WorkdirLock:
     self.workdir = workdir
     self.path = lock_path(workdir)
     self.held = False
-    self.record = {"host": socket.gethostname(), "pid": os.getpid(),
-                   "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
+    self.record = {
+      "host": socket.gethostname(),
+      "pid": os.getpid(),
+      "since": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+    }
 
   def __enter__(self) -> WorkdirLock:
     error = None
@@ -65,10 +68,13 @@ class WorkdirLock:
         error = e
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       failed = bool(multihost_utils.broadcast_one_to_all(error is not None))
       if failed and error is None:
-        raise WorkdirLockedError(f"workdir {self.workdir} is locked by another run: process 0 could not take "
-                                 f"{self.path} (its log says by whom)")
+        raise WorkdirLockedError(
+          f"workdir {self.workdir} is locked by another run: process 0 could not take "
+          f"{self.path} (its log says by whom)"
+        )
     if error is not None:
       raise error
     return self
@@ -86,17 +92,28 @@ class WorkdirLock:
       if holder == {}:  # removed meanwhile by its run: try again
         continue
       if holder is None:
-        log.warning("workdir lock %s is unreadable (a run that died while writing it?): taking it over", self.path)
+        log.warning(
+          "workdir lock %s is unreadable (a run that died while writing it?): taking it over",
+          self.path,
+        )
       elif self._stale(holder):
-        log.warning("workdir lock %s is stale (pid %s of this host %s, since %s, is not running): taking it over",
-                    self.path, holder.get("pid"), holder.get("host"), holder.get("since"))
+        log.warning(
+          "workdir lock %s is stale (pid %s of this host %s, since %s, is not running): taking it over",
+          self.path,
+          holder.get("pid"),
+          holder.get("host"),
+          holder.get("since"),
+        )
       else:
         raise WorkdirLockedError(
-            f"workdir {self.workdir} is in use by another run (host {holder.get('host')}, pid {holder.get('pid')}, "
-            f"since {holder.get('since')}): wait for it to end or use another --workdir; if that run is gone, "
-            f"delete {self.path}")
+          f"workdir {self.workdir} is in use by another run (host {holder.get('host')}, pid {holder.get('pid')}, "
+          f"since {holder.get('since')}): wait for it to end or use another --workdir; if that run is gone, "
+          f"delete {self.path}"
+        )
       self.path.unlink(missing_ok=True)
-    raise WorkdirLockedError(f"could not take the workdir lock {self.path}: another run keeps recreating it")
+    raise WorkdirLockedError(
+      f"could not take the workdir lock {self.path}: another run keeps recreating it"
+    )
 
   def _create(self) -> bool:
     text = json.dumps(self.record)
@@ -128,7 +145,9 @@ class WorkdirLock:
 
   def _stale(self, holder: dict) -> bool:
     pid = holder.get("pid")
-    return holder.get("host") == self.record["host"] and isinstance(pid, int) and not _pid_alive(pid)
+    return (
+      holder.get("host") == self.record["host"] and isinstance(pid, int) and not _pid_alive(pid)
+    )
 
   def release(self) -> None:
     if not self.held:

@@ -33,7 +33,7 @@ def make_fake_gcs(root: str) -> type:
       path = stringify_path(path)
       for prefix in ("gs://", "gcs://"):
         if path.startswith(prefix):
-          return os.path.join(root, path[len(prefix):]).rstrip("/")
+          return os.path.join(root, path[len(prefix) :]).rstrip("/")
       if path == root or path.startswith(root + "/"):
         return path.rstrip("/")
       raise ValueError(f"fake GCS: {path!r} is not a gs:// path")
@@ -43,7 +43,9 @@ def make_fake_gcs(root: str) -> type:
         raise NotImplementedError(f"GCS objects open as 'rb' or 'wb' only, not {mode!r}")
       return super()._open(path, mode=mode, **kw)
 
-    def glob(self, path, **kw):  # epath prefixes 'gs://' to each result, as gcsfs returns 'bucket/x'
+    def glob(
+      self, path, **kw
+    ):  # epath prefixes 'gs://' to each result, as gcsfs returns 'bucket/x'
       return [os.path.relpath(p, root) for p in super().glob(path, **kw)]
 
     def walk(self, path, *args, **kw):
@@ -62,5 +64,8 @@ def use_fake_gcs(monkeypatch, root: str) -> None:
     monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, protocol, fs_cls)
   epath_backend.fsspec_backend._get_filesystem.cache_clear()
   monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
-  monkeypatch.setattr(gcs_utils, "get_kvstore_for_gcs", lambda path: {
-      "driver": "file", "path": os.path.join(root, str(path).removeprefix("gs://"))})
+  monkeypatch.setattr(
+    gcs_utils,
+    "get_kvstore_for_gcs",
+    lambda path: {"driver": "file", "path": os.path.join(root, str(path).removeprefix("gs://"))},
+  )

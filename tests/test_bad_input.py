@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import wfdb
 
-from ecg_contrastive.ecg import reader, signal
+from ecg_contrastive.ecg import preprocess, reader, signal
 from ecg_contrastive.errors import UserError
-from ecg_contrastive.ecg import preprocess
 from ecg_contrastive.export import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,10 +26,19 @@ def ecg_like(seconds: float, rate: float, seed: int = 0) -> np.ndarray:
   return np.sin(2 * np.pi * 1.2 * t + phase) + 0.3 * np.sin(2 * np.pi * 7 * t + 2 * phase)
 
 
-def write_wfdb(folder, name: str = "rec", seconds: float = 10.0, rate: int = 500, values=None) -> str:
+def write_wfdb(
+  folder, name: str = "rec", seconds: float = 10.0, rate: int = 500, values=None
+) -> str:
   values = ecg_like(seconds, rate) if values is None else values
-  wfdb.wrsamp(name, fs=rate, units=["mV"] * 12, sig_name=NAMES, p_signal=values, fmt=["16"] * 12,
-              write_dir=str(folder))
+  wfdb.wrsamp(
+    name,
+    fs=rate,
+    units=["mV"] * 12,
+    sig_name=NAMES,
+    p_signal=values,
+    fmt=["16"] * 12,
+    write_dir=str(folder),
+  )
   return os.path.join(str(folder), name)
 
 
@@ -91,40 +99,95 @@ def wfdb_with_rate(folder, rate: float) -> str:
 # (case id, writes the file and returns (path, --fs); the message must contain each of `says`)
 NPY = 500.0
 BAD_RECORDS = {
-    "missing-npy": (lambda d: (os.path.join(str(d), "nope.npy"), NPY), ["missing file", "nope.npy", "check the path"]),
-    "missing-wfdb": (lambda d: (os.path.join(str(d), "nope"), None),
-                     ["missing file", "nope.hea", "give a WFDB record"]),
-    "missing-dat": (lambda d: (_without_dat(d), None), ["missing file", "rec.dat", "copy the record's signal file"]),
-    "truncated-dat": (lambda d: (truncated_wfdb(d), None), ["truncated file", "rec.dat", "download the record again"]),
-    "garbage-header": (lambda d: (garbage_header(d), None), ["unreadable", "rec.hea", "not a WFDB header"]),
-    "header-units": (lambda d: (wfdb_with_units(d, "kg"), None), ["unreadable", "rec.hea", "units 'kg'", "mV, uV"]),
-    "zero-byte-npy": (lambda d: (zero_byte_npy(d), NPY), ["unreadable", "empty.npy", "numpy.save"]),
-    "corrupt-npy": (lambda d: (corrupt_npy(d), NPY), ["unreadable", "corrupt.npy", "numpy.save"]),
-    "pickled-npy": (lambda d: (save_npy(d, "obj.npy", np.array([{"a": 1}], dtype=object)), NPY),
-                    ["unreadable", "obj.npy", "numpy.save"]),
-    "string-npy": (lambda d: (save_npy(d, "s.npy", np.array(["a", "b"])), NPY), ["s.npy", "int or float array"]),
-    "3d-npy": (lambda d: (save_npy(d, "3d.npy", np.zeros((2, 5000, 12))), NPY),
-               ["3d.npy", "shape (2, 5000, 12)", "(samples, leads)", "--leads"]),
-    "7-lead-npy": (lambda d: (save_npy(d, "7.npy", ecg_like(10, 500)[:, :7]), NPY), ["7.npy", "shape (5000, 7)"]),
-    "nan-samples": (lambda d: (save_npy(d, "nan.npy", _with(ecg_like(10, 500), np.nan)), NPY),
-                    ["nan.npy", "NaN/inf", "lead 'aVR'", "fill or drop the gaps"]),
-    "inf-samples": (lambda d: (save_npy(d, "inf.npy", _with(ecg_like(10, 500), np.inf)), NPY), ["inf.npy", "NaN/inf"]),
-    "beyond-int16": (lambda d: (save_npy(d, "big.npy", ecg_like(10, 500) * 1e5), NPY),
-                     ["big.npy", "beyond the int16 range", "check the units"]),
-    "all-zero": (lambda d: (save_npy(d, "zero.npy", np.zeros((5000, 12), np.int16)), NPY),
-                 ["flat signal", "zero.npy", "no findings", "check the file and its units"]),
-    "constant": (lambda d: (save_npy(d, "const.npy", np.full((5000, 12), 300, np.int16)), NPY), ["flat signal"]),
-    "0.02-s": (lambda d: (save_npy(d, "short.npy", ecg_like(0.02, 500) * 1000), NPY),
-               ["too short", "short.npy", "0.02 s", "at least 5 s"]),
-    "4.9-s-wfdb": (lambda d: (write_wfdb(d, seconds=4.9), None), ["too short", "rec", "4.90 s"]),
-    "fs-nan": (lambda d: (save_npy(d, "a.npy", ecg_like(10, 500) * 1000), float("nan")),
-               ["bad rate", "a.npy", "nan", "--fs", "between 50 and 20000 Hz"]),
-    "fs-0": (lambda d: (save_npy(d, "a.npy", ecg_like(10, 500) * 1000), 0.0), ["bad rate", "a.npy", "--fs"]),
-    "fs-negative": (lambda d: (save_npy(d, "a.npy", ecg_like(10, 500) * 1000), -500.0), ["bad rate", "a.npy"]),
-    "fs-0.001": (lambda d: (save_npy(d, "a.npy", ecg_like(10, 500) * 1000), 0.001), ["bad rate", "0.001"]),
-    "fs-1e9": (lambda d: (save_npy(d, "a.npy", ecg_like(10, 500) * 1000), 1e9), ["bad rate", "1000000000.0"]),
-    "header-fs-0.001": (lambda d: (wfdb_with_rate(d, 0.001), None), ["bad rate", "rec.hea", "0.001"]),
-    "header-fs-1e9": (lambda d: (wfdb_with_rate(d, 1e9), None), ["bad rate", "rec.hea"]),
+  "missing-npy": (
+    lambda d: (os.path.join(str(d), "nope.npy"), NPY),
+    ["missing file", "nope.npy", "check the path"],
+  ),
+  "missing-wfdb": (
+    lambda d: (os.path.join(str(d), "nope"), None),
+    ["missing file", "nope.hea", "give a WFDB record"],
+  ),
+  "missing-dat": (
+    lambda d: (_without_dat(d), None),
+    ["missing file", "rec.dat", "copy the record's signal file"],
+  ),
+  "truncated-dat": (
+    lambda d: (truncated_wfdb(d), None),
+    ["truncated file", "rec.dat", "download the record again"],
+  ),
+  "garbage-header": (
+    lambda d: (garbage_header(d), None),
+    ["unreadable", "rec.hea", "not a WFDB header"],
+  ),
+  "header-units": (
+    lambda d: (wfdb_with_units(d, "kg"), None),
+    ["unreadable", "rec.hea", "units 'kg'", "mV, uV"],
+  ),
+  "zero-byte-npy": (lambda d: (zero_byte_npy(d), NPY), ["unreadable", "empty.npy", "numpy.save"]),
+  "corrupt-npy": (lambda d: (corrupt_npy(d), NPY), ["unreadable", "corrupt.npy", "numpy.save"]),
+  "pickled-npy": (
+    lambda d: (save_npy(d, "obj.npy", np.array([{"a": 1}], dtype=object)), NPY),
+    ["unreadable", "obj.npy", "numpy.save"],
+  ),
+  "string-npy": (
+    lambda d: (save_npy(d, "s.npy", np.array(["a", "b"])), NPY),
+    ["s.npy", "int or float array"],
+  ),
+  "3d-npy": (
+    lambda d: (save_npy(d, "3d.npy", np.zeros((2, 5000, 12))), NPY),
+    ["3d.npy", "shape (2, 5000, 12)", "(samples, leads)", "--leads"],
+  ),
+  "7-lead-npy": (
+    lambda d: (save_npy(d, "7.npy", ecg_like(10, 500)[:, :7]), NPY),
+    ["7.npy", "shape (5000, 7)"],
+  ),
+  "nan-samples": (
+    lambda d: (save_npy(d, "nan.npy", _with(ecg_like(10, 500), np.nan)), NPY),
+    ["nan.npy", "NaN/inf", "lead 'aVR'", "fill or drop the gaps"],
+  ),
+  "inf-samples": (
+    lambda d: (save_npy(d, "inf.npy", _with(ecg_like(10, 500), np.inf)), NPY),
+    ["inf.npy", "NaN/inf"],
+  ),
+  "beyond-int16": (
+    lambda d: (save_npy(d, "big.npy", ecg_like(10, 500) * 1e5), NPY),
+    ["big.npy", "beyond the int16 range", "check the units"],
+  ),
+  "all-zero": (
+    lambda d: (save_npy(d, "zero.npy", np.zeros((5000, 12), np.int16)), NPY),
+    ["flat signal", "zero.npy", "no findings", "check the file and its units"],
+  ),
+  "constant": (
+    lambda d: (save_npy(d, "const.npy", np.full((5000, 12), 300, np.int16)), NPY),
+    ["flat signal"],
+  ),
+  "0.02-s": (
+    lambda d: (save_npy(d, "short.npy", ecg_like(0.02, 500) * 1000), NPY),
+    ["too short", "short.npy", "0.02 s", "at least 5 s"],
+  ),
+  "4.9-s-wfdb": (lambda d: (write_wfdb(d, seconds=4.9), None), ["too short", "rec", "4.90 s"]),
+  "fs-nan": (
+    lambda d: (save_npy(d, "a.npy", ecg_like(10, 500) * 1000), float("nan")),
+    ["bad rate", "a.npy", "nan", "--fs", "between 50 and 20000 Hz"],
+  ),
+  "fs-0": (
+    lambda d: (save_npy(d, "a.npy", ecg_like(10, 500) * 1000), 0.0),
+    ["bad rate", "a.npy", "--fs"],
+  ),
+  "fs-negative": (
+    lambda d: (save_npy(d, "a.npy", ecg_like(10, 500) * 1000), -500.0),
+    ["bad rate", "a.npy"],
+  ),
+  "fs-0.001": (
+    lambda d: (save_npy(d, "a.npy", ecg_like(10, 500) * 1000), 0.001),
+    ["bad rate", "0.001"],
+  ),
+  "fs-1e9": (
+    lambda d: (save_npy(d, "a.npy", ecg_like(10, 500) * 1000), 1e9),
+    ["bad rate", "1000000000.0"],
+  ),
+  "header-fs-0.001": (lambda d: (wfdb_with_rate(d, 0.001), None), ["bad rate", "rec.hea", "0.001"]),
+  "header-fs-1e9": (lambda d: (wfdb_with_rate(d, 1e9), None), ["bad rate", "rec.hea"]),
 }
 
 
@@ -159,8 +222,15 @@ def test_record_reader_lists_bad_record_with_reason(case, tmp_path):
   fs = 500.0 if fs is None and path.endswith(".npy") else fs
   [reason] = reader.read_many([(path, fs, "uV" if path.endswith(".npy") else None)])
   assert isinstance(reason, str), f"{case} was accepted"
-  assert reason.split(":")[0] in ("missing file", "truncated file", "unreadable", "bad rate", "bad signal",
-                                  "too short", "flat signal"), reason
+  assert reason.split(":")[0] in (
+    "missing file",
+    "truncated file",
+    "unreadable",
+    "bad rate",
+    "bad signal",
+    "too short",
+    "flat signal",
+  ), reason
   for part in says[:1]:
     assert part in reason, reason
 
@@ -171,11 +241,17 @@ def predict_cli(args, capsys) -> tuple[int, list[str]]:
   return info.value.code, capsys.readouterr().err.strip().splitlines()
 
 
-@pytest.mark.parametrize("case", ["truncated-dat", "zero-byte-npy", "all-zero", "fs-0.001", "3d-npy"])
+@pytest.mark.parametrize(
+  "case", ["truncated-dat", "zero-byte-npy", "all-zero", "fs-0.001", "3d-npy"]
+)
 def test_predictor_command_line_is_one_line_exit_2(case, tmp_path, capsys):
   make, says = BAD_RECORDS[case]
   path, fs = make(tmp_path)
-  args = ["--workdir", str(tmp_path / "no-run")] + (["--fs", repr(fs), "--units", "uV"] if fs else []) + [path]
+  args = (
+    ["--workdir", str(tmp_path / "no-run")]
+    + (["--fs", repr(fs), "--units", "uV"] if fs else [])
+    + [path]
+  )
   code, err = predict_cli(args, capsys)
   assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and says[0] in err[0], err
 
@@ -183,20 +259,44 @@ def test_predictor_command_line_is_one_line_exit_2(case, tmp_path, capsys):
 @pytest.mark.slow
 def test_predictor_subprocess_fs_nan_is_one_line(tmp_path):
   path = save_npy(tmp_path, "a.npy", ecg_like(10, 500) * 1000)
-  result = subprocess.run([sys.executable, "-m", "ecg_contrastive.export.predict", "--workdir", str(tmp_path),
-                           "--fs", "nan", "--units", "uV", path], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "ecg_contrastive.export.predict",
+      "--workdir",
+      str(tmp_path),
+      "--fs",
+      "nan",
+      "--units",
+      "uV",
+      path,
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   lines = result.stderr.strip().splitlines()
-  assert result.returncode == 2 and lines == [lines[0]] and "bad rate" in lines[0] and path in lines[0]
+  assert (
+    result.returncode == 2 and lines == [lines[0]] and "bad rate" in lines[0] and path in lines[0]
+  )
 
 
 def test_predictor_bad_model_paths_are_one_line(tmp_path, capsys):
   path = save_npy(tmp_path, "a.npy", ecg_like(10, 500) * 1000)
   common = ["--fs", "500", "--units", "uV", path]
   code, err = predict_cli(["--workdir", str(tmp_path / "none")] + common, capsys)
-  assert code == 2 and len(err) == 1 and "config.json not found" in err[0] and "not a training workdir" in err[0]
+  assert (
+    code == 2
+    and len(err) == 1
+    and "config.json not found" in err[0]
+    and "not a training workdir" in err[0]
+  )
   code, err = predict_cli(["--exported", str(tmp_path / "none")] + common, capsys)
-  assert code == 2 and len(err) == 1 and "not an export folder" in err[0] and "--mode export" in err[0]
+  assert (
+    code == 2 and len(err) == 1 and "not an export folder" in err[0] and "--mode export" in err[0]
+  )
 
 
 def test_predictor_top_k_must_be_positive(tmp_path, capsys):
@@ -209,8 +309,13 @@ def test_short_record_is_padded_with_a_warning(tmp_path, capsys):
   path = save_npy(tmp_path, "seven.npy", ecg_like(7, 500) * 1000)
   record = preprocess.read_record(path, 500.0, "uV")
   assert record.duration_s == 7.0 and record.ecg[3500:].any() == False and record.ecg[:3500].any()  # noqa: E712
-  code, err = predict_cli(["--workdir", str(tmp_path / "none"), "--fs", "500", "--units", "uV", path], capsys)
-  assert err[0] == f"warning: {path}: 7.00 s, zero-padded to 10 s; findings of a short record are less reliable"
+  code, err = predict_cli(
+    ["--workdir", str(tmp_path / "none"), "--fs", "500", "--units", "uV", path], capsys
+  )
+  assert (
+    err[0]
+    == f"warning: {path}: 7.00 s, zero-padded to 10 s; findings of a short record are less reliable"
+  )
 
 
 def test_long_record_reads_only_what_it_needs(tmp_path):
@@ -218,7 +323,9 @@ def test_long_record_reads_only_what_it_needs(tmp_path):
   values = np.tile(ecg_like(10, 360), (360, 1))  # 3600 s
   path = save_npy(tmp_path, "hour.npy", values * 1000)
   record = preprocess.read_record(path, 360.0, "uV")
-  short = preprocess.read_record(save_npy(tmp_path, "head.npy", values[:360 * 120] * 1000), 360.0, "uV")
+  short = preprocess.read_record(
+    save_npy(tmp_path, "head.npy", values[: 360 * 120] * 1000), 360.0, "uV"
+  )
   assert record.duration_s == 3600.0
   np.testing.assert_array_equal(record.ecg, short.ecg)
 
@@ -233,8 +340,12 @@ def test_lead_count_mapped_by_names(tmp_path):
   lead_iii = record.ecg[:, 1] - record.ecg[:, 0]
   assert record.ecg.shape == (5000, 12) and np.abs(record.ecg[:, 2] - lead_iii).max() < 2e-3
   with pytest.raises(preprocess.BadRecordError, match=r"m\.npy: missing lead\(s\) \['V3', 'V6'\]"):
-    preprocess.read_record(save_npy(tmp_path, "m.npy", values[:, :11]), 500.0, "uV",
-                           [n if n != "V3" else "X" for n in NAMES[:11]])
+    preprocess.read_record(
+      save_npy(tmp_path, "m.npy", values[:, :11]),
+      500.0,
+      "uV",
+      [n if n != "V3" else "X" for n in NAMES[:11]],
+    )
 
 
 # ----------------------------------------------------------------------------- text model
@@ -243,12 +354,14 @@ def test_lead_count_mapped_by_names(tmp_path):
 @pytest.fixture()
 def standin_dir(tmp_path):
   from ecg_contrastive.text.standin import write_standin_model
+
   return write_standin_model(str(tmp_path / "model"), hidden_size=16, num_layers=1, num_heads=2)
 
 
 def test_standin_loads(standin_dir):
   from ecg_contrastive.models.bert import load_hf_encoder
   from ecg_contrastive.text.tokenizer import load_tokenizer
+
   load_hf_encoder(standin_dir)
   load_tokenizer(standin_dir)
 
@@ -263,31 +376,57 @@ def _overwrite(path, data: bytes):
     f.write(data)
 
 
-@pytest.mark.parametrize("damage, file, says", [
+@pytest.mark.parametrize(
+  "damage, file, says",
+  [
     (_truncate, "model.safetensors", "unreadable safetensors file"),
     (lambda p: _overwrite(p, b"\x00" * 64), "model.safetensors", "unreadable safetensors file"),
     (lambda p: _overwrite(p, b"{not json"), "config.json", "not valid JSON"),
     (lambda p: _overwrite(p, b"\xff\xfe\x00"), "config.json", "not valid JSON"),
     (lambda p: _overwrite(p, b"[1, 2]"), "config.json", "not a JSON object"),
-    (lambda p: _overwrite(p, json.dumps({"model_type": "bert"}).encode()), "config.json", "missing field"),
-    (lambda p: _overwrite(p, json.dumps({"model_type": "gpt2"}).encode()), "config.json",
-     "is not a BERT-family encoder"),
-], ids=["truncated-safetensors", "garbage-safetensors", "config-not-json", "config-not-utf8", "config-a-list",
-        "config-missing-field", "config-not-bert"])
+    (
+      lambda p: _overwrite(p, json.dumps({"model_type": "bert"}).encode()),
+      "config.json",
+      "missing field",
+    ),
+    (
+      lambda p: _overwrite(p, json.dumps({"model_type": "gpt2"}).encode()),
+      "config.json",
+      "is not a BERT-family encoder",
+    ),
+  ],
+  ids=[
+    "truncated-safetensors",
+    "garbage-safetensors",
+    "config-not-json",
+    "config-not-utf8",
+    "config-a-list",
+    "config-missing-field",
+    "config-not-bert",
+  ],
+)
 def test_damaged_text_model_is_named(standin_dir, damage, file, says):
   from ecg_contrastive.models.bert import TextModelError, load_hf_encoder
+
   path = os.path.join(standin_dir, file)
   damage(path)
   with pytest.raises(TextModelError) as info:
     load_hf_encoder(standin_dir)
-  assert str(info.value).startswith(path) and says in str(info.value) and isinstance(info.value, UserError)
+  assert (
+    str(info.value).startswith(path)
+    and says in str(info.value)
+    and isinstance(info.value, UserError)
+  )
 
 
 def test_missing_text_model_files_are_named(standin_dir):
   from ecg_contrastive.models.bert import load_hf_encoder
   from ecg_contrastive.text.tokenizer import load_tokenizer
+
   os.remove(os.path.join(standin_dir, "model.safetensors"))
-  with pytest.raises(FileNotFoundError, match=r"lacks model\.safetensors.*local Hugging Face model directory"):
+  with pytest.raises(
+    FileNotFoundError, match=r"lacks model\.safetensors.*local Hugging Face model directory"
+  ):
     load_hf_encoder(standin_dir)
   for f in ("vocab.txt", "tokenizer_config.json"):
     os.remove(os.path.join(standin_dir, f))
@@ -297,23 +436,48 @@ def test_missing_text_model_files_are_named(standin_dir):
 
 def test_damaged_tokenizer_config_is_named(standin_dir):
   from ecg_contrastive.text.tokenizer import TokenizerError, load_tokenizer
+
   _overwrite(os.path.join(standin_dir, "tokenizer_config.json"), b"{not json")
   with pytest.raises(TokenizerError) as info:
     load_tokenizer(standin_dir)
-  assert standin_dir in str(info.value) and "save_pretrained" in str(info.value) and "\n" not in str(info.value)
+  assert (
+    standin_dir in str(info.value)
+    and "save_pretrained" in str(info.value)
+    and "\n" not in str(info.value)
+  )
 
 
 @pytest.mark.slow
 def test_damaged_text_model_stops_training_with_one_line(tmp_path):
   """A UserError raised mid-run (here: the text model loads after the data) is one line from main, exit 2."""
   from ecg_contrastive.text.standin import write_standin_model
+
   model = write_standin_model(str(tmp_path / "model"), hidden_size=16, num_layers=1, num_heads=2)
   _truncate(os.path.join(model, "model.safetensors"))
-  result = subprocess.run([sys.executable, "-m", "ecg_contrastive.main", "--config", "configs/default.py:tiny",
-                           "--workdir", str(tmp_path / "run"), f"--config.text.model_dir={model}",
-                           f"--config.data_dir={tmp_path / 'tfds'}", f"--config.text.cache_dir={tmp_path / 'text'}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ") or "Traceback" in line]
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "ecg_contrastive.main",
+      "--config",
+      "configs/default.py:tiny",
+      "--workdir",
+      str(tmp_path / "run"),
+      f"--config.text.model_dir={model}",
+      f"--config.data_dir={tmp_path / 'tfds'}",
+      f"--config.text.cache_dir={tmp_path / 'text'}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  errors = [
+    line for line in result.stderr.splitlines() if line.startswith("error: ") or "Traceback" in line
+  ]
   assert result.returncode == 2 and errors == [errors[0]], result.stderr[-3000:]
-  assert f"{model}/model.safetensors: unreadable safetensors file" in errors[0] and "copy the model" in errors[0]
+  assert (
+    f"{model}/model.safetensors: unreadable safetensors file" in errors[0]
+    and "copy the model" in errors[0]
+  )
   assert not os.path.exists(tmp_path / "run" / "checkpoints")

@@ -5,17 +5,23 @@ requirements, not to the wheels). These tests would have caught it here, on CPU.
 """
 
 import os
-import pytest
 import re
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def wheel_script_names() -> list[str]:
-  out = subprocess.run(["bash", "bench/fetch_wheels.sh", "--names"], cwd=ROOT, capture_output=True, text=True,
-                       check=True).stdout
+  out = subprocess.run(
+    ["bash", "bench/fetch_wheels.sh", "--names"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
   return out.split()
 
 
@@ -39,7 +45,9 @@ def script_array(name: str) -> list[str]:
 def test_every_requirement_is_in_the_image_carried_or_never_imported_by_the_benchmark():
   known = {n.lower() for n in wheel_script_names()}
   missing = [n for n in requirement_names() if n.lower() not in known]
-  assert not missing, f"add {missing} to bench/fetch_wheels.sh (IMAGE, NOT_IMPORTED, STEP or PIPELINE)"
+  assert not missing, (
+    f"add {missing} to bench/fetch_wheels.sh (IMAGE, NOT_IMPORTED, STEP or PIPELINE)"
+  )
   assert "wfdb" in script_array("PIPELINE")
 
 
@@ -63,5 +71,9 @@ print("imported")
   assert result.returncode == 0 and "imported" in result.stdout, result.stderr[-2000:]
 
   code_blocking_wfdb = code.replace(repr(blocked), repr(blocked + ["wfdb"]))
-  result = subprocess.run([sys.executable, "-c", code_blocking_wfdb], cwd=ROOT, capture_output=True, text=True)
-  assert result.returncode != 0 and "blocked as on the device image: wfdb" in result.stderr  # the check bites
+  result = subprocess.run(
+    [sys.executable, "-c", code_blocking_wfdb], cwd=ROOT, capture_output=True, text=True
+  )
+  assert (
+    result.returncode != 0 and "blocked as on the device image: wfdb" in result.stderr
+  )  # the check bites

@@ -13,8 +13,14 @@ from transformers import BertConfig, BertModel, RobertaConfig, RobertaForMaskedL
 
 from ecg_contrastive.models.bert import load_hf_encoder, pool
 
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=37, max_position_embeddings=40)
+TINY = dict(
+  vocab_size=99,
+  hidden_size=32,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  intermediate_size=37,
+  max_position_embeddings=40,
+)
 
 
 def _save(model: torch.nn.Module, directory) -> str:
@@ -52,8 +58,11 @@ def test_bert_matches_pytorch_with_padding_and_token_types(bert_dir):
   types = np.zeros_like(ids)
   types[:, 5:] = 1
   with torch.no_grad():
-    ref = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                token_type_ids=torch.tensor(types))
+    ref = model(
+      input_ids=torch.tensor(ids),
+      attention_mask=torch.tensor(mask),
+      token_type_ids=torch.tensor(types),
+    )
   hidden, pooled = _apply(module, params, ids, mask, types)
   assert hidden.shape == (4, 13, 32) and pooled.shape == (4, 32)
   assert _rel_err(hidden, ref.last_hidden_state.numpy()) <= 1e-5
@@ -86,12 +95,16 @@ def test_masked_lm_checkpoint_loads_without_heads_or_pooler(tmp_path):
   model = RobertaForMaskedLM(config).eval()
   model_dir = _save(model, tmp_path)
   names = load_file(os.path.join(model_dir, "model.safetensors")).keys()
-  assert any(n.startswith("lm_head.") for n in names) and any(n.startswith("roberta.") for n in names)
+  assert any(n.startswith("lm_head.") for n in names) and any(
+    n.startswith("roberta.") for n in names
+  )
   module, params, _ = load_hf_encoder(model_dir)
   assert not module.with_pooler and "pooler" not in params
   ids, mask = _batch(pad_id=1)
   with torch.no_grad():
-    ref = model.roberta(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
+    ref = model.roberta(
+      input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)
+    ).last_hidden_state
   hidden, pooled = _apply(module, params, ids, mask)
   assert pooled is None and _rel_err(hidden, ref.numpy()) <= 1e-5
   with pytest.raises(ValueError, match="pooler weights"):
@@ -125,7 +138,9 @@ def test_shape_mismatch_names_the_tensor(bert_dir, tmp_path):
   config = json.load(open(os.path.join(bert_dir, "config.json")))
   (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 38}))
   os.symlink(os.path.join(bert_dir, "model.safetensors"), tmp_path / "model.safetensors")
-  with pytest.raises(ValueError, match=r"intermediate\.dense\.bias gives shape \(2, 37\) .* implies \(2, 38\)"):
+  with pytest.raises(
+    ValueError, match=r"intermediate\.dense\.bias gives shape \(2, 37\) .* implies \(2, 38\)"
+  ):
     load_hf_encoder(str(tmp_path))
 
 
@@ -134,9 +149,11 @@ def test_missing_files_and_unsupported_configs_are_named(bert_dir, tmp_path):
     load_hf_encoder(str(tmp_path))
   config = json.load(open(os.path.join(bert_dir, "config.json")))
   os.symlink(os.path.join(bert_dir, "model.safetensors"), tmp_path / "model.safetensors")
-  for change, message in [({"model_type": "gpt2"}, "not a BERT-family encoder"),
-                          ({"position_embedding_type": "relative_key"}, "only 'absolute'"),
-                          ({"hidden_act": "swish"}, "hidden_act 'swish'")]:
+  for change, message in [
+    ({"model_type": "gpt2"}, "not a BERT-family encoder"),
+    ({"position_embedding_type": "relative_key"}, "only 'absolute'"),
+    ({"hidden_act": "swish"}, "hidden_act 'swish'"),
+  ]:
     (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
     with pytest.raises(ValueError, match=message):
       load_hf_encoder(str(tmp_path))

@@ -14,7 +14,12 @@ from tests.export_helpers import logit_scale_at, make_workdir
 
 
 def biggest_file(step_dir):
-  files = [os.path.join(root, f) for root, _, names in os.walk(step_dir) for f in names if f != checkpoints.MANIFEST]
+  files = [
+    os.path.join(root, f)
+    for root, _, names in os.walk(step_dir)
+    for f in names
+    if f != checkpoints.MANIFEST
+  ]
   return max(files, key=os.path.getsize)
 
 
@@ -64,8 +69,11 @@ def test_every_checkpoint_damaged_is_one_line_error(tmp_path):
   workdir = make_workdir(str(tmp_path / "run"), steps=(3, 6))
   for step in (3, 6):
     truncate(str(tmp_path / "run" / "checkpoints" / str(step)))
-  with pytest.raises(CheckpointError, match=r"no intact checkpoint in .*/run/checkpoints: steps 6, 3 are all damaged "
-                     r"\(see the warnings above\); rerun training with this --workdir") as e:
+  with pytest.raises(
+    CheckpointError,
+    match=r"no intact checkpoint in .*/run/checkpoints: steps 6, 3 are all damaged "
+    r"\(see the warnings above\); rerun training with this --workdir",
+  ) as e:
     checkpoints.restore_inference(workdir)
   assert "\n" not in str(e.value)
 
@@ -73,8 +81,11 @@ def test_every_checkpoint_damaged_is_one_line_error(tmp_path):
 def test_an_explicit_damaged_step_is_one_line_error(tmp_path):
   workdir = make_workdir(str(tmp_path / "run"), steps=(3, 6))
   truncate(str(tmp_path / "run" / "checkpoints" / "3"))
-  with pytest.raises(CheckpointError, match=r"checkpoints/3 is damaged \(.* expected\); pass another --step of "
-                     r"\[3, 6\]"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"checkpoints/3 is damaged \(.* expected\); pass another --step of "
+    r"\[3, 6\]",
+  ):
     checkpoints.restore_inference(workdir, step=3)
   assert checkpoints.restore_inference(workdir, step=6).step == 6
 
@@ -82,31 +93,47 @@ def test_an_explicit_damaged_step_is_one_line_error(tmp_path):
 @pytest.mark.parametrize("keep", [0, -1])
 def test_keep_below_one_is_refused_and_deletes_nothing(tmp_path, keep):
   workdir = make_workdir(str(tmp_path / "run"), steps=(3, 6))
-  with pytest.raises(CheckpointError, match=rf"keep_checkpoints must be an integer >= 1, not {keep}"):
+  with pytest.raises(
+    CheckpointError, match=rf"keep_checkpoints must be an integer >= 1, not {keep}"
+  ):
     checkpoints.make_manager(workdir, keep=keep)
   assert sorted(checkpoints.make_manager(workdir).all_steps()) == [3, 6]
 
 
-def test_disk_full_at_a_save_is_one_line_error_and_keeps_the_earlier_checkpoints(tmp_path, monkeypatch):
+def test_disk_full_at_a_save_is_one_line_error_and_keeps_the_earlier_checkpoints(
+  tmp_path, monkeypatch
+):
   workdir = make_workdir(str(tmp_path / "run"), steps=(3,))
   before = checkpoints.restore_inference(workdir).variables
   manager = checkpoints.make_manager(workdir)
 
   def disk_full(self, step, *args, **kwargs):
-    os.makedirs(self.directory / f"{step}.orbax-checkpoint-tmp-1", exist_ok=True)  # a half-written save
+    os.makedirs(
+      self.directory / f"{step}.orbax-checkpoint-tmp-1", exist_ok=True
+    )  # a half-written save
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
   monkeypatch.setattr(ocp.CheckpointManager, "save", disk_full)
-  state = {"step": 6, "params": before["params"], "batch_stats": before["batch_stats"], "opt_state": {}}
-  with pytest.raises(CheckpointError, match=r"could not write checkpoint .*/run/checkpoints/6 \(No space left on "
-                     r"device\): free space or point --workdir elsewhere; the earlier checkpoints \(steps 3\) are "
-                     r"intact") as e:
+  state = {
+    "step": 6,
+    "params": before["params"],
+    "batch_stats": before["batch_stats"],
+    "opt_state": {},
+  }
+  with pytest.raises(
+    CheckpointError,
+    match=r"could not write checkpoint .*/run/checkpoints/6 \(No space left on "
+    r"device\): free space or point --workdir elsewhere; the earlier checkpoints \(steps 3\) are "
+    r"intact",
+  ) as e:
     checkpoints.save(manager, 6, state, {})
   assert "\n" not in str(e.value)
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["3"]
   after = checkpoints.restore_inference(workdir)
   assert after.step == 3
-  np.testing.assert_array_equal(after.variables["params"]["logit_scale"], before["params"]["logit_scale"])
+  np.testing.assert_array_equal(
+    after.variables["params"]["logit_scale"], before["params"]["logit_scale"]
+  )
 
 
 def test_manifest_lists_every_file_with_its_size(tmp_path):
@@ -119,17 +146,28 @@ def test_manifest_lists_every_file_with_its_size(tmp_path):
 
 def test_checkpoint_dir_keeps_remote_paths_and_makes_local_ones_absolute(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  assert os.fspath(checkpoints.checkpoint_dir("runs/a")) == str(tmp_path / "runs" / "a" / "checkpoints")
-  assert os.fspath(checkpoints.checkpoint_dir("gs://bucket/runs/a")) == "gs://bucket/runs/a/checkpoints"
+  assert os.fspath(checkpoints.checkpoint_dir("runs/a")) == str(
+    tmp_path / "runs" / "a" / "checkpoints"
+  )
+  assert (
+    os.fspath(checkpoints.checkpoint_dir("gs://bucket/runs/a")) == "gs://bucket/runs/a/checkpoints"
+  )
 
 
-@pytest.mark.parametrize("name,damage,message", [
+@pytest.mark.parametrize(
+  "name,damage,message",
+  [
     ("config.json", b"{not json", r"run/config.json is damaged \(not JSON"),
     ("labels.json", b"", r"run/labels.json is damaged \(not JSON"),
-    ("label_text_embeddings.npy", b"\x93NUMPY garbage", r"run/label_text_embeddings.npy is damaged"),
+    (
+      "label_text_embeddings.npy",
+      b"\x93NUMPY garbage",
+      r"run/label_text_embeddings.npy is damaged",
+    ),
     ("label_text_embeddings.npy", None, r"run/label_text_embeddings.npy is missing"),
     ("labels.json", b"[]", r"holds \(98, \d+\) embeddings for 0 labels in labels.json"),
-])
+  ],
+)
 def test_damaged_or_missing_run_files_are_one_line_errors(tmp_path, name, damage, message):
   """What inference reads besides the checkpoint (export, predict): a damaged or missing file is named, with what
   to do (rerun training with the workdir: it rewrites them and resumes)."""

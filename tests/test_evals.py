@@ -28,7 +28,13 @@ def test_zero_shot_counts_hits_baselines_and_groups():
   primary = ["正常心電図", "心房細動", "完全右脚ブロック", "ST上昇", "心房細動"]
   ecg = one_hot_rows(predicted, len(NAMES)) + 0.01 * np.arange(len(NAMES))[None, ::-1]
   ecg /= np.linalg.norm(ecg, axis=1, keepdims=True)
-  record_labels = [["正常心電図"], ["心房細動"], ["洞調律", "完全右脚ブロック"], ["洞調律", "ST上昇"], ["心房細動", "未知の所見"]]
+  record_labels = [
+    ["正常心電図"],
+    ["心房細動"],
+    ["洞調律", "完全右脚ブロック"],
+    ["洞調律", "ST上昇"],
+    ["心房細動", "未知の所見"],
+  ]
   m = zero_shot_metrics(ecg, labels, NAMES, GROUPS, primary, record_labels)
   assert m["top1"] == pytest.approx(4 / 5)
   assert m["top5"] == pytest.approx(1.0)
@@ -46,7 +52,9 @@ def test_zero_shot_counts_hits_baselines_and_groups():
 
 def test_zero_shot_rejects_unknown_primary_label():
   with pytest.raises(ValueError, match="not in the label set"):
-    zero_shot_metrics(np.eye(6, dtype=np.float32)[:1], np.eye(6, dtype=np.float32), NAMES, GROUPS, ["謎"], [[]])
+    zero_shot_metrics(
+      np.eye(6, dtype=np.float32)[:1], np.eye(6, dtype=np.float32), NAMES, GROUPS, ["謎"], [[]]
+    )
 
 
 def test_macro_auroc_matches_pairwise_definition():
@@ -58,7 +66,10 @@ def test_macro_auroc_matches_pairwise_definition():
   expected = []
   for j in range(2):
     pos, neg = scores[targets[:, j], j], scores[~targets[:, j], j]
-    expected.append(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg)))
+    expected.append(
+      ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum())
+      / (len(pos) * len(neg))
+    )
   assert used == 2 and auc == pytest.approx(np.mean(expected))
 
 
@@ -85,8 +96,17 @@ def test_evaluation_lives_in_evals_with_keyword_only_arguments():
 
   assert train.evaluate is evaluate_lib.evaluate
   params = inspect.signature(evaluate_lib.evaluate).parameters.values()
-  assert [p.name for p in params] == ["config", "model", "state", "sources", "table", "label_emb", "labels", "mesh",
-                                      "workdir"]
+  assert [p.name for p in params] == [
+    "config",
+    "model",
+    "state",
+    "sources",
+    "table",
+    "label_emb",
+    "labels",
+    "mesh",
+    "workdir",
+  ]
   assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params)
   for name in ("evaluate", "embed_split", "make_ecg_encoder", "text_model_dir"):
     assert name == "evaluate" or not hasattr(train, name)

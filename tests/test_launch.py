@@ -10,8 +10,13 @@ SWEEP = os.path.join(ROOT, "launch", "sweep_batch_size.sh")
 
 
 def sweep(tmp_path, sizes: str, **env) -> subprocess.CompletedProcess:
-  return subprocess.run(["bash", SWEEP, str(tmp_path), sizes, "--config", "configs/default.py:tiny"], cwd=ROOT,
-                        capture_output=True, text=True, env={**os.environ, "LAUNCH": "echo", "PYTHON": sys.executable, **env})
+  return subprocess.run(
+    ["bash", SWEEP, str(tmp_path), sizes, "--config", "configs/default.py:tiny"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env={**os.environ, "LAUNCH": "echo", "PYTHON": sys.executable, **env},
+  )
 
 
 def test_commands_scale_the_learning_rate_and_cache_gradients_above_the_limit(tmp_path):
@@ -27,16 +32,27 @@ def test_commands_scale_the_learning_rate_and_cache_gradients_above_the_limit(tm
 
 def test_a_batch_that_is_not_a_multiple_of_the_micro_batch_stops(tmp_path):
   result = sweep(tmp_path, "768", ECGS_PER_MICROBATCH="512")
-  assert result.returncode == 2 and "batch 768 is not a multiple of ECGS_PER_MICROBATCH=512" in result.stderr
+  assert (
+    result.returncode == 2
+    and "batch 768 is not a multiple of ECGS_PER_MICROBATCH=512" in result.stderr
+  )
 
 
 def test_summary_reads_each_finished_run(tmp_path):
   run = tmp_path / "b1024"
   (run / "eval").mkdir(parents=True)
   (run / "config.json").write_text(json.dumps({"microbatches": 2}))
-  (run / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in [
-      {"step": 5, "ecg_per_s": 100.0}, {"step": 10, "ecg_per_s": 300.0}, {"step": 15, "ecg_per_s": 200.0},
-      {"step": 15, "eval/test/top1": 0.5}]))
+  (run / "metrics.jsonl").write_text(
+    "\n".join(
+      json.dumps(m)
+      for m in [
+        {"step": 5, "ecg_per_s": 100.0},
+        {"step": 10, "ecg_per_s": 300.0},
+        {"step": 15, "ecg_per_s": 200.0},
+        {"step": 15, "eval/test/top1": 0.5},
+      ]
+    )
+  )
   (run / "eval" / "test.json").write_text(json.dumps({"top1": 0.5, "top5": 0.875}))
   result = sweep(tmp_path, "1024", LAUNCH="true")
   assert result.returncode == 0, result.stderr
@@ -49,10 +65,18 @@ def test_launchers_refuse_an_interpreter_without_the_packages(tmp_path):
   bare.write_text("#!/bin/sh\nexit 1\n")  # an interpreter that cannot import anything
   bare.chmod(0o755)
   for script in ("local_multiprocess.sh", "sweep_batch_size.sh", "tpu_vm.sh"):
-    result = subprocess.run(["bash", os.path.join(ROOT, "launch", script), "2", "256", "--workdir=" + str(tmp_path)],
-                            cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHON": str(bare)})
+    result = subprocess.run(
+      ["bash", os.path.join(ROOT, "launch", script), "2", "256", "--workdir=" + str(tmp_path)],
+      cwd=tmp_path,
+      capture_output=True,
+      text=True,
+      env={**os.environ, "PYTHON": str(bare)},
+    )
     assert result.returncode == 2, (script, result.stdout, result.stderr)
-    assert result.stderr.strip().startswith(f"error: {bare} cannot import ecg_contrastive"), (script, result.stderr)
+    assert result.stderr.strip().startswith(f"error: {bare} cannot import ecg_contrastive"), (
+      script,
+      result.stderr,
+    )
     assert "make setup" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
@@ -65,8 +89,13 @@ def test_launchers_find_the_interpreter_with_the_packages_when_path_has_none(tmp
     (bare_bin / name).chmod(0o755)
   env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
   env.update(PATH=f"{bare_bin}:{env['PATH']}", VIRTUAL_ENV=sys.prefix, LAUNCH="echo")
-  result = subprocess.run(["bash", SWEEP, str(tmp_path / "sweep"), "512", "--config", "configs/default.py:tiny"],
-                          cwd=ROOT, capture_output=True, text=True, env=env)
+  result = subprocess.run(
+    ["bash", SWEEP, str(tmp_path / "sweep"), "512", "--config", "configs/default.py:tiny"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=env,
+  )
   assert result.returncode == 0, result.stderr
   assert "--config.optimizer.lr=0.002" in result.stdout
 
@@ -75,15 +104,30 @@ def test_multiprocess_launcher_keeps_logs_local_for_a_gs_workdir(tmp_path):
   """A gs:// workdir is passed through to every process as given; the per-process logs go to a local folder and
   no local folder named like `gs:` is made."""
   fake = tmp_path / "python"
-  fake.write_text('#!/bin/sh\n[ "$1" = "-c" ] && exit 0\necho "process $JAX_PROCESS_ID of $JAX_NUM_PROCESSES: $*"\n')
+  fake.write_text(
+    '#!/bin/sh\n[ "$1" = "-c" ] && exit 0\necho "process $JAX_PROCESS_ID of $JAX_NUM_PROCESSES: $*"\n'
+  )
   fake.chmod(0o755)
-  result = subprocess.run(["bash", os.path.join(ROOT, "launch", "local_multiprocess.sh"), "2",
-                           "--workdir", "gs://bucket/run", "--config=configs/default.py:tiny"], cwd=tmp_path,
-                          capture_output=True, text=True,
-                          env={**os.environ, "PYTHON": str(fake), "LOG_DIR": str(tmp_path / "logs")})
+  result = subprocess.run(
+    [
+      "bash",
+      os.path.join(ROOT, "launch", "local_multiprocess.sh"),
+      "2",
+      "--workdir",
+      "gs://bucket/run",
+      "--config=configs/default.py:tiny",
+    ],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    env={**os.environ, "PYTHON": str(fake), "LOG_DIR": str(tmp_path / "logs")},
+  )
   assert result.returncode == 0, result.stderr
   for i in range(2):
     log = (tmp_path / "logs" / f"process_{i}.log").read_text()
-    assert log.strip() == f"process {i} of 2: -m ecg_contrastive.main --distributed --workdir gs://bucket/run " \
-                          "--config=configs/default.py:tiny"
+    assert (
+      log.strip()
+      == f"process {i} of 2: -m ecg_contrastive.main --distributed --workdir gs://bucket/run "
+      "--config=configs/default.py:tiny"
+    )
   assert not any("gs:" in str(p) for p in tmp_path.rglob("*"))

@@ -29,6 +29,7 @@ class Rule:
   modules: globs of module names relative to the package ("__init__" is the package's own __init__.py; a
   sub-package's __init__.py is the sub-package's name). may_import: rule names, or AnyExcept(...).
   """
+
   name: str
   modules: tuple[str, ...]
   may_import: tuple[str, ...] | AnyExcept
@@ -37,6 +38,7 @@ class Rule:
 @dataclasses.dataclass(frozen=True)
 class AnyExcept:
   """Any rule of the table except these (and except nothing else)."""
+
   names: tuple[str, ...] = ()
 
 
@@ -61,13 +63,26 @@ LAYERS = (
   # pipeline and the batch iterator sit on top of all three.
   Rule("data.synthetic", ("data.synthetic", "data.synthetic.*"), _DATA_BASE),
   Rule("data.cache", ("data.cache",), _DATA_BASE),
-  Rule("data.builders", ("data.builders", "data.builders.*"), _DATA_BASE + ("data.synthetic", "data.cache")),
-  Rule("data", ("data", "data.batches", "data.pipeline"), _DATA_BASE + ("data.synthetic", "data.cache",
-                                                                         "data.builders")),
+  Rule(
+    "data.builders",
+    ("data.builders", "data.builders.*"),
+    _DATA_BASE + ("data.synthetic", "data.cache"),
+  ),
+  Rule(
+    "data",
+    ("data", "data.batches", "data.pipeline"),
+    _DATA_BASE + ("data.synthetic", "data.cache", "data.builders"),
+  ),
   Rule("step", ("step",), ("models", "ecg", "losses", "sharding", "errors")),
   Rule("checkpoints", ("checkpoints",), ("models", "paths", "errors", "vocab")),
-  Rule("evals", ("evals", "evals.*"), ("step", "models", "text", "sharding", "paths", "errors", "vocab") + _DATA),
-  Rule("export", ("export", "export.*"), ("ecg", "models", "checkpoints", "paths", "errors", "vocab")),
+  Rule(
+    "evals",
+    ("evals", "evals.*"),
+    ("step", "models", "text", "sharding", "paths", "errors", "vocab") + _DATA,
+  ),
+  Rule(
+    "export", ("export", "export.*"), ("ecg", "models", "checkpoints", "paths", "errors", "vocab")
+  ),
   Rule("config_check", ("config_check",), AnyExcept(("train", "main", "evals", "export"))),
   Rule("train", ("train",), AnyExcept(("main", "export"))),
   Rule("main", ("main",), AnyExcept()),
@@ -93,7 +108,9 @@ def modules_of(package_dir: pathlib.Path, package: str) -> dict[str, pathlib.Pat
   return found
 
 
-def imports_in(package_dir: pathlib.Path, package: str) -> tuple[dict[str, pathlib.Path], list[Import]]:
+def imports_in(
+  package_dir: pathlib.Path, package: str
+) -> tuple[dict[str, pathlib.Path], list[Import]]:
   """Every module of the package and every import in it (ours resolved to a module; others: top-level name)."""
   modules = modules_of(package_dir, package)
   found = []
@@ -107,7 +124,7 @@ def imports_in(package_dir: pathlib.Path, package: str) -> tuple[dict[str, pathl
       elif isinstance(node, ast.ImportFrom):
         if node.level:
           here = name.split(".") if is_package else name.split(".")[:-1]
-          here = here[:len(here) - (node.level - 1)]
+          here = here[: len(here) - (node.level - 1)]
           base = ".".join(here + ([node.module] if node.module else []))
         else:
           base = node.module
@@ -117,7 +134,9 @@ def imports_in(package_dir: pathlib.Path, package: str) -> tuple[dict[str, pathl
       for target in targets:
         if target != name:
           found.append(Import(file, node.lineno, name, target))
-  return modules, list(dict.fromkeys(found))  # one per (line, module): `from x import a, b` is one import of x
+  return modules, list(
+    dict.fromkeys(found)
+  )  # one per (line, module): `from x import a, b` is one import of x
 
 
 def _ours(name: str, modules: dict[str, pathlib.Path], package: str) -> str:
@@ -131,11 +150,15 @@ def _ours(name: str, modules: dict[str, pathlib.Path], package: str) -> str:
 
 
 def rule_of(module: str, package: str, rules: tuple[Rule, ...]) -> list[Rule]:
-  relative = module[len(package) + 1:] if module != package else "__init__"
-  return [rule for rule in rules if any(fnmatch.fnmatchcase(relative, glob) for glob in rule.modules)]
+  relative = module[len(package) + 1 :] if module != package else "__init__"
+  return [
+    rule for rule in rules if any(fnmatch.fnmatchcase(relative, glob) for glob in rule.modules)
+  ]
 
 
-def unlisted_modules(modules, package_dir: pathlib.Path, package: str, rules: tuple[Rule, ...]) -> list[str]:
+def unlisted_modules(
+  modules, package_dir: pathlib.Path, package: str, rules: tuple[Rule, ...]
+) -> list[str]:
   problems = []
   for module, path in modules.items():
     matched = rule_of(module, package, rules)
@@ -144,43 +167,58 @@ def unlisted_modules(modules, package_dir: pathlib.Path, package: str, rules: tu
         f"{path.relative_to(package_dir.parent).as_posix()}: "
         f"module {module} falls under {len(matched)} rules of the layer table "
         f"({', '.join(r.name for r in matched) or 'none'}); add it to exactly one rule of LAYERS in "
-        f"tests/test_layering.py (and to docs/architecture.md)")
+        f"tests/test_layering.py (and to docs/architecture.md)"
+      )
   return problems
 
 
-def layer_violations(imports: list[Import], modules, package: str, rules: tuple[Rule, ...]) -> list[str]:
+def layer_violations(
+  imports: list[Import], modules, package: str, rules: tuple[Rule, ...]
+) -> list[str]:
   names = {rule.name for rule in rules}
   problems = []
   for imp in imports:
     if imp.imported not in modules:
       continue  # outside the package: forbidden_imports' business
-    importer, imported = rule_of(imp.importer, package, rules), rule_of(imp.imported, package, rules)
+    importer, imported = (
+      rule_of(imp.importer, package, rules),
+      rule_of(imp.imported, package, rules),
+    )
     if len(importer) != 1 or len(imported) != 1:
       continue  # unlisted_modules reports it
     (importer,), (imported,) = importer, imported
     if isinstance(importer.may_import, AnyExcept):
       allowed = names - set(importer.may_import.names)
-      said = "anything" + (f" except {', '.join(importer.may_import.names)}" if importer.may_import.names else "")
+      said = "anything" + (
+        f" except {', '.join(importer.may_import.names)}" if importer.may_import.names else ""
+      )
     else:
       allowed = set(importer.may_import)
       said = ", ".join(importer.may_import) or "nothing of the package"
     if imported.name != importer.name and imported.name not in allowed:
-      problems.append(f"{imp.file}:{imp.line}: {imp.importer} imports {imp.imported} (layer {imported.name}); "
-                      f"rule {importer.name} may import {said} (+ its own layer)")
+      problems.append(
+        f"{imp.file}:{imp.line}: {imp.importer} imports {imp.imported} (layer {imported.name}); "
+        f"rule {importer.name} may import {said} (+ its own layer)"
+      )
   return problems
 
 
 def forbidden_imports(imports: list[Import], outside=OUTSIDE_THE_LIBRARY) -> list[str]:
-  return [f"{imp.file}:{imp.line}: {imp.importer} imports {imp.imported}; rule: the library never imports "
-          f"{', '.join(outside)} (they are not part of the installed package)"
-          for imp in imports if imp.imported in outside]
+  return [
+    f"{imp.file}:{imp.line}: {imp.importer} imports {imp.imported}; rule: the library never imports "
+    f"{', '.join(outside)} (they are not part of the installed package)"
+    for imp in imports
+    if imp.imported in outside
+  ]
 
 
 def import_cycles(imports: list[Import]) -> list[str]:
   """One message per strongly connected component of the import graph: a cycle through it, edge by edge."""
   graph: dict[str, dict[str, Import]] = {}
   for imp in imports:
-    graph.setdefault(imp.importer, {}).setdefault(imp.imported, imp)  # first import of a pair (ast.walk order)
+    graph.setdefault(imp.importer, {}).setdefault(
+      imp.imported, imp
+    )  # first import of a pair (ast.walk order)
   components = _strongly_connected(graph)
   problems = []
   for component in components:
@@ -189,8 +227,12 @@ def import_cycles(imports: list[Import]) -> list[str]:
     start = min(component)
     path = _path_back(graph, start, component)
     edges = [graph[a][b] for a, b in zip(path, path[1:])]
-    problems.append("import cycle (rule: no cycles; modules in it: " + ", ".join(sorted(component)) + "): "
-                    + " -> ".join([start] + [f"{e.imported} ({e.file}:{e.line})" for e in edges]))
+    problems.append(
+      "import cycle (rule: no cycles; modules in it: "
+      + ", ".join(sorted(component))
+      + "): "
+      + " -> ".join([start] + [f"{e.imported} ({e.file}:{e.line})" for e in edges])
+    )
   return sorted(problems)
 
 
@@ -332,15 +374,19 @@ def test_checker_catches_a_planted_cycle_and_forbidden_imports(tmp_path):
   found = check(pkg, "pkg", rules)
   assert found["unlisted"] == [
     "pkg/new.py: module pkg.new falls under 0 rules of the layer table (none); add it to exactly one rule of "
-    "LAYERS in tests/test_layering.py (and to docs/architecture.md)"]
+    "LAYERS in tests/test_layering.py (and to docs/architecture.md)"
+  ]
   assert found["cycles"] == [
     "import cycle (rule: no cycles; modules in it: pkg.a, pkg.b, pkg.c): "
-    "pkg.a -> pkg.b (pkg/a.py:2) -> pkg.c (pkg/b.py:1) -> pkg.a (pkg/c.py:1)"]
+    "pkg.a -> pkg.b (pkg/a.py:2) -> pkg.c (pkg/b.py:1) -> pkg.a (pkg/c.py:1)"
+  ]
   assert found["layers"] == [
     "pkg/sub/x.py:1: pkg.sub.x imports pkg.a (layer high); rule low may import nothing of the package "
-    "(+ its own layer)"]
+    "(+ its own layer)"
+  ]
   assert found["outside"] == [
     "pkg/sub/y.py:1: pkg.sub.y imports bench; rule: the library never imports bench, configs, tests "
     "(they are not part of the installed package)",
     "pkg/sub/y.py:2: pkg.sub.y imports configs; rule: the library never imports bench, configs, tests "
-    "(they are not part of the installed package)"]
+    "(they are not part of the installed package)",
+  ]

@@ -39,9 +39,13 @@ def test_mesh_loss_and_grads_equal_full_batch(global_batch, with_ids):
   sharded = lambda x: jax.device_put(x, data_sharding(mesh))
   sids = sharded(ids) if with_ids else None
 
-  mesh_fn = jax.jit(jax.value_and_grad(lambda e, t, s: softmax_loss(e, t, s, mesh, sids)[0], argnums=(0, 1, 2)))
+  mesh_fn = jax.jit(
+    jax.value_and_grad(lambda e, t, s: softmax_loss(e, t, s, mesh, sids)[0], argnums=(0, 1, 2))
+  )
   value, grads = mesh_fn(sharded(ecg), sharded(txt), scale)
-  ref_value, ref_grads = jax.value_and_grad(lambda e, t, s: full_batch_loss(e, t, s, ids), argnums=(0, 1, 2))(ecg, txt, scale)
+  ref_value, ref_grads = jax.value_and_grad(
+    lambda e, t, s: full_batch_loss(e, t, s, ids), argnums=(0, 1, 2)
+  )(ecg, txt, scale)
 
   assert abs(float(value) - float(ref_value)) <= 1e-5 * abs(float(ref_value))
   for g, r in zip(grads, ref_grads):
@@ -94,12 +98,21 @@ def test_batch_sizes_name_the_numbers():
   mesh = make_mesh()
   sizes = batch_sizes(64, mesh)
   assert (sizes.global_, sizes.per_device, sizes.devices) == (64, 8, 8)
-  with pytest.raises(ValueError, match=r"batch_size 60 does not divide over the 8 devices.*56 or 64"):
+  with pytest.raises(
+    ValueError, match=r"batch_size 60 does not divide over the 8 devices.*56 or 64"
+  ):
     batch_sizes(60, mesh)
-  assert "gradient caching over 4 micro-batches of 16 (2 per device)" in batch_sizes(64, mesh, 4).describe()
-  with pytest.raises(ValueError, match=r"microbatches 3 does not divide the 8 ECGs per device.*divisor of 8"):
+  assert (
+    "gradient caching over 4 micro-batches of 16 (2 per device)"
+    in batch_sizes(64, mesh, 4).describe()
+  )
+  with pytest.raises(
+    ValueError, match=r"microbatches 3 does not divide the 8 ECGs per device.*divisor of 8"
+  ):
     batch_sizes(64, mesh, 3)
-  with pytest.raises(ValueError, match=r"microbatches must be a positive integer \(1: no gradient caching\), got 0"):
+  with pytest.raises(
+    ValueError, match=r"microbatches must be a positive integer \(1: no gradient caching\), got 0"
+  ):
     batch_sizes(64, mesh, 0)
   with pytest.raises(ValueError, match=r"batch_size must be positive, got 0"):
     batch_sizes(0, mesh)
@@ -112,6 +125,7 @@ def test_batch_size_rules_have_one_home():
   import os
 
   import ecg_contrastive
+
   package = os.path.dirname(ecg_contrastive.__file__)
   saying = []
   for directory, _, files in os.walk(package):
@@ -140,13 +154,19 @@ def test_sigmoid_mesh_loss_and_grads_equal_full_batch(with_ids):
   sharded = lambda x: jax.device_put(x, data_sharding(mesh))
   sids = sharded(ids) if with_ids else None
   args = (sharded(ecg), sharded(txt), jnp.float32(10.0), jnp.float32(-10.0))
-  value, grads = jax.jit(jax.value_and_grad(lambda e, t, s, c: sigmoid_loss(e, t, s, c, mesh, sids)[0],
-                                            argnums=(0, 1, 2, 3)))(*args)
-  ref_value, ref_grads = jax.value_and_grad(lambda e, t, s, c: full_batch_sigmoid_loss(e, t, s, c, ids),
-                                            argnums=(0, 1, 2, 3))(ecg, txt, jnp.float32(10.0), jnp.float32(-10.0))
+  value, grads = jax.jit(
+    jax.value_and_grad(
+      lambda e, t, s, c: sigmoid_loss(e, t, s, c, mesh, sids)[0], argnums=(0, 1, 2, 3)
+    )
+  )(*args)
+  ref_value, ref_grads = jax.value_and_grad(
+    lambda e, t, s, c: full_batch_sigmoid_loss(e, t, s, c, ids), argnums=(0, 1, 2, 3)
+  )(ecg, txt, jnp.float32(10.0), jnp.float32(-10.0))
   np.testing.assert_allclose(float(value), float(ref_value), rtol=1e-5)
   for g, r in zip(grads, ref_grads):
-    np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(r))))
+    np.testing.assert_allclose(
+      np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(r)))
+    )
   # at SigLIP's initialisation (scale 10, bias -10) the loss is about log(2) per positive and ~0 per negative
   positives = B if ids is None else int(jnp.sum(ids[:, None] == ids[None, :]))
   assert 0.2 * positives / B < float(value) < 20.0 * positives / B

@@ -18,9 +18,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_main(workdir, data_dirs, env_extra, processes):
-  args = ["--config", "configs/default.py:tiny", f"--workdir={workdir}", f"--config.data_dir={data_dirs['data_dir']}",
-          f"--config.text.cache_dir={data_dirs['cache_dir']}", "--config.num_steps=4", "--config.log_every=1",
-          "--config.checkpoint_every=4", "--config.eval_splits=('validation',)"]
+  args = [
+    "--config",
+    "configs/default.py:tiny",
+    f"--workdir={workdir}",
+    f"--config.data_dir={data_dirs['data_dir']}",
+    f"--config.text.cache_dir={data_dirs['cache_dir']}",
+    "--config.num_steps=4",
+    "--config.log_every=1",
+    "--config.checkpoint_every=4",
+    "--config.eval_splits=('validation',)",
+  ]
   env = {**os.environ, "JAX_PLATFORMS": "cpu", **env_extra}
   env.pop("XLA_FLAGS", None)
   if processes == 1:
@@ -28,7 +36,9 @@ def run_main(workdir, data_dirs, env_extra, processes):
     cmd = [sys.executable, "-m", "ecg_contrastive.main", *args]
   else:
     env["DEVICES_PER_PROCESS"] = "2"
-    env["PYTHON"] = sys.executable  # the interpreter running the tests, never a bare `python` from PATH
+    env["PYTHON"] = (
+      sys.executable
+    )  # the interpreter running the tests, never a bare `python` from PATH
     cmd = ["bash", "launch/local_multiprocess.sh", str(processes), *args]
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -46,19 +56,35 @@ def test_two_processes_build_the_data_once_and_match_one_process(tmp_path, data_
   """Two processes start on an empty data dir and text cache: process 0 builds the dataset, its int16 cache and
   the text embeddings while process 1 waits and reads them (one writer per file, no temporary left over); then
   one process with the same 4 devices trains the same steps to the same losses."""
-  multi, out = run_main(tmp_path / "multi", data_dirs, {"PORT": str(23000 + os.getpid() % 1000)}, processes=2)
+  multi, out = run_main(
+    tmp_path / "multi", data_dirs, {"PORT": str(23000 + os.getpid() % 1000)}, processes=2
+  )
   log0, log1 = (open(tmp_path / "multi" / f"process_{i}.log").read() for i in (0, 1))
-  assert "decoding synthetic_ecg_ja/train" in log0 and "decoding synthetic_ecg_ja/validation" in log0
+  assert (
+    "decoding synthetic_ecg_ja/train" in log0 and "decoding synthetic_ecg_ja/validation" in log0
+  )
   assert "dataset synthetic_ecg_ja/tiny: process 1 waits for process 0" in log1
   assert "synthetic_ecg_ja/tiny: prepared by process 0" in log1
-  assert "decoding" not in log1 and "Generating" not in log1 and "writing a copy on this host" not in log1
-  assert log1.count("int16 cache of synthetic_ecg_ja/tiny/1.3.0:") == 4  # waits + uses, train and validation
+  assert (
+    "decoding" not in log1
+    and "Generating" not in log1
+    and "writing a copy on this host" not in log1
+  )
+  assert (
+    log1.count("int16 cache of synthetic_ecg_ja/tiny/1.3.0:") == 4
+  )  # waits + uses, train and validation
   assert log1.count("text cache") == 4 and log1.count("uses what process 0 wrote") == 6
   data_dir, cache_dir = data_dirs["data_dir"], data_dirs["cache_dir"]
-  assert os.listdir(os.path.join(data_dir, "synthetic_ecg_ja", "tiny")) == ["1.3.0"]  # no 'incomplete.*' build
+  assert os.listdir(os.path.join(data_dir, "synthetic_ecg_ja", "tiny")) == [
+    "1.3.0"
+  ]  # no 'incomplete.*' build
   ecg_cache = os.path.join(data_dir, "synthetic_ecg_ja", "tiny", "1.3.0", "ecg_cache")
-  assert sorted(os.listdir(ecg_cache)) == ["train.ecg.npy", "train.meta.json", "validation.ecg.npy",
-                                           "validation.meta.json"]
+  assert sorted(os.listdir(ecg_cache)) == [
+    "train.ecg.npy",
+    "train.meta.json",
+    "validation.ecg.npy",
+    "validation.meta.json",
+  ]
   train = np.load(os.path.join(ecg_cache, "train.ecg.npy"), mmap_mode="r")
   assert train.shape == (256, 5000, 12) and train.dtype == np.int16 and np.abs(train[:8]).max() > 0
   entries = sorted(n for n in os.listdir(cache_dir) if not n.startswith("standin_"))

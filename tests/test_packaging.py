@@ -34,22 +34,31 @@ def _dist_name(requirement: str) -> str:
 def test_requirements_files_equal_pyproject():
   project = _pyproject()["project"]
   assert _requirement_lines("requirements.txt") == project["dependencies"]
-  assert _requirement_lines("requirements-dev.txt") == ["-r requirements.txt", *project["optional-dependencies"]["test"]]
+  assert _requirement_lines("requirements-dev.txt") == [
+    "-r requirements.txt",
+    *project["optional-dependencies"]["test"],
+  ]
 
 
 def test_python_floor_is_the_same_everywhere():
   floor = _pyproject()["project"]["requires-python"]
   assert floor == ">=3.11"
-  floors = {dist: re.sub(r"\.0$", "", md.metadata(dist).get("Requires-Python", "").replace(" ", ""))
-            for dist in ("jax", "flax", "orbax-checkpoint", "numpy", "transformers")}  # what sets the floor
+  floors = {
+    dist: re.sub(r"\.0$", "", md.metadata(dist).get("Requires-Python", "").replace(" ", ""))
+    for dist in ("jax", "flax", "orbax-checkpoint", "numpy", "transformers")
+  }  # what sets the floor
   assert set(floors.values()) == {">=3.11"}, floors
   assert "Python ≥ 3.11" in open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-  assert "(3, 11)" in open(os.path.join(ROOT, "Makefile")).read()  # make stops early on an older interpreter
+  assert (
+    "(3, 11)" in open(os.path.join(ROOT, "Makefile")).read()
+  )  # make stops early on an older interpreter
 
 
 def _imported_top_level_modules() -> set[str]:
   names = set()
-  for folder, _, files in os.walk(os.path.join(ROOT, "ecg_contrastive")):  # bench/ declares its own needs
+  for folder, _, files in os.walk(
+    os.path.join(ROOT, "ecg_contrastive")
+  ):  # bench/ declares its own needs
     for name in files:
       if name.endswith(".py"):
         tree = ast.parse(open(os.path.join(folder, name), encoding="utf-8").read())
@@ -67,7 +76,11 @@ def _closure(requirements: list[str]) -> set[str]:
   while todo:
     requirement = todo.pop()
     name = _dist_name(requirement)
-    extras = set(re.findall(r"\[([^\]]*)\]", requirement.split(";")[0])[0].split(",")) if "[" in requirement else set()
+    extras = (
+      set(re.findall(r"\[([^\]]*)\]", requirement.split(";")[0])[0].split(","))
+      if "[" in requirement
+      else set()
+    )
     if name in seen and not extras:
       continue
     seen.add(name)
@@ -94,7 +107,11 @@ def test_every_imported_module_comes_from_a_declared_distribution():
     if module in OPTIONAL:
       continue
     dists = {d.lower().replace("_", "-") for d in providers.get(module, [])}
-    assert dists, f"module {module!r} is imported by ecg_contrastive but no installed distribution provides it"
+    assert dists, (
+      f"module {module!r} is imported by ecg_contrastive but no installed distribution provides it"
+    )
     if not dists & declared:
       missing[module] = sorted(dists)
-  assert not missing, f"imported but not declared in pyproject.toml dependencies (nor needed by one): {missing}"
+  assert not missing, (
+    f"imported but not declared in pyproject.toml dependencies (nor needed by one): {missing}"
+  )

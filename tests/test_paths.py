@@ -7,11 +7,11 @@ import sys
 
 import numpy as np
 import pytest
+from fake_gcs import use_fake_gcs
 
 from configs import default
 from ecg_contrastive import checkpoints, paths, train
 from ecg_contrastive.metric_writer import MetricWriter
-from fake_gcs import use_fake_gcs
 
 
 @pytest.fixture
@@ -23,7 +23,9 @@ def bucket(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path / "cwd")  # a gs:// path made local would land here as cwd/gs:/...
   if os.fspath(checkpoints.checkpoint_dir("gs://bucket/run")) != "gs://bucket/run/checkpoints":
     # checkpoints.py (another owner) still makes the path absolute; until its gs:// fix lands, the same rule:
-    monkeypatch.setattr(checkpoints, "checkpoint_dir", lambda workdir: paths.join(workdir, "checkpoints"))
+    monkeypatch.setattr(
+      checkpoints, "checkpoint_dir", lambda workdir: paths.join(workdir, "checkpoints")
+    )
   return tmp_path / "gcs" / "bucket"
 
 
@@ -37,7 +39,11 @@ def no_local_gs_paths(*roots) -> list[str]:
 
 
 def test_path_helpers_keep_remote_paths_remote(tmp_path):
-  assert paths.is_remote("gs://b/run") and not paths.is_remote("/tmp/run") and not paths.is_remote("runs/x")
+  assert (
+    paths.is_remote("gs://b/run")
+    and not paths.is_remote("/tmp/run")
+    and not paths.is_remote("runs/x")
+  )
   assert paths.join("gs://b/run", "eval", "test.json") == "gs://b/run/eval/test.json"
   assert paths.join("runs/x", "a") == "runs/x/a"  # relative stays relative
   target = tmp_path / "a.npy"
@@ -75,15 +81,25 @@ def test_resume_drops_replayed_metric_rows(where, tmp_path, bucket):
     writer.write(step, {"loss": float(step)})
   assert [r["step"] for r in rows(local_file)] == [5, 10, 15, 20]
   writer = MetricWriter(workdir, resume_step=10)
-  assert [r["step"] for r in rows(local_file)] == [5, 10]  # dropped at once: a crash now leaves no stale rows
+  assert [r["step"] for r in rows(local_file)] == [
+    5,
+    10,
+  ]  # dropped at once: a crash now leaves no stale rows
   for step in (15, 20, 25):
     writer.write(step, {"loss": step + 0.5})
   writer.close()
-  assert [(r["step"], r["loss"]) for r in rows(local_file)] == [(5, 5.0), (10, 10.0), (15, 15.5), (20, 20.5),
-                                                                 (25, 25.5)]
+  assert [(r["step"], r["loss"]) for r in rows(local_file)] == [
+    (5, 5.0),
+    (10, 10.0),
+    (15, 15.5),
+    (20, 20.5),
+    (25, 25.5),
+  ]
   MetricWriter(workdir)  # resume_step None keeps every row
   assert len(rows(local_file)) == 5
-  MetricWriter(workdir, resume_step=0)  # a fresh start in an old workdir (no checkpoint): no old rows
+  MetricWriter(
+    workdir, resume_step=0
+  )  # a fresh start in an old workdir (no checkpoint): no old rows
   assert rows(local_file) == []
 
 
@@ -124,17 +140,25 @@ def test_gs_workdir_end_to_end(data_dirs, bucket, tmp_path, caplog):
   assert len(json.loads((run / "labels.json").read_text())) == 98
   assert np.load(run / "label_text_embeddings.npy").shape == (98, 32)
   metrics = rows(run / "metrics.jsonl")
-  assert [r["step"] for r in metrics if "loss" in r] == [2, 4] and "eval/validation/top1" in metrics[-1]
+  assert [r["step"] for r in metrics if "loss" in r] == [
+    2,
+    4,
+  ] and "eval/validation/top1" in metrics[-1]
   on_bucket = json.loads((run / "eval" / "validation.json").read_text())
-  assert on_bucket["top1"] == pytest.approx(results["validation"]["top1"]) and on_bucket["step"] == 4
+  assert (
+    on_bucket["top1"] == pytest.approx(results["validation"]["top1"]) and on_bucket["step"] == 4
+  )
   assert (run / "eval" / "validation_per_label.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert sorted(os.listdir(run / "checkpoints")) == ["2", "4"]
   assert [n for n in os.listdir(run / "tb") if n.startswith("events.out.tfevents")]
   text_cache = sorted(os.listdir(bucket / "text"))
   assert len(text_cache) == 4 and {n.rsplit(".", 1)[1] for n in text_cache} == {"npy", "json"}
   assert "copied to gs://bucket/run/tb" in caplog.text
-  assert "text cache gs://bucket/text is remote: the stand-in text model goes to the local folder " + str(
-      tmp_path / "local" / "text_models") in caplog.text
+  assert (
+    "text cache gs://bucket/text is remote: the stand-in text model goes to the local folder "
+    + str(tmp_path / "local" / "text_models")
+    in caplog.text
+  )
   assert no_local_gs_paths(tmp_path, os.path.dirname(os.path.dirname(__file__))) == []
 
 
@@ -171,13 +195,17 @@ def test_gs_workdir_resumes(data_dirs, bucket, tmp_path, monkeypatch, caplog):
 
 def test_remote_data_dir_that_is_not_prepared_says_how_to_prepare_it(bucket):
   from ecg_contrastive.data import pipeline
-  with pytest.raises(ValueError, match=r"not prepared in gs://bucket/tfds: array_record writes local files only"):
+
+  with pytest.raises(
+    ValueError, match=r"not prepared in gs://bucket/tfds: array_record writes local files only"
+  ):
     pipeline.open_source("synthetic_ecg_ja/tiny", "train", data_dir="gs://bucket/tfds")
   assert not os.path.exists(bucket / "tfds" / "synthetic_ecg_ja" / "tiny" / "1.3.0")
 
 
 def test_int16_cache_of_a_remote_dataset_goes_to_a_local_folder(bucket, tmp_path, caplog):
   from ecg_contrastive.data import cache
+
   with caplog.at_level(logging.INFO, logger="ecg_contrastive"):
     folder = cache.cache_folder("gs://bucket/tfds/synthetic_ecg_ja/tiny/1.3.0")
   assert folder.startswith(str(tmp_path / "local" / "ecg_cache")) and folder.endswith("_1.3.0")
@@ -190,6 +218,7 @@ def test_int16_cache_of_a_remote_dataset_goes_to_a_local_folder(bucket, tmp_path
 def process_1_of_2(monkeypatch):
   """This process plays process 1 of 2: barriers return at once; process 0's outcome is set by the test."""
   import jax
+
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   monkeypatch.setattr(jax, "process_index", lambda: 1)
   monkeypatch.setattr(paths, "barrier", lambda name, timeout_s=0: None)
@@ -209,7 +238,9 @@ def test_other_processes_read_what_process_0_wrote(process_1_of_2, caplog):
 def test_a_process_that_cannot_see_process_0s_files_writes_its_own(process_1_of_2, caplog):
   written = []
   with caplog.at_level(logging.INFO, logger="ecg_contrastive"):
-    assert paths.one_process_writes("cache x", lambda: bool(written), lambda: written.append(1)) is True
+    assert (
+      paths.one_process_writes("cache x", lambda: bool(written), lambda: written.append(1)) is True
+    )
   assert written == [1] and "writing a copy on this host" in caplog.text
 
 

@@ -38,8 +38,14 @@ def read_metrics(workdir):
 @pytest.mark.slow
 def test_training_learns_and_writes_its_outputs(data_dirs, tmp_path):
   """~1-2 minutes: the tiny model on the 2,000-record split learns far beyond both baselines."""
-  config = tiny_config(data_dirs, dataset="synthetic_ecg_ja/small", num_steps=150, batch_size=64,
-                       log_every=25, checkpoint_every=75)
+  config = tiny_config(
+    data_dirs,
+    dataset="synthetic_ecg_ja/small",
+    num_steps=150,
+    batch_size=64,
+    log_every=25,
+    checkpoint_every=75,
+  )
   config.optimizer.update(lr=3e-3, warmup_steps=15)
   results = train.train_and_evaluate(config, str(tmp_path))
   losses = [m["loss"] for m in read_metrics(tmp_path) if "loss" in m]
@@ -47,15 +53,26 @@ def test_training_learns_and_writes_its_outputs(data_dirs, tmp_path):
   assert np.mean(losses[-2:]) < 0.6 * losses[0], losses
   for split in config.eval_splits:
     m = results[split]
-    assert m["top1"] >= 10 * m["chance_top1"] and m["top1"] >= 1.5 * m["majority_top1"], (split, m["top1"])
+    assert m["top1"] >= 10 * m["chance_top1"] and m["top1"] >= 1.5 * m["majority_top1"], (
+      split,
+      m["top1"],
+    )
     assert m["top5"] >= 5 * m["chance_top5"], (split, m["top5"])
     assert m["macro_auroc"] > 0.75, (split, m["macro_auroc"])
     assert os.path.exists(tmp_path / "eval" / f"{split}.json")
     assert os.path.exists(tmp_path / "eval" / f"{split}_per_label.png")
   on_disk = json.load(open(tmp_path / "eval" / "test.json"))
   assert on_disk["top1"] == pytest.approx(results["test"]["top1"])
-  assert {"top1", "top5", "chance_top1", "majority_top1", "per_label", "superset_top1", "macro_auroc",
-          "ecg_to_report_r@1"} <= set(on_disk)
+  assert {
+    "top1",
+    "top5",
+    "chance_top1",
+    "majority_top1",
+    "per_label",
+    "superset_top1",
+    "macro_auroc",
+    "ecg_to_report_r@1",
+  } <= set(on_disk)
   assert sorted(checkpoints.make_manager(str(tmp_path)).all_steps()) == [75, 150]
   assert os.listdir(tmp_path / "tb")
 
@@ -96,15 +113,26 @@ def test_resume_continues_bitwise(data_dirs, tmp_path, monkeypatch):
   assert steps == [3, 6]
 
 
-@pytest.mark.parametrize("key, value, message", [
+@pytest.mark.parametrize(
+  "key, value, message",
+  [
     ("batch_size", 30, r"batch_size 30 does not divide over the 8 devices"),
     ("dataset", "ptbxl_typo/x", r"unknown dataset 'ptbxl_typo'"),
-    ("model.depth", 50, r"config.model.depth=50: ResNet1d depth 50 is not supported; use one of \[18, 34\]"),
+    (
+      "model.depth",
+      50,
+      r"config.model.depth=50: ResNet1d depth 50 is not supported; use one of \[18, 34\]",
+    ),
     ("text.model_dir", "/nonexistent/bert", r"no such directory.*local Hugging Face"),
     ("microbatches", 3, r"microbatches 3 does not divide the 4 ECGs per device.*divisor of 4"),
     ("loss.name", "sigmoid", r"sigmoid loss needs a learnable bias.*logit_bias=-10"),
-    ("train.bn_backward", "fused", r"config.train.bn_backward='fused': use one of \('lean', 'autodiff'\)"),
-])
+    (
+      "train.bn_backward",
+      "fused",
+      r"config.train.bn_backward='fused': use one of \('lean', 'autodiff'\)",
+    ),
+  ],
+)
 def test_bad_config_fails_before_training(data_dirs, tmp_path, key, value, message):
   config = tiny_config(data_dirs)
   config.unlock()
@@ -127,8 +155,10 @@ def test_resume_skips_a_damaged_checkpoint_and_moves_it_aside(data_dirs, tmp_pat
   workdir = tmp_path / "run"
   train.train_and_evaluate(config, str(workdir))
   undamaged = checkpoints.restore_inference(str(workdir)).variables
-  data_file = max((os.path.join(r, f) for r, _, fs in os.walk(workdir / "checkpoints" / "4") for f in fs),
-                  key=os.path.getsize)
+  data_file = max(
+    (os.path.join(r, f) for r, _, fs in os.walk(workdir / "checkpoints" / "4") for f in fs),
+    key=os.path.getsize,
+  )
   size = os.path.getsize(data_file)
   os.truncate(data_file, size - 1)
 
@@ -137,7 +167,8 @@ def test_resume_skips_a_damaged_checkpoint_and_moves_it_aside(data_dirs, tmp_pat
   messages = [r.getMessage() for r in caplog.records]
   name = os.path.relpath(data_file, workdir / "checkpoints" / "4")
   assert [m for m in messages if "is damaged" in m] == [
-      f"checkpoint {workdir}/checkpoints/4 is damaged ({name} has {size - 1} bytes, {size} expected); skipping it"]
+    f"checkpoint {workdir}/checkpoints/4 is damaged ({name} has {size - 1} bytes, {size} expected); skipping it"
+  ]
   assert "resumed from step 2" in messages
   assert os.path.getsize(workdir / "damaged_checkpoints" / "4" / name) == size - 1
   assert sorted(checkpoints.make_manager(str(workdir)).all_steps()) == [2, 4]
@@ -157,13 +188,16 @@ def test_a_smaller_keep_says_which_existing_checkpoints_it_deletes(data_dirs, tm
   with caplog.at_level(logging.WARNING, logger="ecg_contrastive"):
     train.train_and_evaluate(config, str(workdir))
   assert [r.getMessage() for r in caplog.records if "keep_checkpoints" in r.getMessage()] == [
-      f"keep_checkpoints=2: this run's saves will delete the existing checkpoint(s) of step(s) 2, 3 in "
-      f"{workdir}/checkpoints; raise keep_checkpoints to keep them"]
+    f"keep_checkpoints=2: this run's saves will delete the existing checkpoint(s) of step(s) 2, 3 in "
+    f"{workdir}/checkpoints; raise keep_checkpoints to keep them"
+  ]
   assert sorted(checkpoints.make_manager(str(workdir)).all_steps()) == [4, 5]
 
 
 @pytest.mark.slow
-def test_disk_full_at_a_checkpoint_stops_with_one_line_and_keeps_the_earlier_ones(data_dirs, tmp_path, monkeypatch):
+def test_disk_full_at_a_checkpoint_stops_with_one_line_and_keeps_the_earlier_ones(
+  data_dirs, tmp_path, monkeypatch
+):
   config = tiny_config(data_dirs, num_steps=4, checkpoint_every=2, log_every=2)
   config.eval_splits = ("validation",)
   workdir = tmp_path / "run"
@@ -175,9 +209,12 @@ def test_disk_full_at_a_checkpoint_stops_with_one_line_and_keeps_the_earlier_one
     return real_save(self, step, *args, **kwargs)
 
   monkeypatch.setattr(ocp.CheckpointManager, "save", disk_full_at_4)
-  with pytest.raises(checkpoints.CheckpointError, match=r"^could not write checkpoint .*/run/checkpoints/4 \(No space "
-                     r"left on device\): free space or point --workdir elsewhere; the earlier checkpoints \(steps 2\) "
-                     r"are intact and a rerun resumes from the newest$"):
+  with pytest.raises(
+    checkpoints.CheckpointError,
+    match=r"^could not write checkpoint .*/run/checkpoints/4 \(No space "
+    r"left on device\): free space or point --workdir elsewhere; the earlier checkpoints \(steps 2\) "
+    r"are intact and a rerun resumes from the newest$",
+  ):
     train.train_and_evaluate(config, str(workdir))
   assert not os.path.exists(workdir / "run.lock")
   assert checkpoints.restore_inference(str(workdir)).step == 2

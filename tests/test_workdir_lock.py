@@ -37,12 +37,18 @@ def test_second_run_on_a_locked_workdir_fails_fast(tmp_path):
     seconds = time.perf_counter() - start
   message = str(e.value)
   assert "\n" not in message
-  assert message == (f"workdir {workdir} is in use by another run (host {socket.gethostname()}, pid {os.getpid()}, "
-                     f"since {held.record['since']}): wait for it to end or use another --workdir; if that run is "
-                     f"gone, delete {workdir}/run.lock")
+  assert message == (
+    f"workdir {workdir} is in use by another run (host {socket.gethostname()}, pid {os.getpid()}, "
+    f"since {held.record['since']}): wait for it to end or use another --workdir; if that run is "
+    f"gone, delete {workdir}/run.lock"
+  )
   print(f"locked workdir refused after {seconds * 1e3:.1f} ms")
-  assert seconds < 10.0  # check_config (~2 s on a loaded 2-core CPU), then the lock: before data, text, compiling
-  assert sorted(os.listdir(workdir)) == []  # the holder's lock is released, nothing else was written
+  assert (
+    seconds < 10.0
+  )  # check_config (~2 s on a loaded 2-core CPU), then the lock: before data, text, compiling
+  assert (
+    sorted(os.listdir(workdir)) == []
+  )  # the holder's lock is released, nothing else was written
   assert not os.path.exists(tmp_path / "tfds")
 
 
@@ -57,8 +63,10 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
       assert lock.record["pid"] == os.getpid()
   assert not os.path.exists(os.path.join(workdir, "run.lock"))
   warnings = [r.getMessage() for r in caplog.records]
-  assert warnings == [f"workdir lock {workdir}/run.lock is stale (pid {pid} of this host {socket.gethostname()}, "
-                      "since 2026-01-01 00:00:00 UTC, is not running): taking it over"]
+  assert warnings == [
+    f"workdir lock {workdir}/run.lock is stale (pid {pid} of this host {socket.gethostname()}, "
+    "since 2026-01-01 00:00:00 UTC, is not running): taking it over"
+  ]
 
 
 @pytest.mark.parametrize("content", ["", '{"host": "a'])
@@ -76,8 +84,11 @@ def test_unreadable_lock_is_taken_over(tmp_path, caplog, content):
 def test_lock_of_another_host_is_never_stale(tmp_path):
   workdir = str(tmp_path / "run")
   write_lock(workdir, host="tpu-vm-7", pid=dead_pid(), since="2026-01-01 00:00:00 UTC")
-  with pytest.raises(WorkdirLockedError, match=r"in use by another run \(host tpu-vm-7, pid \d+, since 2026-01-01 "
-                     r"00:00:00 UTC\).*if that run is gone, delete .*run.lock$"):
+  with pytest.raises(
+    WorkdirLockedError,
+    match=r"in use by another run \(host tpu-vm-7, pid \d+, since 2026-01-01 "
+    r"00:00:00 UTC\).*if that run is gone, delete .*run.lock$",
+  ):
     with WorkdirLock(workdir):
       pass
   assert os.path.exists(os.path.join(workdir, "run.lock"))
@@ -89,7 +100,7 @@ def test_lock_is_released_on_an_exception(tmp_path):
   with pytest.raises(ZeroDivisionError):
     with WorkdirLock(workdir):
       assert os.path.exists(workdir_lock.lock_path(workdir))
-      1 / 0
+      raise ZeroDivisionError
   assert not os.path.exists(workdir_lock.lock_path(workdir))
 
 

@@ -26,6 +26,7 @@ _END = object()
 
 class Source(Protocol):
   """What BatchIterator reads: pipeline.EcgSource, or anything with these (imports flow pipeline -> batches)."""
+
   name: str
   ecg: np.ndarray  # (n, 5000, 12) int16; only its shape[1:] is read here
 
@@ -44,24 +45,42 @@ class BatchIterator:
 
   _thread: threading.Thread | None = None
 
-  def __init__(self, source: Source, *, global_batch_size: int, mesh: Mesh, seed: int, shuffle: bool = True,
-               drop_remainder: bool = True, columns: dict[str, np.ndarray] | None = None, prefetch: int = 2,
-               num_epochs: int | None = None):
+  def __init__(
+    self,
+    source: Source,
+    *,
+    global_batch_size: int,
+    mesh: Mesh,
+    seed: int,
+    shuffle: bool = True,
+    drop_remainder: bool = True,
+    columns: dict[str, np.ndarray] | None = None,
+    prefetch: int = 2,
+    num_epochs: int | None = None,
+  ):
     if DATA_AXIS not in mesh.axis_names:
-      raise ValueError(f"the mesh needs an axis named {DATA_AXIS!r} to shard batches over; it has {mesh.axis_names}")
+      raise ValueError(
+        f"the mesh needs an axis named {DATA_AXIS!r} to shard batches over; it has {mesh.axis_names}"
+      )
     try:
-      batch_sizes(global_batch_size, mesh)  # the one home of the rules: over processes and the mesh's devices
+      batch_sizes(
+        global_batch_size, mesh
+      )  # the one home of the rules: over processes and the mesh's devices
     except ValueError as e:
       raise ValueError(f"global_batch_size {global_batch_size}: {e}") from e
     n = len(source)
     if n == 0 or (drop_remainder and n < global_batch_size):
-      raise DataError(f"{source.name} has {n} records, fewer than one batch of {global_batch_size}; lower "
-                      f"the batch size (config.batch_size / eval_batch_size)")
+      raise DataError(
+        f"{source.name} has {n} records, fewer than one batch of {global_batch_size}; lower "
+        f"the batch size (config.batch_size / eval_batch_size)"
+      )
     self.columns = {k: np.asarray(v) for k, v in (columns or {}).items()}
     for name, column in self.columns.items():
       if len(column) != n or name in ("ecg", "index", "mask"):
-        raise ValueError(f"column {name!r}: needs one row per record ({n}) and a name other than ecg/index/mask; "
-                         f"got {len(column)} rows")
+        raise ValueError(
+          f"column {name!r}: needs one row per record ({n}) and a name other than ecg/index/mask; "
+          f"got {len(column)} rows"
+        )
     if prefetch < 1:
       raise ValueError(f"prefetch must be >= 1, got {prefetch}")
     self.source, self.batch_size, self.seed, self.shuffle = source, global_batch_size, seed, shuffle
@@ -69,7 +88,10 @@ class BatchIterator:
     self.sharding = data_sharding(mesh)
     self._rows = _process_rows(self.sharding, global_batch_size)
     self._position = (0, 0)  # (epoch, batch) of the next batch __next__ returns
-    self._ring: list = [(None, None), (None, None)]  # reader-thread host buffers and their device copies
+    self._ring: list = [
+      (None, None),
+      (None, None),
+    ]  # reader-thread host buffers and their device copies
     self._turn = 0
     self._reuse_host = True
 
@@ -102,17 +124,28 @@ class BatchIterator:
   def get_state(self) -> dict:
     """JSON-serialisable position of the next batch (plus what must match on restore)."""
     epoch, batch = self._position
-    return {"epoch": epoch, "batch": batch, "seed": self.seed, "global_batch_size": self.batch_size,
-            "num_records": len(self.source), "shuffle": int(self.shuffle)}
+    return {
+      "epoch": epoch,
+      "batch": batch,
+      "seed": self.seed,
+      "global_batch_size": self.batch_size,
+      "num_records": len(self.source),
+      "shuffle": int(self.shuffle),
+    }
 
   def set_state(self, state: dict) -> None:
     """Continues at the batch `state` points to; the order (seed, sizes, shuffle) must be the one saved."""
     mine = self.get_state()
-    different = {k: (state.get(k), mine[k]) for k in ("seed", "global_batch_size", "num_records", "shuffle")
-                 if state.get(k) is None or int(state[k]) != mine[k]}
+    different = {
+      k: (state.get(k), mine[k])
+      for k in ("seed", "global_batch_size", "num_records", "shuffle")
+      if state.get(k) is None or int(state[k]) != mine[k]
+    }
     if different:
-      raise DataError(f"cannot resume the data order: saved vs current {different}; resume with the run's own "
-                      "seed, batch size, dataset and shuffle setting (its config.json), or start in a new --workdir")
+      raise DataError(
+        f"cannot resume the data order: saved vs current {different}; resume with the run's own "
+        "seed, batch size, dataset and shuffle setting (its config.json), or start in a new --workdir"
+      )
     self.close()
     self._position = (int(state["epoch"]), int(state["batch"]))
 
@@ -138,12 +171,16 @@ class BatchIterator:
 
   def _order(self, epoch: int) -> np.ndarray:
     n = len(self.source)
-    return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+    return (
+      np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+    )
 
   def _start(self) -> None:
     self._queue: queue.Queue = queue.Queue(maxsize=self.prefetch)
     self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._run, args=(self._position, self._queue, self._stop), daemon=True)
+    self._thread = threading.Thread(
+      target=self._run, args=(self._position, self._queue, self._stop), daemon=True
+    )
     self._thread.start()
 
   def _put(self, q: queue.Queue, stop: threading.Event, item) -> bool:
@@ -161,7 +198,11 @@ class BatchIterator:
       while self.num_epochs is None or epoch < self.num_epochs:
         order = self._order(epoch)
         for b in range(batch, len(self)):
-          if not self._put(q, stop, ((epoch, b), self._make(order[b * self.batch_size:(b + 1) * self.batch_size]))):
+          if not self._put(
+            q,
+            stop,
+            ((epoch, b), self._make(order[b * self.batch_size : (b + 1) * self.batch_size])),
+          ):
             return
         epoch, batch = epoch + 1, 0
       self._put(q, stop, _END)
@@ -171,7 +212,7 @@ class BatchIterator:
   def _make(self, rows: np.ndarray) -> dict[str, jax.Array]:
     """Global batch from the record rows of one batch (fewer than B only for the last, padded one)."""
     index = np.full(self.batch_size, -1, np.int64)
-    index[:len(rows)] = rows
+    index[: len(rows)] = rows
     local = index[self._rows]
     valid = int((local >= 0).sum())  # padding (-1) sits at the end
     local[:valid] = np.sort(local[:valid])
@@ -185,8 +226,10 @@ class BatchIterator:
       arrays[name] = values
     if not self.drop_remainder:
       arrays["mask"] = np.arange(len(local)) < valid
-    batch = {k: jax.make_array_from_process_local_data(self.sharding, v, (self.batch_size,) + v.shape[1:])
-             for k, v in arrays.items()}
+    batch = {
+      k: jax.make_array_from_process_local_data(self.sharding, v, (self.batch_size,) + v.shape[1:])
+      for k, v in arrays.items()
+    }
     self._release_host_ecg(batch["ecg"])
     return batch
 
@@ -218,16 +261,22 @@ def _copied_buffer(shape: tuple[int, ...]) -> np.ndarray:
   nbytes = int(np.prod(shape)) * 2
   raw = np.empty(nbytes + 64, np.uint8)
   start = (16 - raw.ctypes.data) % 64
-  return raw[start:start + nbytes].view(np.int16).reshape(shape)
+  return raw[start : start + nbytes].view(np.int16).reshape(shape)
 
 
 def _process_rows(sharding: NamedSharding, batch_size: int) -> slice:
   """The contiguous rows of a global batch that this process's devices hold."""
-  rows = sorted({(s[0].start or 0, s[0].stop or batch_size)
-                 for s in sharding.addressable_devices_indices_map((batch_size,)).values()})
+  rows = sorted(
+    {
+      (s[0].start or 0, s[0].stop or batch_size)
+      for s in sharding.addressable_devices_indices_map((batch_size,)).values()
+    }
+  )
   start, stop = rows[0][0], rows[-1][1]
   covered = sum(b - a for a, b in rows)
   if covered != stop - start:
-    raise ValueError(f"this process's devices hold non-contiguous rows {rows} of the batch; order the mesh "
-                     "devices by process (jax.devices() order does)")
+    raise ValueError(
+      f"this process's devices hold non-contiguous rows {rows} of the batch; order the mesh "
+      "devices by process (jax.devices() order does)"
+    )
   return slice(start, stop)

@@ -25,8 +25,8 @@ import uuid
 import numpy as np
 
 from ecg_contrastive import paths
-from ecg_contrastive.errors import DataError
 from ecg_contrastive.ecg.signal import NUM_LEADS, NUM_SAMPLES
+from ecg_contrastive.errors import DataError
 
 CACHE_VERSION = 1
 READ_BATCH = 256
@@ -38,10 +38,15 @@ log = logging.getLogger(__name__)
 def fingerprint(builder, split: str) -> dict:
   """What the cache of `split` was built from; any change means the cache is stale."""
   info = builder.info.splits[split]
-  return {"cache_version": CACHE_VERSION, "dataset": builder.name,
-          "config": builder.builder_config.name if builder.builder_config else None,
-          "version": str(builder.version), "split": split, "num_examples": int(info.num_examples),
-          "shards": [[os.path.basename(str(p)), paths.path(p).stat().length] for p in info.filepaths]}
+  return {
+    "cache_version": CACHE_VERSION,
+    "dataset": builder.name,
+    "config": builder.builder_config.name if builder.builder_config else None,
+    "version": str(builder.version),
+    "split": split,
+    "num_examples": int(info.num_examples),
+    "shards": [[os.path.basename(str(p)), paths.path(p).stat().length] for p in info.filepaths],
+  }
 
 
 def cache_folder(dataset_dir: str) -> str:
@@ -50,8 +55,11 @@ def cache_folder(dataset_dir: str) -> str:
   if not paths.is_remote(dataset_dir):
     return os.path.join(dataset_dir, "ecg_cache")
   folder = paths.local_dir("ecg_cache", dataset_dir)
-  log.info("dataset %s is remote: its int16 cache goes to the local folder %s (a memory map needs a local file)",
-           dataset_dir, folder)
+  log.info(
+    "dataset %s is remote: its int16 cache goes to the local folder %s (a memory map needs a local file)",
+    dataset_dir,
+    folder,
+  )
   return folder
 
 
@@ -85,17 +93,27 @@ def load_or_build(builder, split: str) -> tuple[np.ndarray, dict[str, list], lis
     build(builder.as_data_source(split=split), ecg_path, meta_path, expected)
 
   # the barrier name is the same on every process (ecg_path may be host-local)
-  paths.one_process_writes(f"int16 cache of {builder.info.full_name}:{split}",
-                           lambda: _load(ecg_path, meta_path, expected) is not None, decode)
+  paths.one_process_writes(
+    f"int16 cache of {builder.info.full_name}:{split}",
+    lambda: _load(ecg_path, meta_path, expected) is not None,
+    decode,
+  )
   loaded = _load(ecg_path, meta_path, expected)
   if loaded is None:
-    raise DataError(f"the cache just written at {ecg_path} does not read back; check free disk space there "
-                    "(or set $ECG_CONTRASTIVE_DATA / config.data_dir to a disk with room)")
+    raise DataError(
+      f"the cache just written at {ecg_path} does not read back; check free disk space there "
+      "(or set $ECG_CONTRASTIVE_DATA / config.data_dir to a disk with room)"
+    )
   ecg, meta = loaded
   skipped = build_skips(str(builder.data_dir), split) + meta["skipped"]
   if skipped:
-    log.warning("%s/%s: %d record(s) skipped, e.g. %s", builder.name, split, len(skipped),
-                [(s["record_id"], s["reason"]) for s in skipped[:3]])
+    log.warning(
+      "%s/%s: %d record(s) skipped, e.g. %s",
+      builder.name,
+      split,
+      len(skipped),
+      [(s["record_id"], s["reason"]) for s in skipped[:3]],
+    )
   return ecg, {k: meta[k] for k in META_COLUMNS}, skipped
 
 
@@ -106,8 +124,11 @@ def build_skips(dataset_dir: str, split: str) -> list[dict]:
   if not paths.exists(path):
     return []
   listed = json.loads(paths.read_text(path))["skipped"]
-  return [{"index": None, "stage": "build", **{k: v for k, v in s.items() if k != "split"}}
-          for s in listed if s["split"] == split]
+  return [
+    {"index": None, "stage": "build", **{k: v for k, v in s.items() if k != "split"}}
+    for s in listed
+    if s["split"] == split
+  ]
 
 
 def _problem(example) -> str | None:
@@ -156,7 +177,9 @@ def build(source, ecg_path: str, meta_path: str, expected: dict) -> None:
       reason = _problem(example)
       if reason:
         record_id = example["record_id"] if isinstance(example, dict) else b"?"
-        skipped.append({"index": i, "record_id": record_id.decode("utf-8", "replace"), "reason": reason})
+        skipped.append(
+          {"index": i, "record_id": record_id.decode("utf-8", "replace"), "reason": reason}
+        )
         continue
       ecg[len(columns["record_id"])] = example["ecg"]
       columns["reports"].append(example["report"].decode("utf-8"))
@@ -166,13 +189,19 @@ def build(source, ecg_path: str, meta_path: str, expected: dict) -> None:
   kept = len(columns["record_id"])
   ecg.flush()
   if kept < n:  # drop the rows of skipped records
-    compact = np.lib.format.open_memmap(tmp + ".compact.npy", mode="w+", dtype=np.int16,
-                                        shape=(kept, NUM_SAMPLES, NUM_LEADS))
+    compact = np.lib.format.open_memmap(
+      tmp + ".compact.npy", mode="w+", dtype=np.int16, shape=(kept, NUM_SAMPLES, NUM_LEADS)
+    )
     compact[:] = ecg[:kept]
     compact.flush()
     del compact
     os.replace(tmp + ".compact.npy", tmp)
   del ecg
   os.replace(tmp, ecg_path)
-  paths.write_text(meta_path, json.dumps({"fingerprint": expected, "num_records": kept, "skipped": skipped,
-                                          **columns}, ensure_ascii=False))
+  paths.write_text(
+    meta_path,
+    json.dumps(
+      {"fingerprint": expected, "num_records": kept, "skipped": skipped, **columns},
+      ensure_ascii=False,
+    ),
+  )

@@ -26,9 +26,9 @@ import os
 import numpy as np
 
 from ecg_contrastive import paths
-from ecg_contrastive.errors import DataError
 from ecg_contrastive.data import cache
 from ecg_contrastive.data.batches import BatchIterator  # noqa: F401  (public API)
+from ecg_contrastive.errors import DataError
 
 DEFAULT_DATA_DIR = os.path.join("~", ".cache", "ecg_contrastive", "tfds")
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class SplitMeta:
   """Small per-record metadata of one split, in record order (row i of the split)."""
+
   reports: list[str]
   labels: list[list[str]]
   primary_label: list[str]
@@ -52,8 +53,10 @@ class EcgSource:
 
   def __init__(self, ecg: np.ndarray, meta: SplitMeta, skipped: list[dict], name: str):
     if len(ecg) != len(meta.record_id):
-      raise DataError(f"{name}: {len(ecg)} ECGs but {len(meta.record_id)} metadata rows; delete the cache "
-                       f"folder beside the dataset to rebuild it")
+      raise DataError(
+        f"{name}: {len(ecg)} ECGs but {len(meta.record_id)} metadata rows; delete the cache "
+        f"folder beside the dataset to rebuild it"
+      )
     self.ecg, self.meta, self.skipped, self.name = ecg, meta, skipped, name
 
   def __len__(self) -> int:
@@ -69,8 +72,10 @@ class EcgSource:
     """
     indices = np.asarray(indices, np.int64)
     if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
-      raise IndexError(f"{self.name}: record indices must be in [0, {len(self)}), got "
-                       f"[{indices.min()}, {indices.max()}]")
+      raise IndexError(
+        f"{self.name}: record indices must be in [0, {len(self)}), got "
+        f"[{indices.min()}, {indices.max()}]"
+      )
     if out is None:
       out = np.empty((len(indices),) + self.ecg.shape[1:], self.ecg.dtype)
     if np.all(indices[1:] >= indices[:-1]):
@@ -84,6 +89,7 @@ class EcgSource:
 def known_datasets() -> dict[str, type]:
   """Dataset name -> TFDS builder class, for every dataset the project can open."""
   from ecg_contrastive.data.builders import BUILDERS
+
   return dict(BUILDERS)
 
 
@@ -92,7 +98,9 @@ def data_dir_default() -> str:
   return os.fspath(paths.path(os.environ.get("ECG_CONTRASTIVE_DATA") or DEFAULT_DATA_DIR))
 
 
-def open_source(dataset: str, split: str, data_dir: str | None = None, source_dir: str | None = None) -> EcgSource:
+def open_source(
+  dataset: str, split: str, data_dir: str | None = None, source_dir: str | None = None
+) -> EcgSource:
   """Opens `split` of `dataset` ("name" or "name/config"), preparing the dataset and its cache if needed.
 
   source_dir: the folder of the raw records, for the real-data datasets (ptbxl, mimic_iv_ecg,
@@ -103,27 +111,35 @@ def open_source(dataset: str, split: str, data_dir: str | None = None, source_di
   name = dataset.split("/")[0]
   known = known_datasets()
   if name not in known:
-    raise DataError(f"unknown dataset {dataset!r}; known datasets: {sorted(known)} (use 'name/config', "
-                     f"e.g. 'synthetic_ecg_ja/tiny')")
+    raise DataError(
+      f"unknown dataset {dataset!r}; known datasets: {sorted(known)} (use 'name/config', "
+      f"e.g. 'synthetic_ecg_ja/tiny')"
+    )
   data_dir = os.fspath(paths.path(data_dir)) if data_dir else data_dir_default()
   builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():
 
     def prepare() -> None:
       if paths.is_remote(data_dir):
-        raise DataError(f"{dataset} is not prepared in {data_dir}: array_record writes local files only, so a "
-                         "dataset is built into a local data_dir and copied to the bucket (docs/data.md, "
-                         "'Many processes, one data build')")
+        raise DataError(
+          f"{dataset} is not prepared in {data_dir}: array_record writes local files only, so a "
+          "dataset is built into a local data_dir and copied to the bucket (docs/data.md, "
+          "'Many processes, one data build')"
+        )
       builder.download_and_prepare(download_config=source_download_config(builder, source_dir))
 
     if not paths.one_process_writes(f"dataset {dataset}", builder.is_prepared, prepare):
       log.info("%s: prepared by process 0 in %s; not built here", dataset, data_dir)
-    builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")  # reads what was written
+    builder = tfds.builder(
+      dataset, data_dir=data_dir, file_format="array_record"
+    )  # reads what was written
   elif source_dir and needs_source(name):
     _warn_if_other_source(builder, source_dir)
   if split not in builder.info.splits:
-    raise DataError(f"{dataset}: no split {split!r}; it has {sorted(builder.info.splits)}; set config.train_split "
-                    "and config.eval_splits to those")
+    raise DataError(
+      f"{dataset}: no split {split!r}; it has {sorted(builder.info.splits)}; set config.train_split "
+      "and config.eval_splits to those"
+    )
   ecg, meta, skipped = cache.load_or_build(builder, split)
   return EcgSource(ecg, SplitMeta(**meta), skipped, f"{dataset}:{split}")
 
@@ -131,20 +147,24 @@ def open_source(dataset: str, split: str, data_dir: str | None = None, source_di
 def needs_source(name: str) -> bool:
   """Whether dataset `name` is built from a local folder of raw records (config.source_dir)."""
   from ecg_contrastive.data.builders.local_source import LocalEcgBuilder
+
   return issubclass(known_datasets()[name], LocalEcgBuilder)
 
 
 def source_download_config(builder, source_dir: str | None):
   """TFDS DownloadConfig with manual_dir = source_dir, after checking the folder (real-data datasets)."""
   import tensorflow_datasets as tfds
+
   from ecg_contrastive.data.builders.local_source import SourceError
 
   if not needs_source(builder.name):
     return tfds.download.DownloadConfig()
   if not source_dir:
-    raise SourceError(f"{builder.name} is built from a local folder of records and is not prepared in "
-                      f"{builder.data_dir_root}: set config.source_dir (--config.source_dir=/path/to/the/folder, "
-                      f"or source_dir= of open_source); docs/data.md says what each dataset's folder holds")
+    raise SourceError(
+      f"{builder.name} is built from a local folder of records and is not prepared in "
+      f"{builder.data_dir_root}: set config.source_dir (--config.source_dir=/path/to/the/folder, "
+      f"or source_dir= of open_source); docs/data.md says what each dataset's folder holds"
+    )
   type(builder).check_source(source_dir)
   return tfds.download.DownloadConfig(manual_dir=source_dir)
 
@@ -157,5 +177,9 @@ def _warn_if_other_source(builder, source_dir: str) -> None:
   built_from = json.loads(paths.read_text(path)).get("source_dir")
   if built_from and os.path.abspath(source_dir) != built_from:
     log.warning(
-        "%s in %s was built from %s, not from source_dir=%s; delete that folder to rebuild from the new one",
-        builder.name, builder.data_dir, built_from, source_dir)
+      "%s in %s was built from %s, not from source_dir=%s; delete that folder to rebuild from the new one",
+      builder.name,
+      builder.data_dir,
+      built_from,
+      source_dir,
+    )

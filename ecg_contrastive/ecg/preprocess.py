@@ -30,10 +30,25 @@ from ecg_contrastive.errors import UserError
 
 _MV_PER_UNIT = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
 MIN_DURATION_S = 5.0  # shorter: refused (the model saw 10 s; at most half a record is zero-padding)
-MIN_RATE_HZ, MAX_RATE_HZ = 50.0, 20_000.0  # ECG recorders: 100 Hz .. 10 kHz; outside is a wrong --fs or header
-MAX_READ_S = 60  # only the first 60 s are resampled (10 s are kept): memory stays bounded for any file length
-_BYTES_PER_SAMPLE = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5, "310": 4 / 3,
-                     "311": 4 / 3}
+MIN_RATE_HZ, MAX_RATE_HZ = (
+  50.0,
+  20_000.0,
+)  # ECG recorders: 100 Hz .. 10 kHz; outside is a wrong --fs or header
+MAX_READ_S = (
+  60  # only the first 60 s are resampled (10 s are kept): memory stays bounded for any file length
+)
+_BYTES_PER_SAMPLE = {
+  "8": 1,
+  "16": 2,
+  "24": 3,
+  "32": 4,
+  "61": 2,
+  "80": 1,
+  "160": 2,
+  "212": 1.5,
+  "310": 4 / 3,
+  "311": 4 / 3,
+}
 
 
 class BadRecordError(UserError, ValueError):
@@ -42,8 +57,8 @@ class BadRecordError(UserError, ValueError):
 
 @dataclasses.dataclass
 class Record:
-  ecg: np.ndarray    # float32 (5000, 12) mV, leads in signal.LEADS order
-  rate: float        # the file's sampling rate (Hz)
+  ecg: np.ndarray  # float32 (5000, 12) mV, leads in signal.LEADS order
+  rate: float  # the file's sampling rate (Hz)
   duration_s: float  # the file's duration before cropping / padding to 10 s
 
 
@@ -62,8 +77,10 @@ def check_rate(rate: float, what: str, source: str) -> float:
   except (TypeError, ValueError):
     value = math.nan
   if not math.isfinite(value) or not MIN_RATE_HZ <= value <= MAX_RATE_HZ:
-    raise BadRecordError(f"bad rate: {what}: sampling rate {rate!r} Hz (from {source}) is not an ECG rate; give the "
-                         f"rate the record was sampled at, between {MIN_RATE_HZ:g} and {MAX_RATE_HZ:g} Hz (e.g. 500)")
+    raise BadRecordError(
+      f"bad rate: {what}: sampling rate {rate!r} Hz (from {source}) is not an ECG rate; give the "
+      f"rate the record was sampled at, between {MIN_RATE_HZ:g} and {MAX_RATE_HZ:g} Hz (e.g. 500)"
+    )
   return value
 
 
@@ -73,10 +90,12 @@ def to_contract(values: np.ndarray, rate: float, leads: list[str], what: str) ->
   MAX_READ_S seconds are resampled (the first 10 s are kept)."""
   duration = values.shape[0] / rate
   if duration < MIN_DURATION_S:
-    raise BadRecordError(f"too short: {what} holds {duration:.2f} s ({values.shape[0]} samples at {rate:g} Hz); "
-                         f"at least {MIN_DURATION_S:g} s are needed (the model reads 10 s), check the rate or use a "
-                         "longer record")
-  values = values[:math.ceil(MAX_READ_S * rate)]
+    raise BadRecordError(
+      f"too short: {what} holds {duration:.2f} s ({values.shape[0]} samples at {rate:g} Hz); "
+      f"at least {MIN_DURATION_S:g} s are needed (the model reads 10 s), check the rate or use a "
+      "longer record"
+    )
+  values = values[: math.ceil(MAX_READ_S * rate)]
   try:
     return signal.standardize(values, rate, leads, mv_per_unit=1.0, what=what)
   except ValueError as e:
@@ -93,8 +112,10 @@ def standardize(values: np.ndarray, rate: float, leads: list[str], what: str) ->
   """(T, C) float mV with C named leads at `rate` Hz -> Record (the training standardisation)."""
   units = to_contract(values, rate, leads, what)
   if is_flat(units):
-    raise BadRecordError(f"flat signal: {what}: every lead is constant (all zero, or below 1 uV in the units given); "
-                         "a flat ECG has no findings to report: check the file and its units")
+    raise BadRecordError(
+      f"flat signal: {what}: every lead is constant (all zero, or below 1 uV in the units given); "
+      "a flat ECG has no findings to report: check the file and its units"
+    )
   return Record(signal.to_millivolts(units), float(rate), values.shape[0] / rate)
 
 
@@ -113,8 +134,10 @@ def check_dat_files(base: str, header: wfdb.Record) -> None:
   for name, channels in files.items():
     path = os.path.join(folder, name)
     if not os.path.exists(path):
-      raise BadRecordError(f"missing file: {path} (named by {base}.hea); copy the record's signal file next to its "
-                           "header")
+      raise BadRecordError(
+        f"missing file: {path} (named by {base}.hea); copy the record's signal file next to its "
+        "header"
+      )
     per_sample = _BYTES_PER_SAMPLE.get(str(header.fmt[channels[0]]))
     if per_sample is None or not header.sig_len:
       continue
@@ -122,8 +145,10 @@ def check_dat_files(base: str, header: wfdb.Record) -> None:
     needed = offset + math.ceil(header.sig_len * len(channels) * per_sample)
     size = os.path.getsize(path)
     if size < needed:
-      raise BadRecordError(f"truncated file: {path} has {size} bytes, its header needs {needed}; copy or download "
-                           "the record again")
+      raise BadRecordError(
+        f"truncated file: {path} has {size} bytes, its header needs {needed}; copy or download "
+        "the record again"
+      )
 
 
 def load_wfdb(path: str) -> tuple[np.ndarray, float, list[str]]:
@@ -132,19 +157,25 @@ def load_wfdb(path: str) -> tuple[np.ndarray, float, list[str]]:
   BadRecordError for a missing, garbled or truncated header or signal file and a rate that is not an ECG's."""
   base = wfdb_base(path)
   if not os.path.isfile(base + ".hea"):
-    raise BadRecordError(f"missing file: {base}.hea; give a WFDB record (path/rec, rec.hea or rec.dat with its "
-                         ".hea next to it) or a .npy file")
+    raise BadRecordError(
+      f"missing file: {base}.hea; give a WFDB record (path/rec, rec.hea or rec.dat with its "
+      ".hea next to it) or a .npy file"
+    )
   try:
     header = wfdb.rdheader(base)
   except Exception as e:  # noqa: BLE001 (any parser failure means the header is unusable)
-    raise BadRecordError(f"unreadable: header {base}.hea: {type(e).__name__}: {e}; it is not a WFDB header (check "
-                         "the file, or convert the record to .npy)") from e
+    raise BadRecordError(
+      f"unreadable: header {base}.hea: {type(e).__name__}: {e}; it is not a WFDB header (check "
+      "the file, or convert the record to .npy)"
+    ) from e
   check_dat_files(base, header)
   rate = check_rate(header.fs, base, f"{base}.hea")
   try:
     record = wfdb.rdrecord(base)
   except Exception as e:  # noqa: BLE001
-    raise BadRecordError(f"unreadable: {base}: {type(e).__name__}: {e}; check the .hea and .dat files") from e
+    raise BadRecordError(
+      f"unreadable: {base}: {type(e).__name__}: {e}; check the .hea and .dat files"
+    ) from e
   if record.p_signal is None or record.p_signal.ndim != 2 or not record.p_signal.size:
     raise BadRecordError(f"unreadable: {base}: the header describes no samples; check {base}.hea")
   try:
@@ -166,15 +197,24 @@ def load_npy(path: str, units: str, leads: list[str]) -> np.ndarray:
   try:
     values = np.load(path, allow_pickle=False)
   except Exception as e:  # noqa: BLE001 (empty, truncated, pickled or not .npy at all)
-    raise BadRecordError(f"unreadable: {path}: {type(e).__name__}: {e}; save the array with numpy.save "
-                         "(a numeric (samples, leads) array)") from e
-  if not isinstance(values, np.ndarray) or not np.issubdtype(values.dtype, np.number) \
-      or np.issubdtype(values.dtype, np.complexfloating):
-    raise BadRecordError(f"unreadable: {path}: dtype {getattr(values, 'dtype', type(values))} is not a real number "
-                         "type; save the samples as an int or float array")
+    raise BadRecordError(
+      f"unreadable: {path}: {type(e).__name__}: {e}; save the array with numpy.save "
+      "(a numeric (samples, leads) array)"
+    ) from e
+  if (
+    not isinstance(values, np.ndarray)
+    or not np.issubdtype(values.dtype, np.number)
+    or np.issubdtype(values.dtype, np.complexfloating)
+  ):
+    raise BadRecordError(
+      f"unreadable: {path}: dtype {getattr(values, 'dtype', type(values))} is not a real number "
+      "type; save the samples as an int or float array"
+    )
   if values.ndim != 2 or len(leads) not in values.shape:
-    raise LeadShapeError(f"bad signal: {path}: array of shape {values.shape} does not fit {len(leads)} leads {leads}; "
-                         "expected (samples, leads) or (leads, samples); name the columns with --leads")
+    raise LeadShapeError(
+      f"bad signal: {path}: array of shape {values.shape} does not fit {len(leads)} leads {leads}; "
+      "expected (samples, leads) or (leads, samples); name the columns with --leads"
+    )
   if values.shape[1] != len(leads):
     values = values.T
   return values.astype(np.float64) * mv_per_unit(units)
@@ -192,11 +232,14 @@ def read_npy(path: str, rate: float, units: str, leads: list[str]) -> Record:
   return standardize(load_npy(path, units, leads), rate, leads, what=path)
 
 
-def read_record(path: str, rate: float | None = None, units: str | None = None,
-                leads: list[str] | None = None) -> Record:
+def read_record(
+  path: str, rate: float | None = None, units: str | None = None, leads: list[str] | None = None
+) -> Record:
   """Dispatches on the file: `.npy` needs rate and units (leads default to signal.LEADS); else WFDB."""
   if path.endswith(".npy"):
     if rate is None or units is None:
-      raise BadRecordError(f"{path}: a .npy file carries no sampling rate or units; pass --fs and --units (uV|mV)")
+      raise BadRecordError(
+        f"{path}: a .npy file carries no sampling rate or units; pass --fs and --units (uV|mV)"
+      )
     return read_npy(path, rate, units, list(leads or signal.LEADS))
   return read_wfdb(path)

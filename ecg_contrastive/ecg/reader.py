@@ -17,9 +17,16 @@ from __future__ import annotations
 import numpy as np
 
 from ecg_contrastive.ecg import signal
+from ecg_contrastive.ecg.preprocess import (
+  MIN_DURATION_S,
+  BadRecordError,
+  check_rate,
+  is_flat,
+  load_npy,
+  load_wfdb,
+  to_contract,
+)
 from ecg_contrastive.errors import UserError
-from ecg_contrastive.ecg.preprocess import (MIN_DURATION_S, BadRecordError, check_rate, is_flat, load_npy,
-                                               load_wfdb, to_contract)
 
 __all__ = ["MIN_DURATION_S", "RecordError", "read_ecg", "read_many", "read_npy", "read_wfdb"]
 

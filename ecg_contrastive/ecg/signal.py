@@ -17,10 +17,10 @@ import scipy.signal
 
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 NUM_LEADS = len(LEADS)
-SAMPLE_RATE = 500          # Hz
+SAMPLE_RATE = 500  # Hz
 DURATION_S = 10
 NUM_SAMPLES = SAMPLE_RATE * DURATION_S
-MV_PER_UNIT = 1e-3         # millivolts per int16 unit (1 unit = 1 uV)
+MV_PER_UNIT = 1e-3  # millivolts per int16 unit (1 unit = 1 uV)
 UNITS_PER_MV = 1000
 INT16_LIMIT_MV = 32767 * MV_PER_UNIT
 _ALIASES = {"DI": "I", "DII": "II", "DIII": "III"}
@@ -28,14 +28,25 @@ _ALIASES = {"DI": "I", "DII": "II", "DIII": "III"}
 
 def limb_leads(lead_i: np.ndarray, lead_ii: np.ndarray) -> np.ndarray:
   """I and II, any shape S -> the six limb leads (I, II, III, aVR, aVL, aVF) stacked last: S + (6,)."""
-  return np.stack([lead_i, lead_ii, lead_ii - lead_i, -(lead_i + lead_ii) / 2,
-                   lead_i - lead_ii / 2, lead_ii - lead_i / 2], axis=-1)
+  return np.stack(
+    [
+      lead_i,
+      lead_ii,
+      lead_ii - lead_i,
+      -(lead_i + lead_ii) / 2,
+      lead_i - lead_ii / 2,
+      lead_ii - lead_i / 2,
+    ],
+    axis=-1,
+  )
 
 
 def _derivation() -> np.ndarray:
   """(8, 12): independent leads (I, II, V1..V6) -> LEADS; the coefficients are exact in binary."""
   m = np.zeros((8, NUM_LEADS), np.float32)
-  m[:2, :6] = limb_leads(np.array([1.0, 0.0]), np.array([0.0, 1.0]))  # row: coefficients of I, of II
+  m[:2, :6] = limb_leads(
+    np.array([1.0, 0.0]), np.array([0.0, 1.0])
+  )  # row: coefficients of I, of II
   m[2:, 6:] = np.eye(6)
   return m
 
@@ -46,21 +57,29 @@ _DERIVATION = _derivation()
 def from_independent(leads8: np.ndarray) -> np.ndarray:
   """(..., 8) with I, II, V1..V6 -> (..., 12) in LEADS order, limb leads derived exactly."""
   if leads8.shape[-1] != 8:
-    raise ValueError(f"expected the 8 independent leads (I, II, V1..V6) last, got shape {leads8.shape}")
+    raise ValueError(
+      f"expected the 8 independent leads (I, II, V1..V6) last, got shape {leads8.shape}"
+    )
   return np.matmul(leads8, _DERIVATION.astype(leads8.dtype, copy=False))
 
 
 def to_units(millivolts: np.ndarray, what: str = "ECG") -> np.ndarray:
   """float mV (any shape) -> int16 microvolts. NaN/inf or values beyond +-32.767 mV raise, naming `what`."""
   units = np.multiply(millivolts, UNITS_PER_MV, dtype=np.result_type(millivolts, np.float32))
-  lo, hi = (float(units.min(initial=0.0)), float(units.max(initial=0.0))) if units.size else (0.0, 0.0)
+  lo, hi = (
+    (float(units.min(initial=0.0)), float(units.max(initial=0.0))) if units.size else (0.0, 0.0)
+  )
   if not (np.isfinite(lo) and np.isfinite(hi)):
     bad = ~np.isfinite(units)
-    raise ValueError(f"{what}: {int(bad.sum())} NaN/inf sample(s) (first at index "
-                     f"{np.argwhere(bad)[0].tolist()}); fill or drop the gaps before conversion")
+    raise ValueError(
+      f"{what}: {int(bad.sum())} NaN/inf sample(s) (first at index "
+      f"{np.argwhere(bad)[0].tolist()}); fill or drop the gaps before conversion"
+    )
   if max(-lo, hi) > 32767:
-    raise ValueError(f"{what}: |amplitude| reaches {max(-lo, hi) / UNITS_PER_MV:.1f} mV, beyond the int16 range of "
-                     f"+-{INT16_LIMIT_MV} mV; check the units (the contract is millivolts) or clip artefacts first")
+    raise ValueError(
+      f"{what}: |amplitude| reaches {max(-lo, hi) / UNITS_PER_MV:.1f} mV, beyond the int16 range of "
+      f"+-{INT16_LIMIT_MV} mV; check the units (the contract is millivolts) or clip artefacts first"
+    )
   return np.rint(units, out=units).astype(np.int16)
 
 
@@ -83,16 +102,22 @@ def reorder_leads(signal: np.ndarray, names: list[str]) -> np.ndarray:
   Missing III/aVR/aVL/aVF are derived from I and II; any other missing lead raises, naming it.
   """
   if signal.ndim != 2 or signal.shape[1] != len(names):
-    raise ValueError(f"signal of shape {signal.shape} does not match the {len(names)} lead names {list(names)}")
+    raise ValueError(
+      f"signal of shape {signal.shape} does not match the {len(names)} lead names {list(names)}"
+    )
   column = {}
   for i, name in enumerate(names):
     lead = canonical_lead(name)
     if lead is not None:
       column.setdefault(lead, i)
-  missing = [lead for lead in LEADS if lead not in column and lead not in ("III", "aVR", "aVL", "aVF")]
+  missing = [
+    lead for lead in LEADS if lead not in column and lead not in ("III", "aVR", "aVL", "aVF")
+  ]
   if missing:
-    raise ValueError(f"missing lead(s) {missing}: a record needs I, II and V1-V6 (III, aVR, aVL, aVF can be "
-                     f"derived); it has {list(names)}")
+    raise ValueError(
+      f"missing lead(s) {missing}: a record needs I, II and V1-V6 (III, aVR, aVL, aVF can be "
+      f"derived); it has {list(names)}"
+    )
   limbs = limb_leads(signal[:, column["I"]], signal[:, column["II"]])
   out = np.concatenate([limbs, signal[:, [column[f"V{k}"] for k in range(1, 7)]]], axis=1)
   for j, lead in enumerate(LEADS[:6]):
@@ -105,7 +130,9 @@ def resample(signal: np.ndarray, rate: float, target_rate: float = SAMPLE_RATE) 
   """(T, C) at `rate` Hz -> (round(T * target_rate / rate), C), polyphase with an anti-alias filter."""
   if rate <= 0 or target_rate <= 0:
     raise ValueError(f"sampling rates must be positive, got {rate} -> {target_rate} Hz")
-  ratio = fractions.Fraction(target_rate).limit_denominator(1000) / fractions.Fraction(rate).limit_denominator(1000)
+  ratio = fractions.Fraction(target_rate).limit_denominator(1000) / fractions.Fraction(
+    rate
+  ).limit_denominator(1000)
   if ratio == 1:
     return signal
   return scipy.signal.resample_poly(signal, ratio.numerator, ratio.denominator, axis=0)
@@ -119,8 +146,9 @@ def fit_length(signal: np.ndarray, length: int = NUM_SAMPLES) -> np.ndarray:
   return out
 
 
-def standardize(signal: np.ndarray, rate: float, leads: list[str], mv_per_unit: float = 1.0,
-                what: str = "record") -> np.ndarray:
+def standardize(
+  signal: np.ndarray, rate: float, leads: list[str], mv_per_unit: float = 1.0, what: str = "record"
+) -> np.ndarray:
   """Any record (T, C) in units of `mv_per_unit` mV at `rate` Hz -> int16 (5000, 12) as datasets store it.
 
   NaN samples and out-of-range amplitudes raise, naming `what` and the lead; fill gaps first if expected.
@@ -131,7 +159,9 @@ def standardize(signal: np.ndarray, rate: float, leads: list[str], mv_per_unit: 
   bad = ~np.isfinite(signal)
   if bad.any():  # before resampling smears it
     sample, column = np.argwhere(bad)[0]
-    raise ValueError(f"{what}: {int(bad.sum())} NaN/inf sample(s), first in lead {leads[column]!r} (column {column}) "
-                     f"at sample {sample}; fill or drop the gaps before conversion")
+    raise ValueError(
+      f"{what}: {int(bad.sum())} NaN/inf sample(s), first in lead {leads[column]!r} (column {column}) "
+      f"at sample {sample}; fill or drop the gaps before conversion"
+    )
   ecg = reorder_leads(signal * mv_per_unit, leads)
   return to_units(fit_length(resample(ecg, rate)), what)

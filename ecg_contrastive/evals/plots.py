@@ -23,15 +23,26 @@ def plot_per_label(metrics: dict, path: str, title: str) -> None:
   r5 = [m["recall_at_5"] for _, m in rows]
   fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) + 1.5))
   y = range(len(rows))
-  ax.barh([i + 0.2 for i in y], r5, height=0.4, label="recall@5 (records carrying it)", color="#9ecae1")
-  ax.barh([i - 0.2 for i in y], top1, height=0.4, label="top-1 (records with it as primary)", color="#08519c")
+  ax.barh(
+    [i + 0.2 for i in y], r5, height=0.4, label="recall@5 (records carrying it)", color="#9ecae1"
+  )
+  ax.barh(
+    [i - 0.2 for i in y],
+    top1,
+    height=0.4,
+    label="top-1 (records with it as primary)",
+    color="#08519c",
+  )
   ax.set_yticks(list(y), names, fontsize=8)
   ax.invert_yaxis()
   ax.set_xlim(0, 1)
   ax.axvline(metrics["chance_top1"], color="gray", ls=":", lw=1)
   ax.set_xlabel("accuracy")
-  ax.set_title(f"{title}\ntop-1 {metrics['top1']:.3f}, top-5 {metrics['top5']:.3f} "
-               f"(chance {metrics['chance_top1']:.3f}, majority {metrics['majority_top1']:.3f})", fontsize=9)
+  ax.set_title(
+    f"{title}\ntop-1 {metrics['top1']:.3f}, top-5 {metrics['top5']:.3f} "
+    f"(chance {metrics['chance_top1']:.3f}, majority {metrics['majority_top1']:.3f})",
+    fontsize=9,
+  )
   ax.legend(loc="lower right", fontsize=8)
   fig.tight_layout()
   png = io.BytesIO()
@@ -43,16 +54,23 @@ def plot_per_label(metrics: dict, path: str, title: str) -> None:
 def format_summary(split: str, metrics: dict) -> str:
   """A small console table of the headline numbers of one split."""
   rows = [
-      ("zero-shot top-1", metrics["top1"], metrics["chance_top1"], metrics["majority_top1"]),
-      ("zero-shot top-5", metrics["top5"], metrics["chance_top5"], None),
-      ("superset top-1", metrics["superset_top1"], metrics["superset_chance_top1"], metrics["superset_majority_top1"]),
-      ("macro AUROC", metrics["macro_auroc"], 0.5, None),
+    ("zero-shot top-1", metrics["top1"], metrics["chance_top1"], metrics["majority_top1"]),
+    ("zero-shot top-5", metrics["top5"], metrics["chance_top5"], None),
+    (
+      "superset top-1",
+      metrics["superset_top1"],
+      metrics["superset_chance_top1"],
+      metrics["superset_majority_top1"],
+    ),
+    ("macro AUROC", metrics["macro_auroc"], 0.5, None),
   ]
   for key in ("ecg_to_report_r@1", "ecg_to_report_r@5", "report_to_ecg_r@1", "report_to_ecg_r@5"):
     if key in metrics:
       rows.append((key, metrics[key], None, None))
   fmt = lambda v: "" if v is None else f"{v:.4f}"
-  lines = [f"[{split}] n={metrics['n']} labels={metrics['num_labels']}",
-           f"  {'metric':<22}{'value':>9}{'uniform':>9}{'majority':>10}"]
+  lines = [
+    f"[{split}] n={metrics['n']} labels={metrics['num_labels']}",
+    f"  {'metric':<22}{'value':>9}{'uniform':>9}{'majority':>10}",
+  ]
   lines += [f"  {name:<22}{fmt(v):>9}{fmt(c):>9}{fmt(m):>10}" for name, v, c, m in rows]
   return "\n".join(lines)

@@ -6,7 +6,7 @@ logit scale does not change any ranking here.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import rankdata
@@ -36,9 +36,14 @@ def macro_auroc(scores: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
   return (float(np.mean(aucs)) if aucs else float("nan")), len(aucs)
 
 
-def zero_shot_metrics(ecg_emb: np.ndarray, label_emb: np.ndarray, label_names: Sequence[str],
-                      label_groups: Sequence[str], primary: Sequence[str],
-                      record_labels: Sequence[Sequence[str]]) -> dict:
+def zero_shot_metrics(
+  ecg_emb: np.ndarray,
+  label_emb: np.ndarray,
+  label_names: Sequence[str],
+  label_groups: Sequence[str],
+  primary: Sequence[str],
+  record_labels: Sequence[Sequence[str]],
+) -> dict:
   """Zero-shot metrics of one split.
 
   Args:
@@ -87,28 +92,28 @@ def zero_shot_metrics(ecg_emb: np.ndarray, label_emb: np.ndarray, label_names: S
     if not carriers.any():
       continue
     per_label[name] = {
-        "support": int(carriers.sum()),
-        "recall_at_1": float((top5[carriers, 0] == j).mean()),
-        "recall_at_5": float(ranks_le5[carriers, j].mean()),
-        "primary_support": int(prim.sum()),
-        "primary_top1": float((top5[prim, 0] == j).mean()) if prim.any() else None,
+      "support": int(carriers.sum()),
+      "recall_at_1": float((top5[carriers, 0] == j).mean()),
+      "recall_at_5": float(ranks_le5[carriers, j].mean()),
+      "primary_support": int(prim.sum()),
+      "primary_top1": float((top5[prim, 0] == j).mean()) if prim.any() else None,
     }
   auroc, auroc_labels = macro_auroc(scores, targets)
   return {
-      "n": n,
-      "num_labels": num_labels,
-      "top1": float((top5[:, 0] == y).mean()),
-      "top5": float((top5 == y[:, None]).any(axis=1).mean()),
-      "top1_any_finding": float(in_top1.mean()),
-      "chance_top1": 1.0 / num_labels,
-      "chance_top5": min(5, num_labels) / num_labels,
-      "majority_top1": float(counts.max() / n),
-      "majority_label": label_names[int(counts.argmax())],
-      "superset_top1": float((group_scores.argmax(axis=1) == group_of[y]).mean()),
-      "superset_chance_top1": 1.0 / len(groups),
-      "superset_majority_top1": float(np.bincount(group_of[y], minlength=len(groups)).max() / n),
-      "macro_auroc": auroc,
-      "macro_auroc_labels": auroc_labels,
-      "labels_outside_label_set": outside,
-      "per_label": per_label,
+    "n": n,
+    "num_labels": num_labels,
+    "top1": float((top5[:, 0] == y).mean()),
+    "top5": float((top5 == y[:, None]).any(axis=1).mean()),
+    "top1_any_finding": float(in_top1.mean()),
+    "chance_top1": 1.0 / num_labels,
+    "chance_top5": min(5, num_labels) / num_labels,
+    "majority_top1": float(counts.max() / n),
+    "majority_label": label_names[int(counts.argmax())],
+    "superset_top1": float((group_scores.argmax(axis=1) == group_of[y]).mean()),
+    "superset_chance_top1": 1.0 / len(groups),
+    "superset_majority_top1": float(np.bincount(group_of[y], minlength=len(groups)).max() / n),
+    "macro_auroc": auroc,
+    "macro_auroc_labels": auroc_labels,
+    "labels_outside_label_set": outside,
+    "per_label": per_label,
   }

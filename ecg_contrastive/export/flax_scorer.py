@@ -22,10 +22,14 @@ class FlaxScorer:
     self.variables = inference.variables
     self.labels = inference.labels
     params = {"params": self.variables["params"]}
-    label_emb = self.model.apply(params, inference.label_text_embeddings, method=TwoTower.encode_text)
+    label_emb = self.model.apply(
+      params, inference.label_text_embeddings, method=TwoTower.encode_text
+    )
     self.label_embeddings = np.asarray(label_emb, np.float32)  # (num_labels, embed_dim), unit-norm
     self.scale = float(self.model.apply(params, method=TwoTower.scale))
-    self._embed = jax.jit(lambda variables, ecg: self.model.apply(variables, ecg, method=TwoTower.encode_ecg))
+    self._embed = jax.jit(
+      lambda variables, ecg: self.model.apply(variables, ecg, method=TwoTower.encode_ecg)
+    )
 
   def embed(self, ecg_mv: np.ndarray) -> np.ndarray:
     """float32 (B, 5000, 12) mV, channels-last -> float32 (B, embed_dim) unit-norm embeddings."""

@@ -102,16 +102,26 @@ class ECGEncoder(nn.Module):
     self.ecg = ResNet1d(arch["stage_sizes"], arch["width"], arch["downsample"])
     self.ecg_head = nn.Linear(8 * arch["width"], arch["embed_dim"])
     self.logit_scale = nn.Parameter(torch.zeros(()))
-    self.register_buffer("label_embeddings", torch.zeros(len(labels), arch["embed_dim"]), persistent=False)
+    self.register_buffer(
+      "label_embeddings", torch.zeros(len(labels), arch["embed_dim"]), persistent=False
+    )
 
   def forward(self, ecg: torch.Tensor) -> torch.Tensor:
     """float32 (B, 12, 5000) millivolts -> float32 (B, embed_dim) L2-normalised embeddings."""
     if ecg.dim() != 3 or ecg.shape[1] != NUM_LEADS or ecg.shape[2] != NUM_SAMPLES:
-      hint = "; channels-last input? pass ecg.transpose(1, 2)" if ecg.shape[1:] == (NUM_SAMPLES, NUM_LEADS) else ""
-      raise ValueError(f"expected an ECG batch of shape (B, {NUM_LEADS}, {NUM_SAMPLES}) (batch, leads, "
-                       f"samples at 500 Hz), got {tuple(ecg.shape)}{hint}")
+      hint = (
+        "; channels-last input? pass ecg.transpose(1, 2)"
+        if ecg.shape[1:] == (NUM_SAMPLES, NUM_LEADS)
+        else ""
+      )
+      raise ValueError(
+        f"expected an ECG batch of shape (B, {NUM_LEADS}, {NUM_SAMPLES}) (batch, leads, "
+        f"samples at 500 Hz), got {tuple(ecg.shape)}{hint}"
+      )
     if not ecg.is_floating_point():
-      raise ValueError(f"expected float millivolts, got dtype {ecg.dtype} (int16 microvolts: divide by 1000)")
+      raise ValueError(
+        f"expected float millivolts, got dtype {ecg.dtype} (int16 microvolts: divide by 1000)"
+      )
     features = self.ecg(ecg.to(torch.float32))
     return F.normalize(self.ecg_head(features), dim=-1, eps=L2_EPS)
 
@@ -132,8 +142,13 @@ class ECGEncoder(nn.Module):
     scores = self.scores(ecg)
     probs = torch.softmax(scores, dim=-1)
     top = torch.topk(scores, k, dim=-1)
-    return [[dict(self.labels[j], score=float(scores[i, j]), probability=float(probs[i, j]))
-             for j in top.indices[i].tolist()] for i in range(scores.shape[0])]
+    return [
+      [
+        dict(self.labels[j], score=float(scores[i, j]), probability=float(probs[i, j]))
+        for j in top.indices[i].tolist()
+      ]
+      for i in range(scores.shape[0])
+    ]
 
 
 def load(folder: str) -> ECGEncoder:
@@ -146,7 +161,9 @@ def load(folder: str) -> ECGEncoder:
   model.load_state_dict(load_file(os.path.join(folder, "model.safetensors")), strict=True)
   label_emb = load_file(os.path.join(folder, "label_embeddings.safetensors"))["label_embeddings"]
   if label_emb.shape != model.label_embeddings.shape:
-    raise ValueError(f"label_embeddings.safetensors has shape {tuple(label_emb.shape)}; labels.json and "
-                     f"config.json expect {tuple(model.label_embeddings.shape)}")
+    raise ValueError(
+      f"label_embeddings.safetensors has shape {tuple(label_emb.shape)}; labels.json and "
+      f"config.json expect {tuple(model.label_embeddings.shape)}"
+    )
   model.label_embeddings.copy_(label_emb)
   return model.eval()

@@ -22,8 +22,8 @@ from typing import Protocol
 import numpy as np
 
 from ecg_contrastive.checkpoints import restore_inference
-from ecg_contrastive.errors import UserError, one_line, want_traceback
 from ecg_contrastive.ecg import preprocess
+from ecg_contrastive.errors import UserError, one_line, want_traceback
 from ecg_contrastive.export.flax_scorer import FlaxScorer
 from ecg_contrastive.export.to_torch import load_exported
 
@@ -42,18 +42,25 @@ class TorchScorer:
 
   def __init__(self, folder: str):
     if not os.path.isfile(os.path.join(folder, "modeling_ecg.py")):
-      raise FileNotFoundError(f"{folder!r} is not an export folder (no modeling_ecg.py); write one with "
-                              "`python -m ecg_contrastive.main --mode export --workdir RUN --export_dir FOLDER`")
+      raise FileNotFoundError(
+        f"{folder!r} is not an export folder (no modeling_ecg.py); write one with "
+        "`python -m ecg_contrastive.main --mode export --workdir RUN --export_dir FOLDER`"
+      )
     self.module = load_exported(folder)
     self.labels = self.module.labels
 
   def scores(self, ecg_mv: np.ndarray) -> np.ndarray:
     import torch
+
     with torch.no_grad():
-      return self.module.scores(torch.from_numpy(np.ascontiguousarray(ecg_mv.transpose(0, 2, 1)))).numpy()
+      return self.module.scores(
+        torch.from_numpy(np.ascontiguousarray(ecg_mv.transpose(0, 2, 1)))
+      ).numpy()
 
 
-def open_scorer(workdir: str | None = None, exported: str | None = None, step: int | None = None) -> tuple[Scorer, str]:
+def open_scorer(
+  workdir: str | None = None, exported: str | None = None, step: int | None = None
+) -> tuple[Scorer, str]:
   """(scorer, description) for a training workdir (JAX) or an export folder (PyTorch)."""
   if (workdir is None) == (exported is None):
     raise ValueError("give exactly one of a training workdir or an export folder")
@@ -68,23 +75,31 @@ def top_k(scores: np.ndarray, labels: list[dict], k: int) -> list[list[dict]]:
   shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
   probs = shifted / shifted.sum(axis=1, keepdims=True)
   order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-  return [[dict(labels[j], score=float(scores[i, j]), probability=float(probs[i, j])) for j in row]
-          for i, row in enumerate(order)]
+  return [
+    [dict(labels[j], score=float(scores[i, j]), probability=float(probs[i, j])) for j in row]
+    for i, row in enumerate(order)
+  ]
 
 
 def predict(scorer: Scorer, ecgs: np.ndarray, k: int = 5) -> list[list[dict]]:
   """float32 (B, 5000, 12) mV -> per record the top-k findings (see top_k)."""
-  scores = np.concatenate([scorer.scores(ecgs[i:i + BATCH]) for i in range(0, len(ecgs), BATCH)])
+  scores = np.concatenate([scorer.scores(ecgs[i : i + BATCH]) for i in range(0, len(ecgs), BATCH)])
   return top_k(scores, scorer.labels, k)
 
 
 def format_findings(path: str, record: preprocess.Record, findings: list[dict]) -> str:
   """A readable block: the record, its rate and duration, then one line per finding."""
-  note = "" if record.duration_s == 10 else (" -> first 10 s" if record.duration_s > 10 else " -> zero-padded to 10 s")
+  note = (
+    ""
+    if record.duration_s == 10
+    else (" -> first 10 s" if record.duration_s > 10 else " -> zero-padded to 10 s")
+  )
   lines = [f"{path}  ({record.rate:g} Hz, {record.duration_s:.2f} s{note})"]
   for rank, f in enumerate(findings, 1):
-    lines.append(f"  {rank}. {f['ja']} / {f['en']}  [{f['group_ja']} / {f['group_en']}]  "
-                 f"score {f['score']:.3f}  p {f['probability']:.3f}")
+    lines.append(
+      f"  {rank}. {f['ja']} / {f['en']}  [{f['group_ja']} / {f['group_en']}]  "
+      f"score {f['score']:.3f}  p {f['probability']:.3f}"
+    )
   return "\n".join(lines)
 
 
@@ -93,10 +108,14 @@ def main(argv: list[str] | None = None) -> None:
   model = parser.add_mutually_exclusive_group(required=True)
   model.add_argument("--workdir", help="training workdir (JAX checkpoint)")
   model.add_argument("--exported", help="export folder written by ecg_contrastive.export.to_torch")
-  parser.add_argument("--step", type=int, default=None, help="with --workdir: checkpoint step (default: latest)")
+  parser.add_argument(
+    "--step", type=int, default=None, help="with --workdir: checkpoint step (default: latest)"
+  )
   parser.add_argument("--fs", type=float, default=None, help=".npy only: sampling rate in Hz")
   parser.add_argument("--units", choices=("uV", "mV"), default=None, help=".npy only: sample units")
-  parser.add_argument("--leads", default=None, help=".npy only: comma-separated lead names in column order")
+  parser.add_argument(
+    "--leads", default=None, help=".npy only: comma-separated lead names in column order"
+  )
   parser.add_argument("--top-k", type=int, default=5)
   parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
   parser.add_argument("records", nargs="+", help="WFDB record paths or .npy files")
@@ -108,8 +127,11 @@ def main(argv: list[str] | None = None) -> None:
     records = [preprocess.read_record(path, args.fs, args.units, leads) for path in args.records]
     for path, record in zip(args.records, records):
       if record.duration_s < preprocess.signal.DURATION_S:
-        print(f"warning: {path}: {record.duration_s:.2f} s, zero-padded to {preprocess.signal.DURATION_S} s; "
-              "findings of a short record are less reliable", file=sys.stderr)
+        print(
+          f"warning: {path}: {record.duration_s:.2f} s, zero-padded to {preprocess.signal.DURATION_S} s; "
+          "findings of a short record are less reliable",
+          file=sys.stderr,
+        )
     scorer, description = open_scorer(args.workdir, args.exported, args.step)
   except (UserError, FileNotFoundError, ValueError) as e:
     if args.verbose or want_traceback():

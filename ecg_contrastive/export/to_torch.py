@@ -42,7 +42,13 @@ from ecg_contrastive.ecg import signal
 from ecg_contrastive.errors import UserError
 from ecg_contrastive.export.flax_scorer import FlaxScorer
 from ecg_contrastive.models.resnet1d import stage_sizes
-from ecg_contrastive.models.two_tower import ARCHITECTURE_KEYS, MAX_LOGIT_SCALE, TwoTower, from_config, split_config
+from ecg_contrastive.models.two_tower import (
+  ARCHITECTURE_KEYS,
+  MAX_LOGIT_SCALE,
+  TwoTower,
+  from_config,
+  split_config,
+)
 
 MODELING_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "modeling_ecg.py")
 TEXT_HEAD = ("params/txt_head/kernel", "params/txt_head/bias")
@@ -50,9 +56,9 @@ NOT_EXPORTED = ("params/logit_bias",)  # the sigmoid loss's bias: a constant shi
 TOLERANCE = 1e-5
 log = logging.getLogger("ecg_contrastive")
 LAYOUTS = {
-    "conv": lambda a: np.transpose(a, (2, 1, 0)),  # (width, in, out) -> (out, in, width)
-    "dense": lambda a: a.T,                         # (in, out) -> (out, in)
-    "same": lambda a: a,
+  "conv": lambda a: np.transpose(a, (2, 1, 0)),  # (width, in, out) -> (out, in, width)
+  "dense": lambda a: a.T,  # (in, out) -> (out, in)
+  "same": lambda a: a,
 }
 
 
@@ -62,8 +68,8 @@ class ExportError(UserError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  flax: str    # "params/ecg/stem_conv/kernel"
-  torch: str   # "ecg.stem_conv.weight"
+  flax: str  # "params/ecg/stem_conv/kernel"
+  torch: str  # "ecg.stem_conv.weight"
   layout: str  # key of LAYOUTS
 
 
@@ -73,15 +79,20 @@ def _conv(path: str) -> list[Entry]:
 
 def _dense(path: str) -> list[Entry]:
   name = path.replace("/", ".")
-  return [Entry(f"params/{path}/kernel", f"{name}.weight", "dense"), Entry(f"params/{path}/bias", f"{name}.bias", "same")]
+  return [
+    Entry(f"params/{path}/kernel", f"{name}.weight", "dense"),
+    Entry(f"params/{path}/bias", f"{name}.bias", "same"),
+  ]
 
 
 def _batch_norm(path: str) -> list[Entry]:
   name = path.replace("/", ".")
-  return [Entry(f"params/{path}/scale", f"{name}.weight", "same"),
-          Entry(f"params/{path}/bias", f"{name}.bias", "same"),
-          Entry(f"batch_stats/{path}/mean", f"{name}.running_mean", "same"),
-          Entry(f"batch_stats/{path}/var", f"{name}.running_var", "same")]
+  return [
+    Entry(f"params/{path}/scale", f"{name}.weight", "same"),
+    Entry(f"params/{path}/bias", f"{name}.bias", "same"),
+    Entry(f"batch_stats/{path}/mean", f"{name}.running_mean", "same"),
+    Entry(f"batch_stats/{path}/var", f"{name}.running_var", "same"),
+  ]
 
 
 def layout_map(depth: int) -> list[Entry]:
@@ -90,7 +101,12 @@ def layout_map(depth: int) -> list[Entry]:
   for stage, num_blocks in enumerate(stage_sizes(depth)):
     for block in range(num_blocks):
       path = f"ecg/stage{stage + 1}_block{block + 1}"
-      entries += _conv(f"{path}/conv1") + _batch_norm(f"{path}/bn1") + _conv(f"{path}/conv2") + _batch_norm(f"{path}/bn2")
+      entries += (
+        _conv(f"{path}/conv1")
+        + _batch_norm(f"{path}/bn1")
+        + _conv(f"{path}/conv2")
+        + _batch_norm(f"{path}/bn2")
+      )
       if stage > 0 and block == 0:  # stride 2 and a wider output: the 1x1 conv + BN shortcut
         entries += _conv(f"{path}/shortcut_conv") + _batch_norm(f"{path}/shortcut_bn")
   return entries + _dense("ecg_head") + [Entry("params/logit_scale", "logit_scale", "same")]
@@ -103,8 +119,10 @@ def architecture(config: Any) -> TwoTower:
     raise ExportError("cannot export: the workdir config has no 'model' section")
   unknown = sorted(set(split_config(config)[0]) - set(ARCHITECTURE_KEYS))
   if unknown:
-    raise ExportError(f"cannot export: unknown model option(s) {unknown} in config.model; the exporter "
-                      f"knows the architecture ({', '.join(ARCHITECTURE_KEYS)})")
+    raise ExportError(
+      f"cannot export: unknown model option(s) {unknown} in config.model; the exporter "
+      f"knows the architecture ({', '.join(ARCHITECTURE_KEYS)})"
+    )
   tower = from_config(config)
   try:
     stage_sizes(tower.depth)
@@ -128,11 +146,18 @@ def to_state_dict(variables: dict, depth: int) -> dict[str, np.ndarray]:
   flat = _flatten(variables)
   entries = layout_map(depth)
   expected = {e.flax for e in entries} | set(TEXT_HEAD)
-  missing, unexpected = sorted(expected - set(flat)), sorted(set(flat) - expected - set(NOT_EXPORTED))
+  missing, unexpected = (
+    sorted(expected - set(flat)),
+    sorted(set(flat) - expected - set(NOT_EXPORTED)),
+  )
   if missing or unexpected:
-    raise ExportError(f"cannot export: the checkpoint is not a TwoTower with a ResNet1d-{depth} ECG tower; "
-                      f"unexpected variables: {unexpected or 'none'}; missing variables: {missing or 'none'}")
-  state = {e.torch: np.ascontiguousarray(LAYOUTS[e.layout](flat[e.flax]), np.float32) for e in entries}
+    raise ExportError(
+      f"cannot export: the checkpoint is not a TwoTower with a ResNet1d-{depth} ECG tower; "
+      f"unexpected variables: {unexpected or 'none'}; missing variables: {missing or 'none'}"
+    )
+  state = {
+    e.torch: np.ascontiguousarray(LAYOUTS[e.layout](flat[e.flax]), np.float32) for e in entries
+  }
   for e in entries:
     if e.torch.endswith(".running_mean"):
       state[e.torch.replace(".running_mean", ".num_batches_tracked")] = np.zeros((), np.int64)
@@ -144,35 +169,61 @@ def architecture_section(arch: dict | TwoTower) -> dict:
   the network from (stage_sizes from models/resnet1d.py's table: the exported file has no table of its own)."""
   if isinstance(arch, TwoTower):
     arch = {key: getattr(arch, key) for key in ARCHITECTURE_KEYS}
-  return {"name": "ResNet1d", "depth": arch["depth"], "width": arch["width"], "downsample": arch["downsample"],
-          "embed_dim": arch["embed_dim"], "stage_sizes": list(stage_sizes(arch["depth"])), "batchnorm_eps": 1e-5,
-          "l2_normalize_eps": 1e-6, "compute_dtype": "float32"}
+  return {
+    "name": "ResNet1d",
+    "depth": arch["depth"],
+    "width": arch["width"],
+    "downsample": arch["downsample"],
+    "embed_dim": arch["embed_dim"],
+    "stage_sizes": list(stage_sizes(arch["depth"])),
+    "batchnorm_eps": 1e-5,
+    "l2_normalize_eps": 1e-6,
+    "compute_dtype": "float32",
+  }
 
 
 def export_config(tower: TwoTower, num_labels: int, workdir: str, step: int) -> dict:
   """config.json of the export folder: architecture, input contract, zero-shot head, provenance."""
   return {
-      "format_version": 1,
-      "architecture": architecture_section(tower),
-      "input": {"shape": f"(B, {signal.NUM_LEADS}, {signal.NUM_SAMPLES})",
-                "layout": "channels-first: (batch, lead, sample)", "dtype": "float32",
-                "sampling_rate_hz": signal.SAMPLE_RATE, "num_samples": signal.NUM_SAMPLES,
-                "duration_s": signal.DURATION_S, "lead_order": list(signal.LEADS), "units": "mV",
-                "scaling": "raw millivolts, no filtering or per-record normalisation; training data is "
-                           "int16 microvolts, so mV = int16 / 1000"},
-      "zero_shot": {"num_labels": num_labels, "labels": "labels.json", "embeddings": "label_embeddings.safetensors",
-                    "score": f"exp(min(logit_scale, {MAX_LOGIT_SCALE:.6f})) * cosine(ecg, label)"},
-      "source": {"workdir": workdir if paths.is_remote(workdir) else os.path.abspath(workdir), "step": step,
-                 "training_compute_dtype": jnp.dtype(tower.dtype).name, "temperature": tower.temperature},
+    "format_version": 1,
+    "architecture": architecture_section(tower),
+    "input": {
+      "shape": f"(B, {signal.NUM_LEADS}, {signal.NUM_SAMPLES})",
+      "layout": "channels-first: (batch, lead, sample)",
+      "dtype": "float32",
+      "sampling_rate_hz": signal.SAMPLE_RATE,
+      "num_samples": signal.NUM_SAMPLES,
+      "duration_s": signal.DURATION_S,
+      "lead_order": list(signal.LEADS),
+      "units": "mV",
+      "scaling": "raw millivolts, no filtering or per-record normalisation; training data is "
+      "int16 microvolts, so mV = int16 / 1000",
+    },
+    "zero_shot": {
+      "num_labels": num_labels,
+      "labels": "labels.json",
+      "embeddings": "label_embeddings.safetensors",
+      "score": f"exp(min(logit_scale, {MAX_LOGIT_SCALE:.6f})) * cosine(ecg, label)",
+    },
+    "source": {
+      "workdir": workdir if paths.is_remote(workdir) else os.path.abspath(workdir),
+      "step": step,
+      "training_compute_dtype": jnp.dtype(tower.dtype).name,
+      "temperature": tower.temperature,
+    },
   }
 
 
 def load_exported(folder: str) -> Any:
   """Loads `folder` with its own modeling_ecg.py (not the package's): modeling_ecg.load(folder)."""
   if not torch_available():
-    raise ExportError(f"{folder} is a PyTorch folder and PyTorch is not installed: pip install torch (see README, "
-                      "'Installing'), or predict from the JAX checkpoint with --workdir")
-  spec = importlib.util.spec_from_file_location("modeling_ecg", os.path.join(folder, "modeling_ecg.py"))
+    raise ExportError(
+      f"{folder} is a PyTorch folder and PyTorch is not installed: pip install torch (see README, "
+      "'Installing'), or predict from the JAX checkpoint with --workdir"
+    )
+  spec = importlib.util.spec_from_file_location(
+    "modeling_ecg", os.path.join(folder, "modeling_ecg.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.load(folder)
@@ -186,12 +237,15 @@ def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
 def measure_parity(scorer: FlaxScorer, folder: str, ecg_mv: np.ndarray) -> dict[str, float]:
   """Relative errors of the exported module vs Flax on float32 (B, 5000, 12) mV ECGs."""
   import torch  # only the verification needs torch
+
   module = load_exported(folder)
   with torch.no_grad():
     ecg = torch.from_numpy(np.ascontiguousarray(ecg_mv.transpose(0, 2, 1), np.float32))
     embeddings, scores = module(ecg).numpy(), module.scores(ecg).numpy()
-  return {"embeddings": relative_error(embeddings, scorer.embed(ecg_mv)),
-          "scores": relative_error(scores, scorer.scores(ecg_mv))}
+  return {
+    "embeddings": relative_error(embeddings, scorer.embed(ecg_mv)),
+    "scores": relative_error(scores, scorer.scores(ecg_mv)),
+  }
 
 
 def torch_available() -> bool:
@@ -211,8 +265,10 @@ def export(workdir: str, out: str, step: int | None = None, verify: bool | None 
   complete (and verified): a failed export leaves no half-written folder and an earlier export intact.
   """
   if verify and not torch_available():
-    raise ExportError("cannot verify the export: PyTorch is not installed; pip install torch (see README, "
-                      "'Installing') or pass --no-verify")
+    raise ExportError(
+      "cannot verify the export: PyTorch is not installed; pip install torch (see README, "
+      "'Installing') or pass --no-verify"
+    )
   try:
     run_config = checkpoints.read_config(workdir)
   except FileNotFoundError as e:
@@ -229,10 +285,19 @@ def export(workdir: str, out: str, step: int | None = None, verify: bool | None 
     out = os.path.abspath(out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
   # Local: written beside `out`, renamed into place. Remote: written and verified here, then uploaded.
-  partial = tempfile.mkdtemp(prefix=os.path.basename(out) + ".partial-", dir=None if remote else os.path.dirname(out))
+  partial = tempfile.mkdtemp(
+    prefix=os.path.basename(out) + ".partial-", dir=None if remote else os.path.dirname(out)
+  )
   try:
-    save_file(state, os.path.join(partial, "model.safetensors"), metadata={"source_step": str(inference.step)})
-    save_file({"label_embeddings": scorer.label_embeddings}, os.path.join(partial, "label_embeddings.safetensors"))
+    save_file(
+      state,
+      os.path.join(partial, "model.safetensors"),
+      metadata={"source_step": str(inference.step)},
+    )
+    save_file(
+      {"label_embeddings": scorer.label_embeddings},
+      os.path.join(partial, "label_embeddings.safetensors"),
+    )
     with open(os.path.join(partial, "labels.json"), "w", encoding="utf-8") as f:
       json.dump(inference.labels, f, ensure_ascii=False, indent=1)
     shutil.copyfile(MODELING_FILE, os.path.join(partial, "modeling_ecg.py"))
@@ -241,15 +306,23 @@ def export(workdir: str, out: str, step: int | None = None, verify: bool | None 
     if verify is None:
       verify = torch_available()
       if not verify:
-        log.warning("export to %s: parity with the Flax model NOT verified (PyTorch is not installed); to verify, "
-                    "pip install torch and rerun the export", out)
+        log.warning(
+          "export to %s: parity with the Flax model NOT verified (PyTorch is not installed); to verify, "
+          "pip install torch and rerun the export",
+          out,
+        )
     if verify:
       ecg = np.random.default_rng(0).normal(0.0, 0.5, (2, signal.NUM_SAMPLES, signal.NUM_LEADS))
       errors = measure_parity(scorer, partial, ecg.astype(np.float32))
       if max(errors.values()) > TOLERANCE:
-        raise ExportError(f"export to {out!r} failed verification: relative errors {errors} exceed {TOLERANCE}")
-      config["verified_parity"] = {"inputs": "2 random ECGs, N(0, 0.5 mV)", "tolerance": TOLERANCE,
-                                   "max_relative_error": errors}
+        raise ExportError(
+          f"export to {out!r} failed verification: relative errors {errors} exceed {TOLERANCE}"
+        )
+      config["verified_parity"] = {
+        "inputs": "2 random ECGs, N(0, 0.5 mV)",
+        "tolerance": TOLERANCE,
+        "max_relative_error": errors,
+      }
     else:
       config["verified_parity"] = None
     _write_config(partial, config)
@@ -292,12 +365,21 @@ def _write_config(out: str, config: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--workdir", required=True, help="training workdir (config.json + checkpoints/)")
+  parser.add_argument(
+    "--workdir", required=True, help="training workdir (config.json + checkpoints/)"
+  )
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   parser.add_argument("--out", required=True, help="export folder to write")
-  parser.add_argument("--verify", dest="verify", action="store_true", default=None,
-                      help="require the PyTorch parity check (default: checked when torch is installed)")
-  parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the PyTorch parity check")
+  parser.add_argument(
+    "--verify",
+    dest="verify",
+    action="store_true",
+    default=None,
+    help="require the PyTorch parity check (default: checked when torch is installed)",
+  )
+  parser.add_argument(
+    "--no-verify", dest="verify", action="store_false", help="skip the PyTorch parity check"
+  )
   args = parser.parse_args(argv)
   try:
     out = export(args.workdir, args.out, args.step, verify=args.verify)

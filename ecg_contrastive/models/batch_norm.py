@@ -96,6 +96,7 @@ class BatchNorm(nn.Module):
   backward: "lean" (the custom VJP above) or "autodiff" (JAX differentiates the same forward, as for
   flax.linen.BatchNorm: what it keeps is left to XLA), for A/B measurements on each accelerator.
   """
+
   momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Any = jnp.float32
@@ -111,7 +112,9 @@ class BatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
     x = x.astype(self.dtype)
     if not train:
-      return _output(x, ra_mean.value, jax.lax.rsqrt(ra_var.value + self.epsilon), scale, bias, self.relu)
+      return _output(
+        x, ra_mean.value, jax.lax.rsqrt(ra_var.value + self.epsilon), scale, bias, self.relu
+      )
     if self.backward == "lean":
       y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.relu)
     elif self.backward == "autodiff":

@@ -47,6 +47,7 @@ class TextModelError(UserError, ValueError):
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
   """The architecture fields of a Hugging Face `config.json` that the encoder uses."""
+
   vocab_size: int
   hidden_size: int
   num_hidden_layers: int
@@ -60,21 +61,33 @@ class BertConfig:
   family: str = "bert"  # "bert" or "roberta" (position ids offset by pad_token_id + 1)
 
   @classmethod
-  def from_hf(cls, hf: dict[str, Any], source: str = "config.json") -> "BertConfig":
+  def from_hf(cls, hf: dict[str, Any], source: str = "config.json") -> BertConfig:
     model_type = hf.get("model_type")
     if model_type not in _FAMILIES:
-      raise TextModelError(f"{source}: model_type {model_type!r} is not a BERT-family encoder; "
-                       f"supported: {sorted(_FAMILIES)}")
+      raise TextModelError(
+        f"{source}: model_type {model_type!r} is not a BERT-family encoder; "
+        f"supported: {sorted(_FAMILIES)}"
+      )
     if hf.get("position_embedding_type", "absolute") != "absolute":
-      raise TextModelError(f"{source}: position_embedding_type {hf['position_embedding_type']!r} is not "
-                       "supported; only 'absolute' position embeddings are implemented")
+      raise TextModelError(
+        f"{source}: position_embedding_type {hf['position_embedding_type']!r} is not "
+        "supported; only 'absolute' position embeddings are implemented"
+      )
     if hf.get("hidden_act", "gelu") not in _ACTIVATIONS:
-      raise TextModelError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported; use one of "
-                       f"{sorted(_ACTIVATIONS)}")
+      raise TextModelError(
+        f"{source}: hidden_act {hf['hidden_act']!r} is not supported; use one of "
+        f"{sorted(_ACTIVATIONS)}"
+      )
     try:
-      return cls(**{f.name: hf[f.name] for f in dataclasses.fields(cls)
-                    if f.name not in ("family", "hidden_act")},
-                 hidden_act=hf.get("hidden_act", "gelu"), family=_FAMILIES[model_type])
+      return cls(
+        **{
+          f.name: hf[f.name]
+          for f in dataclasses.fields(cls)
+          if f.name not in ("family", "hidden_act")
+        },
+        hidden_act=hf.get("hidden_act", "gelu"),
+        family=_FAMILIES[model_type],
+      )
     except KeyError as e:
       raise TextModelError(f"{source}: missing field {e.args[0]!r}") from None
 
@@ -96,14 +109,17 @@ class Embeddings(nn.Module):
     """(B, L) ids -> (B, L, H) LayerNorm(word + token type + position)."""
     c = self.config
     embed = lambda n, name: nn.Embed(n, c.hidden_size, dtype=self.dtype, name=name)
-    x = (embed(c.vocab_size, "word_embeddings")(input_ids)
-         + embed(c.type_vocab_size, "token_type_embeddings")(token_type_ids)
-         + embed(c.max_position_embeddings, "position_embeddings")(position_ids(input_ids, c)))
+    x = (
+      embed(c.vocab_size, "word_embeddings")(input_ids)
+      + embed(c.type_vocab_size, "token_type_embeddings")(token_type_ids)
+      + embed(c.max_position_embeddings, "position_embeddings")(position_ids(input_ids, c))
+    )
     return nn.LayerNorm(c.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(x)
 
 
 class Layer(nn.Module):
   """One post-LayerNorm transformer layer (self-attention, then the feed-forward block)."""
+
   config: BertConfig
   dtype: Any = jnp.float32
 
@@ -127,13 +143,15 @@ class Layer(nn.Module):
 
 class BertEncoder(nn.Module):
   """BERT / RoBERTa encoder: token ids -> last hidden states and (optionally) the pooler."""
+
   config: BertConfig
   with_pooler: bool = True
   dtype: Any = jnp.float32  # compute dtype; parameters stay float32
 
   @nn.compact
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
-               token_type_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+  def __call__(
+    self, input_ids: jax.Array, attention_mask: jax.Array, token_type_ids: jax.Array | None = None
+  ) -> tuple[jax.Array, jax.Array | None]:
     """input_ids, attention_mask (B, L) -> hidden (B, L, H), pooler output (B, H) or None.
 
     token_type_ids default to zeros (RoBERTa has a single token type).
@@ -143,8 +161,13 @@ class BertEncoder(nn.Module):
     x = Embeddings(self.config, self.dtype, name="embeddings")(input_ids, token_type_ids)
     # One compiled layer body scanned over stacked weights (leading axis = layer): XLA
     # compiles ~4x faster than with unrolled layers, which matters once per length bucket.
-    layers = nn.scan(Layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                     in_axes=nn.broadcast, length=self.config.num_hidden_layers)
+    layers = nn.scan(
+      Layer,
+      variable_axes={"params": 0},
+      split_rngs={"params": True},
+      in_axes=nn.broadcast,
+      length=self.config.num_hidden_layers,
+    )
     x, _ = layers(self.config, self.dtype, name="layers")(x, attention_mask.astype(bool))
     pooled = None
     if self.with_pooler:
@@ -160,8 +183,10 @@ def weight_name_map(config: BertConfig, with_pooler: bool) -> dict[str, tuple[li
   every other path holds exactly one tensor. Linear kernels are transposed (PyTorch
   stores (out, in)).
   """
-  names = {f"embeddings/{n}/embedding": ([f"embeddings.{n}.weight"], False)
-           for n in ("word_embeddings", "position_embeddings", "token_type_embeddings")}
+  names = {
+    f"embeddings/{n}/embedding": ([f"embeddings.{n}.weight"], False)
+    for n in ("word_embeddings", "position_embeddings", "token_type_embeddings")
+  }
   names["embeddings/LayerNorm/scale"] = (["embeddings.LayerNorm.weight"], False)
   names["embeddings/LayerNorm/bias"] = (["embeddings.LayerNorm.bias"], False)
   per_layer = {
@@ -184,7 +209,9 @@ def weight_name_map(config: BertConfig, with_pooler: bool) -> dict[str, tuple[li
   }
   for ours, (theirs, transpose) in per_layer.items():
     names[f"layers/{ours}"] = (
-      [f"encoder.layer.{i}.{theirs}" for i in range(config.num_hidden_layers)], transpose)
+      [f"encoder.layer.{i}.{theirs}" for i in range(config.num_hidden_layers)],
+      transpose,
+    )
   if with_pooler:
     names["pooler/kernel"] = (["pooler.dense.weight"], True)
     names["pooler/bias"] = (["pooler.dense.bias"], False)
@@ -195,8 +222,10 @@ def _canonical(name: str) -> str:
   """Strips the model prefix ('bert.', 'roberta.') and renames old LayerNorm gamma/beta."""
   for prefix in ("bert.", "roberta."):
     if name.startswith(prefix):
-      name = name[len(prefix):]
-  return name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+      name = name[len(prefix) :]
+  return name.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+    "LayerNorm.beta", "LayerNorm.bias"
+  )
 
 
 def require_model_files(model_dir: str) -> list[str]:
@@ -204,13 +233,17 @@ def require_model_files(model_dir: str) -> list[str]:
   required = [os.path.join(model_dir, f) for f in ("config.json", "model.safetensors")]
   absent = [os.path.basename(p) for p in required if not os.path.isfile(p)]
   if absent:
-    hint = (" (sharded checkpoints are not supported: save with safe_serialization=True and a "
-            "max_shard_size above the model size)"
-            if os.path.isfile(os.path.join(model_dir, "model.safetensors.index.json")) else "")
+    hint = (
+      " (sharded checkpoints are not supported: save with safe_serialization=True and a "
+      "max_shard_size above the model size)"
+      if os.path.isfile(os.path.join(model_dir, "model.safetensors.index.json"))
+      else ""
+    )
     raise FileNotFoundError(
       f"text model directory {model_dir!r} lacks {' and '.join(absent)}{hint}; point the config at a "
       "local Hugging Face model directory (config.json, model.safetensors, tokenizer files) or "
-      "write the stand-in with ecg_contrastive.text.standin.write_standin_model")
+      "write the stand-in with ecg_contrastive.text.standin.write_standin_model"
+    )
   return required
 
 
@@ -232,10 +265,14 @@ def read_hf_config(path: str) -> BertConfig:
 
 def max_tokens(config: BertConfig) -> int:
   """Tokens per text the encoder has positions for (RoBERTa's positions start after pad_token_id + 1)."""
-  return config.max_position_embeddings - (config.pad_token_id + 1 if config.family == "roberta" else 0)
+  return config.max_position_embeddings - (
+    config.pad_token_id + 1 if config.family == "roberta" else 0
+  )
 
 
-def load_hf_encoder(model_dir: str, dtype: Any = jnp.float32) -> tuple[BertEncoder, dict, BertConfig]:
+def load_hf_encoder(
+  model_dir: str, dtype: Any = jnp.float32
+) -> tuple[BertEncoder, dict, BertConfig]:
   """Reads `config.json` + `model.safetensors` from `model_dir` -> (module, params, config).
 
   params are float32 numpy arrays in the module's tree; `dtype` is the compute dtype
@@ -248,7 +285,9 @@ def load_hf_encoder(model_dir: str, dtype: Any = jnp.float32) -> tuple[BertEncod
   try:
     weights = load_file(required[1])
   except Exception as e:  # noqa: BLE001 (safetensors raises its own error type for a truncated or corrupt file)
-    raise TextModelError(f"{required[1]}: unreadable safetensors file ({type(e).__name__}: {e}){_REDO}") from e
+    raise TextModelError(
+      f"{required[1]}: unreadable safetensors file ({type(e).__name__}: {e}){_REDO}"
+    ) from e
   tensors: dict[str, np.ndarray] = {}
   skipped = []
   for name, value in weights.items():
@@ -261,22 +300,29 @@ def load_hf_encoder(model_dir: str, dtype: Any = jnp.float32) -> tuple[BertEncod
   expected = {hf for hfs, _ in names.values() for hf in hfs}
   missing, unexpected = sorted(expected - tensors.keys()), sorted(tensors.keys() - expected)
   if missing or unexpected:
-    raise TextModelError(f"{required[1]}: weights do not match a {config.family} encoder with "
-                     f"{config.num_hidden_layers} layers; missing {missing or 'none'}; "
-                     f"unexpected {unexpected or 'none'}")
+    raise TextModelError(
+      f"{required[1]}: weights do not match a {config.family} encoder with "
+      f"{config.num_hidden_layers} layers; missing {missing or 'none'}; "
+      f"unexpected {unexpected or 'none'}"
+    )
   if skipped:
-    log.info("%s: skipped %d pre-training head tensors (%s ...)", required[1], len(skipped), skipped[0])
+    log.info(
+      "%s: skipped %d pre-training head tensors (%s ...)", required[1], len(skipped), skipped[0]
+    )
   module = BertEncoder(config, with_pooler=with_pooler, dtype=dtype)
-  shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32),
-                          jnp.ones((1, 1), jnp.int32))["params"]
+  shapes = jax.eval_shape(
+    module.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), jnp.int32)
+  )["params"]
   flat_params = {}
   for path, shape in traverse_util.flatten_dict(shapes, sep="/").items():
     hfs, transpose = names[path]
     values = [tensors[hf].T if transpose else tensors[hf] for hf in hfs]
     value = np.stack(values) if path.startswith("layers/") else values[0]
     if value.shape != shape.shape:
-      raise TextModelError(f"{required[1]}: {hfs[0]} gives shape {value.shape} for {path}; "
-                       f"config.json implies {shape.shape}")
+      raise TextModelError(
+        f"{required[1]}: {hfs[0]} gives shape {value.shape} for {path}; "
+        f"config.json implies {shape.shape}"
+      )
     flat_params[path] = np.asarray(value, np.float32)
   return module, traverse_util.unflatten_dict(flat_params, sep="/"), config
 
@@ -289,12 +335,15 @@ def check_pooling(pooling: str, has_pooler: bool) -> None:
   if pooling not in POOLINGS:
     raise TextModelError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
   if pooling == "pooler" and not has_pooler:
-    raise TextModelError("pooling 'pooler' needs pooler weights (pooler.dense.*), which this "
-                     "checkpoint lacks; use pooling 'mean' or 'cls'")
+    raise TextModelError(
+      "pooling 'pooler' needs pooler weights (pooler.dense.*), which this "
+      "checkpoint lacks; use pooling 'mean' or 'cls'"
+    )
 
 
-def pool(hidden: jax.Array, pooler_output: jax.Array | None, attention_mask: jax.Array,
-         pooling: str) -> jax.Array:
+def pool(
+  hidden: jax.Array, pooler_output: jax.Array | None, attention_mask: jax.Array, pooling: str
+) -> jax.Array:
   """hidden (B, L, H), pooler_output (B, H) or None, attention_mask (B, L) -> (B, H) float32.
 
   'cls': the first token's hidden state; 'mean': the mean over attended tokens (special

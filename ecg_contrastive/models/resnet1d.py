@@ -37,8 +37,16 @@ def stage_sizes(depth: int) -> tuple[int, ...]:
 def conv1d(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
   """A bias-free Conv1d with PyTorch-style symmetric padding (kernel // 2)."""
   pad = kernel // 2
-  return nn.Conv(features, (kernel,), strides=(stride,), padding=[(pad, pad)], use_bias=False,
-                 dtype=dtype, param_dtype=jnp.float32, name=name)
+  return nn.Conv(
+    features,
+    (kernel,),
+    strides=(stride,),
+    padding=[(pad, pad)],
+    use_bias=False,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
+  )
 
 
 def batch_norm(dtype: Any, name: str, relu: bool = False, backward: str = "lean") -> BatchNorm:
@@ -49,6 +57,7 @@ def batch_norm(dtype: Any, name: str, relu: bool = False, backward: str = "lean"
 
 class BasicBlock(nn.Module):
   """Two k=3 convs with BN; 1x1 conv + BN shortcut when stride or width changes."""
+
   features: int
   stride: int
   dtype: Any = jnp.float32
@@ -68,11 +77,13 @@ class BasicBlock(nn.Module):
 
 class ResNet1d(nn.Module):
   """ECG ResNet1d. __call__(ecg (B, T, leads) mV, train) -> features (B, 8 * width)."""
+
   depth: int = 18
   width: int = 64
   downsample: int = 1
   dtype: Any = jnp.float32
-  bn_backward: str = "lean"  # "lean" | "autodiff": BatchNorm's backward (models/batch_norm.py); same math, rounding aside
+  # "lean" | "autodiff": BatchNorm's backward (models/batch_norm.py); same math, rounding aside
+  bn_backward: str = "lean"
 
   @nn.compact
   def __call__(self, ecg: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -87,7 +98,11 @@ class ResNet1d(nn.Module):
     for stage, num_blocks in enumerate(sizes):
       for block in range(num_blocks):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(self.width * 2**stage, stride, dtype, self.bn_backward,
-                       name=f"stage{stage + 1}_block{block + 1}")(x, train)
+        x = BasicBlock(
+          self.width * 2**stage,
+          stride,
+          dtype,
+          self.bn_backward,
+          name=f"stage{stage + 1}_block{block + 1}",
+        )(x, train)
     return jnp.mean(x.astype(jnp.float32), axis=1)
-

@@ -10,7 +10,6 @@ Parameter tree (names double as the interface for freezing, loading and export):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -32,22 +31,31 @@ def l2_normalize(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
 
 class TwoTower(nn.Module):
   """Contrastive model. The text tower itself is frozen and precomputed; only its head lives here."""
+
   depth: int = 18
   width: int = 64
   downsample: int = 1
   embed_dim: int = 256
   temperature: float = 0.07
   dtype: Any = jnp.float32
-  logit_bias: float | None = None  # initial value of the sigmoid loss's bias; None: no bias parameter
-  bn_backward: str = "lean"  # BatchNorm's backward: "lean" | "autodiff" (same math, rounding aside; for A/B runs)
+  logit_bias: float | None = (
+    None  # initial value of the sigmoid loss's bias; None: no bias parameter
+  )
+  bn_backward: str = (
+    "lean"  # BatchNorm's backward: "lean" | "autodiff" (same math, rounding aside; for A/B runs)
+  )
 
   def setup(self):
     self.ecg = ResNet1d(self.depth, self.width, self.downsample, self.dtype, self.bn_backward)
     self.ecg_head = nn.Dense(self.embed_dim, dtype=jnp.float32)
     self.txt_head = nn.Dense(self.embed_dim, dtype=jnp.float32)
-    self.logit_scale = self.param("logit_scale", lambda _: jnp.asarray(np.log(1.0 / self.temperature), jnp.float32))
+    self.logit_scale = self.param(
+      "logit_scale", lambda _: jnp.asarray(np.log(1.0 / self.temperature), jnp.float32)
+    )
     if self.logit_bias is not None:
-      self.bias_param = self.param("logit_bias", lambda _: jnp.asarray(self.logit_bias, jnp.float32))
+      self.bias_param = self.param(
+        "logit_bias", lambda _: jnp.asarray(self.logit_bias, jnp.float32)
+      )
 
   def encode_ecg(self, ecg_mv: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """(B, T, 12) float mV -> (B, embed_dim) unit-norm embeddings."""

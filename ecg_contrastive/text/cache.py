@@ -29,7 +29,9 @@ _UNREAD_WEIGHTS = (".bin", ".h5", ".msgpack", ".pt", ".pth", ".ckpt", ".onnx", "
 
 def default_cache_dir() -> str:
   """$ECG_CONTRASTIVE_CACHE if set, else ~/.cache/ecg_contrastive/text."""
-  return os.environ.get("ECG_CONTRASTIVE_CACHE") or os.path.expanduser("~/.cache/ecg_contrastive/text")
+  return os.environ.get("ECG_CONTRASTIVE_CACHE") or os.path.expanduser(
+    "~/.cache/ecg_contrastive/text"
+  )
 
 
 @functools.lru_cache(maxsize=64)
@@ -51,7 +53,9 @@ def model_fingerprint(model_dir: str) -> str:
     if name.startswith(".") or name.endswith(_UNREAD_WEIGHTS) or not os.path.isfile(path):
       continue
     st = os.stat(path)
-    h.update(f"{name}\0{_file_digest(os.path.abspath(path), st.st_size, st.st_mtime_ns)}\0".encode())
+    h.update(
+      f"{name}\0{_file_digest(os.path.abspath(path), st.st_size, st.st_mtime_ns)}\0".encode()
+    )
   return h.hexdigest()
 
 
@@ -65,7 +69,8 @@ def text_fingerprint(texts: Sequence[str]) -> str:
 
 def cache_key(model_fp: str, text_fp: str, pooling: str, max_length: int, dtype: str) -> str:
   return hashlib.sha256(
-    f"{CACHE_FORMAT}|{model_fp}|{text_fp}|{pooling}|{max_length}|{dtype}".encode()).hexdigest()[:32]
+    f"{CACHE_FORMAT}|{model_fp}|{text_fp}|{pooling}|{max_length}|{dtype}".encode()
+  ).hexdigest()[:32]
 
 
 def load(cache_dir: str, key: str, num_texts: int) -> tuple[np.ndarray, dict] | None:
@@ -90,4 +95,7 @@ def save(cache_dir: str, key: str, embeddings: np.ndarray, meta: dict) -> None:
   """Writes `<key>.npy` then `<key>.json` (meta plus the key), each whole (local: temporary file + rename)."""
   paths.makedirs(cache_dir)
   paths.np_save(paths.join(cache_dir, f"{key}.npy"), embeddings)
-  paths.write_text(paths.join(cache_dir, f"{key}.json"), json.dumps({**meta, "key": key}, indent=2, ensure_ascii=False))
+  paths.write_text(
+    paths.join(cache_dir, f"{key}.json"),
+    json.dumps({**meta, "key": key}, indent=2, ensure_ascii=False),
+  )

@@ -38,11 +38,13 @@ def bucket_length(tokens: np.ndarray | int, max_length: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Batch:
   indices: np.ndarray  # (n,) positions in the token-id list, n <= rows
-  rows: int            # padded batch rows, a multiple of the device count
-  length: int          # padded sequence length
+  rows: int  # padded batch rows, a multiple of the device count
+  length: int  # padded sequence length
 
 
-def plan_batches(lengths: np.ndarray, batch_size: int, num_devices: int, max_length: int) -> list[Batch]:
+def plan_batches(
+  lengths: np.ndarray, batch_size: int, num_devices: int, max_length: int
+) -> list[Batch]:
   """lengths (N,) token counts -> batches in increasing length order covering every index once.
 
   A batch never straddles two bucket lengths: it holds up to `batch_size` texts of one
@@ -56,7 +58,7 @@ def plan_batches(lengths: np.ndarray, batch_size: int, num_devices: int, max_len
   for length in np.unique(buckets):
     in_bucket = order[buckets == length]  # contiguous: buckets are sorted
     for start in range(0, len(in_bucket), batch_size):
-      idx = in_bucket[start:start + batch_size]
+      idx = in_bucket[start : start + batch_size]
       batches.append(Batch(idx, -(-len(idx) // num_devices) * num_devices, int(length)))
   return batches
 
@@ -66,13 +68,15 @@ def pack(ids: list[np.ndarray], batch: Batch, pad_id: int) -> tuple[np.ndarray, 
   input_ids = np.full((batch.rows, batch.length), pad_id, np.int32)
   mask = np.zeros((batch.rows, batch.length), np.int32)
   for row, i in enumerate(batch.indices):
-    input_ids[row, :len(ids[i])] = ids[i]
-    mask[row, :len(ids[i])] = 1
+    input_ids[row, : len(ids[i])] = ids[i]
+    mask[row, : len(ids[i])] = 1
   return input_ids, mask
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def _embed(module: nn.Module, pooling: str, params: dict, input_ids: jax.Array, mask: jax.Array) -> jax.Array:
+def _embed(
+  module: nn.Module, pooling: str, params: dict, input_ids: jax.Array, mask: jax.Array
+) -> jax.Array:
   """(rows, L) ids and mask -> (rows, D) float32 pooled embeddings; sharded like the inputs.
 
   Module-level with the module as a static argument, so calls with the same architecture
@@ -96,12 +100,24 @@ class Encoder:
 
   def __call__(self, input_ids: np.ndarray, mask: np.ndarray) -> jax.Array:
     """(rows, L) int32 each -> (rows, D) float32, computed asynchronously."""
-    return _embed(self._module, self._pooling, self._params, jax.device_put(input_ids, self._rows),
-                  jax.device_put(mask, self._rows))
+    return _embed(
+      self._module,
+      self._pooling,
+      self._params,
+      jax.device_put(input_ids, self._rows),
+      jax.device_put(mask, self._rows),
+    )
 
 
-def embed_token_ids(encoder: Encoder, ids: list[np.ndarray], *, batch_size: int, max_length: int,
-                    pad_id: int, progress: bool) -> tuple[np.ndarray, dict[str, int]]:
+def embed_token_ids(
+  encoder: Encoder,
+  ids: list[np.ndarray],
+  *,
+  batch_size: int,
+  max_length: int,
+  pad_id: int,
+  progress: bool,
+) -> tuple[np.ndarray, dict[str, int]]:
   """N token-id arrays -> (N, D) float32 embeddings in input order, and batching counts
   (tokens, padded_tokens, batches, shapes)."""
   from tqdm.auto import tqdm
@@ -111,9 +127,10 @@ def embed_token_ids(encoder: Encoder, ids: list[np.ndarray], *, batch_size: int,
   out = np.zeros((len(ids), encoder.dim), np.float32)
   pending = collections.deque()
   with tqdm(total=len(ids), desc="embedding texts", unit="text", disable=not progress) as bar:
+
     def finish() -> None:
       batch, result = pending.popleft()
-      out[batch.indices] = np.asarray(result)[:len(batch.indices)]
+      out[batch.indices] = np.asarray(result)[: len(batch.indices)]
       bar.update(len(batch.indices))
 
     for batch in batches:
@@ -122,5 +139,9 @@ def embed_token_ids(encoder: Encoder, ids: list[np.ndarray], *, batch_size: int,
         finish()
     while pending:
       finish()
-  return out, {"tokens": int(lengths.sum()), "padded_tokens": sum(b.rows * b.length for b in batches),
-               "batches": len(batches), "shapes": len({(b.rows, b.length) for b in batches})}
+  return out, {
+    "tokens": int(lengths.sum()),
+    "padded_tokens": sum(b.rows * b.length for b in batches),
+    "batches": len(batches),
+    "shapes": len({(b.rows, b.length) for b in batches}),
+  }

@@ -20,7 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ecg_contrastive import paths
-from ecg_contrastive.models.bert import TextModelError, check_pooling, load_hf_encoder, require_model_files
+from ecg_contrastive.models.bert import (
+  TextModelError,
+  check_pooling,
+  load_hf_encoder,
+  require_model_files,
+)
 from ecg_contrastive.text import cache
 from ecg_contrastive.text.encode import Encoder, embed_token_ids
 from ecg_contrastive.text.tokenizer import check_texts, load_tokenizer, tokenize
@@ -28,15 +33,24 @@ from ecg_contrastive.text.tokenizer import check_texts, load_tokenizer, tokenize
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_COUNTS = ("empty", "truncated", "unk_tokens", "texts_with_unk", "tokens", "padded_tokens", "batches")
+_COUNTS = (
+  "empty",
+  "truncated",
+  "unk_tokens",
+  "texts_with_unk",
+  "tokens",
+  "padded_tokens",
+  "batches",
+)
 
 
 @dataclasses.dataclass
 class TextTable:
   """Embedding table of unique texts, in sorted (code point) order."""
-  texts: list[str]         # N unique texts
-  embeddings: np.ndarray   # float32 (N, D), raw pooled output (not normalised)
-  summary: dict            # counts and settings, see docs/text.md
+
+  texts: list[str]  # N unique texts
+  embeddings: np.ndarray  # float32 (N, D), raw pooled output (not normalised)
+  summary: dict  # counts and settings, see docs/text.md
   _index: dict[str, int] = dataclasses.field(init=False, repr=False)
 
   def __post_init__(self):
@@ -51,8 +65,10 @@ class TextTable:
       try:
         out[i] = self._index[t]
       except KeyError:
-        raise KeyError(f"text {i} ({t[:60]!r}) is not in the embedding table of {len(self.texts)} "
-                       "texts; include it in the texts passed to embed_texts") from None
+        raise KeyError(
+          f"text {i} ({t[:60]!r}) is not in the embedding table of {len(self.texts)} "
+          "texts; include it in the texts passed to embed_texts"
+        ) from None
     return out
 
 
@@ -71,38 +87,68 @@ def _all_processes(value: np.ndarray) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(value))
 
 
-def _embed_share(unique: list[str], model_dir: str, pooling: str, max_length: int, batch_size: int,
-                 dtype: str, progress: bool) -> tuple[np.ndarray, dict]:
+def _embed_share(
+  unique: list[str],
+  model_dir: str,
+  pooling: str,
+  max_length: int,
+  batch_size: int,
+  dtype: str,
+  progress: bool,
+) -> tuple[np.ndarray, dict]:
   """Embeds this process's contiguous share of `unique` -> (N, D) table (all processes) and counts."""
   module, params, config = load_hf_encoder(model_dir, dtype=DTYPES[dtype])
-  positions = config.max_position_embeddings - (config.pad_token_id + 1 if config.family == "roberta" else 0)
+  positions = config.max_position_embeddings - (
+    config.pad_token_id + 1 if config.family == "roberta" else 0
+  )
   if max_length > positions:
-    raise TextModelError(f"config.text.max_length={max_length} exceeds the {positions} positions of {model_dir!r}; "
-                         "lower it")
+    raise TextModelError(
+      f"config.text.max_length={max_length} exceeds the {positions} positions of {model_dir!r}; "
+      "lower it"
+    )
   encoder = Encoder(module, params, pooling)
   tokenizer = load_tokenizer(model_dir)
   if len(tokenizer) > config.vocab_size:
-    raise TextModelError(f"{model_dir!r}: the tokenizer has {len(tokenizer)} tokens but config.json has "
-                     f"vocab_size {config.vocab_size}; the tokenizer files belong to another model")
+    raise TextModelError(
+      f"{model_dir!r}: the tokenizer has {len(tokenizer)} tokens but config.json has "
+      f"vocab_size {config.vocab_size}; the tokenizer files belong to another model"
+    )
   count, index = jax.process_count(), jax.process_index()
   share = -(-len(unique) // count)
-  tokenized = tokenize(unique[index * share:(index + 1) * share], tokenizer, max_length)
-  local, batching = embed_token_ids(encoder, tokenized.ids, batch_size=batch_size, max_length=max_length,
-                                    pad_id=tokenizer.pad_token_id, progress=progress and index == 0)
+  tokenized = tokenize(unique[index * share : (index + 1) * share], tokenizer, max_length)
+  local, batching = embed_token_ids(
+    encoder,
+    tokenized.ids,
+    batch_size=batch_size,
+    max_length=max_length,
+    pad_id=tokenizer.pad_token_id,
+    progress=progress and index == 0,
+  )
   counts = {**tokenized.counts(), **batching}
   if count == 1:
     return local, {**counts, "unk_examples": tokenized.unk_examples}
   padded = np.zeros((share, encoder.dim), np.float32)
-  padded[:len(local)] = local
-  table = _all_processes(padded).reshape(-1, encoder.dim)[:len(unique)]
+  padded[: len(local)] = local
+  table = _all_processes(padded).reshape(-1, encoder.dim)[: len(unique)]
   summed = _all_processes(np.array([counts[k] for k in _COUNTS], np.int64)).sum(0)
-  return table, {**dict(zip(_COUNTS, summed.tolist())), "shapes": batching["shapes"],
-                 "unk_examples": tokenized.unk_examples}
+  return table, {
+    **dict(zip(_COUNTS, summed.tolist())),
+    "shapes": batching["shapes"],
+    "unk_examples": tokenized.unk_examples,
+  }
 
 
-def embed_texts(texts: Sequence[str], model_dir: str, *, pooling: str = "mean", max_length: int = 128,
-                batch_size: int = 256, dtype: str = "float32", cache_dir: str | None = None,
-                progress: bool = True) -> TextTable:
+def embed_texts(
+  texts: Sequence[str],
+  model_dir: str,
+  *,
+  pooling: str = "mean",
+  max_length: int = 128,
+  batch_size: int = 256,
+  dtype: str = "float32",
+  cache_dir: str | None = None,
+  progress: bool = True,
+) -> TextTable:
   """Embeds every distinct text once -> TextTable; duplicates share a row.
 
   texts: report texts or prompts (str; '' is allowed and counted as empty).
@@ -123,8 +169,10 @@ def embed_texts(texts: Sequence[str], model_dir: str, *, pooling: str = "mean", 
   if multi:
     digests = _all_processes(np.frombuffer(bytes.fromhex(text_fp), np.uint8))
     if not (digests == digests[0]).all():
-      raise ValueError("processes passed different text sets to embed_texts; every process must "
-                       "pass the same texts (each embeds its share)")
+      raise ValueError(
+        "processes passed different text sets to embed_texts; every process must "
+        "pass the same texts (each embeds its share)"
+      )
   cache_dir = cache_dir or cache.default_cache_dir()
   key = cache.cache_key(cache.model_fingerprint(model_dir), text_fp, pooling, max_length, dtype)
   hit = cache.load(cache_dir, key, len(unique))
@@ -135,28 +183,58 @@ def embed_texts(texts: Sequence[str], model_dir: str, *, pooling: str = "mean", 
     embeddings, meta = hit
     counts = meta["summary"]
   else:
-    embeddings, counts = _embed_share(unique, model_dir, pooling, max_length, batch_size, dtype, progress)
-    counts = {**counts, "devices": jax.local_device_count(), "processes": jax.process_count(),
-              "embed_seconds": round(time.perf_counter() - start, 3)}
+    embeddings, counts = _embed_share(
+      unique, model_dir, pooling, max_length, batch_size, dtype, progress
+    )
+    counts = {
+      **counts,
+      "devices": jax.local_device_count(),
+      "processes": jax.process_count(),
+      "embed_seconds": round(time.perf_counter() - start, 3),
+    }
     entry = {**settings, "unique": len(unique), "summary": counts}
-    paths.one_process_writes(f"text cache {key}", lambda: cache.complete(cache_dir, key),
-                             lambda: cache.save(cache_dir, key, embeddings, entry))
-  summary = {"texts": len(texts), "unique": len(unique), **counts, **settings, "dim": embeddings.shape[1],
-             "seconds": round(time.perf_counter() - start, 3), "from_cache": hit is not None}
+    paths.one_process_writes(
+      f"text cache {key}",
+      lambda: cache.complete(cache_dir, key),
+      lambda: cache.save(cache_dir, key, embeddings, entry),
+    )
+  summary = {
+    "texts": len(texts),
+    "unique": len(unique),
+    **counts,
+    **settings,
+    "dim": embeddings.shape[1],
+    "seconds": round(time.perf_counter() - start, 3),
+    "from_cache": hit is not None,
+  }
   _log(summary)
   return TextTable(unique, embeddings, summary)
 
 
 def _log(summary: dict) -> None:
-  log.info("text precompute: %d texts, %d unique, %.1f s%s", summary["texts"], summary["unique"],
-               summary["seconds"], " (from cache)" if summary["from_cache"] else "")
+  log.info(
+    "text precompute: %d texts, %d unique, %.1f s%s",
+    summary["texts"],
+    summary["unique"],
+    summary["seconds"],
+    " (from cache)" if summary["from_cache"] else "",
+  )
   if summary["empty"] or summary["truncated"] or summary["unk_tokens"]:
-    log.warning("text precompute: %d empty texts, %d truncated to %d tokens, %d [UNK] tokens in %d "
-                    "texts (e.g. %s)", summary["empty"], summary["truncated"], summary["max_length"],
-                    summary["unk_tokens"], summary["texts_with_unk"], summary["unk_examples"])
+    log.warning(
+      "text precompute: %d empty texts, %d truncated to %d tokens, %d [UNK] tokens in %d "
+      "texts (e.g. %s)",
+      summary["empty"],
+      summary["truncated"],
+      summary["max_length"],
+      summary["unk_tokens"],
+      summary["texts_with_unk"],
+      summary["unk_examples"],
+    )
 
 
-def embed_label_prompts(labels: Sequence[str], templates: Sequence[str], model_dir: str, **kw) -> np.ndarray:
+def embed_label_prompts(
+  labels: Sequence[str], templates: Sequence[str], model_dir: str, **kw
+) -> np.ndarray:
   """-> float32 (num_labels, D) label embeddings averaged over prompt templates.
 
   Each template contains '{}' once, replaced by the label. Each prompt embedding is
@@ -167,7 +245,9 @@ def embed_label_prompts(labels: Sequence[str], templates: Sequence[str], model_d
   """
   labels, templates = list(labels), list(templates)
   if not labels or not templates:
-    raise ValueError(f"need at least one label and one template (got {len(labels)} and {len(templates)})")
+    raise ValueError(
+      f"need at least one label and one template (got {len(labels)} and {len(templates)})"
+    )
   for t in templates:
     if not isinstance(t, str) or t.count("{}") != 1:
       raise ValueError(f"template {t!r} must contain the placeholder '{{}}' exactly once")

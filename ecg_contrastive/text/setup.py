@@ -19,7 +19,6 @@ from ecg_contrastive.vocab import terms
 log = logging.getLogger("ecg_contrastive")
 
 
-
 def text_model_dir(config: ml_collections.ConfigDict) -> str:
   """The configured text model directory, or the stand-in (written on first use)."""
   if config.text.model_dir:
@@ -27,15 +26,21 @@ def text_model_dir(config: ml_collections.ConfigDict) -> str:
   root = config.text.cache_dir or text_cache.default_cache_dir()
   if paths.is_remote(root):  # the text tower loads from local files
     local = paths.local_dir("text_models", root)
-    log.info("text cache %s is remote: the stand-in text model goes to the local folder %s", root, local)
+    log.info(
+      "text cache %s is remote: the stand-in text model goes to the local folder %s", root, local
+    )
     root = local
-  kw = config.text.standin.to_dict()  # one directory per stand-in size: configs of different sizes coexist
+  kw = (
+    config.text.standin.to_dict()
+  )  # one directory per stand-in size: configs of different sizes coexist
   name = "standin_bert_ja_" + "_".join(f"{k}{v}" for k, v in sorted(kw.items()))
   directory = os.path.join(root, name)
   # process 0 (re)writes it if stale (idempotent); the others use its copy, or write their own if they cannot see it
-  paths.one_process_writes(f"stand-in text model {name}",
-                           lambda: jax.process_index() > 0 and os.path.isfile(os.path.join(directory, "config.json")),
-                           lambda: standin.write_standin_model(directory, **kw))
+  paths.one_process_writes(
+    f"stand-in text model {name}",
+    lambda: jax.process_index() > 0 and os.path.isfile(os.path.join(directory, "config.json")),
+    lambda: standin.write_standin_model(directory, **kw),
+  )
   return directory
 
 
@@ -45,10 +50,18 @@ def embed_texts(config, reports: Iterable[str], labels: list[terms.Term]):
   Returns (TextTable of reports, (num_labels, text_dim) label prompt embeddings).
   """
   model_dir = text_model_dir(config)
-  kw = dict(pooling=config.text.pooling, max_length=config.text.max_length, batch_size=config.text.batch_size,
-            dtype=config.text.dtype, cache_dir=config.text.cache_dir or None, progress=jax.process_index() == 0)
+  kw = dict(
+    pooling=config.text.pooling,
+    max_length=config.text.max_length,
+    batch_size=config.text.batch_size,
+    dtype=config.text.dtype,
+    cache_dir=config.text.cache_dir or None,
+    progress=jax.process_index() == 0,
+  )
   reports = sorted(set(reports))
   table = precompute.embed_texts(reports, model_dir, **kw)
   log.info("report table: %s", json.dumps(table.summary, ensure_ascii=False))
-  label_emb = precompute.embed_label_prompts([t.ja for t in labels], list(config.text.templates), model_dir, **kw)
+  label_emb = precompute.embed_label_prompts(
+    [t.ja for t in labels], list(config.text.templates), model_dir, **kw
+  )
   return table, label_emb

@@ -21,8 +21,8 @@ import os
 
 import numpy as np
 
-from ecg_contrastive.vocab.terms import term_names
 from ecg_contrastive.paths import write_bytes
+from ecg_contrastive.vocab.terms import term_names
 
 STANDIN_VERSION = 1
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -50,14 +50,27 @@ def standin_vocabulary() -> list[str]:
 
 def _config(vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, seed: int) -> dict:
   return {
-    "architectures": ["BertModel"], "model_type": "bert", "vocab_size": vocab_size,
-    "hidden_size": hidden_size, "num_hidden_layers": num_layers, "num_attention_heads": num_heads,
-    "intermediate_size": 4 * hidden_size, "hidden_act": "gelu", "max_position_embeddings": 512,
-    "type_vocab_size": 2, "layer_norm_eps": 1e-12, "pad_token_id": 0,
-    "position_embedding_type": "absolute", "initializer_range": 0.02,
-    "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-    "ecg_contrastive_standin": {"version": STANDIN_VERSION, "seed": seed,
-                                "note": "random weights; a stand-in, not a language model"},
+    "architectures": ["BertModel"],
+    "model_type": "bert",
+    "vocab_size": vocab_size,
+    "hidden_size": hidden_size,
+    "num_hidden_layers": num_layers,
+    "num_attention_heads": num_heads,
+    "intermediate_size": 4 * hidden_size,
+    "hidden_act": "gelu",
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+    "position_embedding_type": "absolute",
+    "initializer_range": 0.02,
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "ecg_contrastive_standin": {
+      "version": STANDIN_VERSION,
+      "seed": seed,
+      "note": "random weights; a stand-in, not a language model",
+    },
   }
 
 
@@ -66,7 +79,9 @@ def _weights(config: dict, seed: int) -> dict[str, np.ndarray]:
   biases, unit LayerNorm."""
   rng = np.random.default_rng(seed)
   h, i = config["hidden_size"], config["intermediate_size"]
-  normal = lambda *shape: (rng.standard_normal(shape) * config["initializer_range"]).astype(np.float32)
+  normal = lambda *shape: (rng.standard_normal(shape) * config["initializer_range"]).astype(
+    np.float32
+  )
   tensors = {}
 
   def linear(name: str, n_out: int, n_in: int) -> None:
@@ -80,7 +95,9 @@ def _weights(config: dict, seed: int) -> dict[str, np.ndarray]:
   tensors["embeddings.word_embeddings.weight"] = normal(config["vocab_size"], h)
   # Position rows 10x smaller than BERT's: at full size they rival the token rows and the
   # mean-pooled embedding groups texts by length more than by characters (docs/text.md).
-  tensors["embeddings.position_embeddings.weight"] = 0.1 * normal(config["max_position_embeddings"], h)
+  tensors["embeddings.position_embeddings.weight"] = 0.1 * normal(
+    config["max_position_embeddings"], h
+  )
   tensors["embeddings.token_type_embeddings.weight"] = normal(config["type_vocab_size"], h)
   layer_norm("embeddings.LayerNorm")
   for n in range(config["num_hidden_layers"]):
@@ -98,16 +115,23 @@ def _weights(config: dict, seed: int) -> dict[str, np.ndarray]:
 
 def _tokenizer_config() -> dict:
   return {
-    "tokenizer_class": "BertJapaneseTokenizer", "do_lower_case": False,
-    "word_tokenizer_type": "mecab", "subword_tokenizer_type": "character",
-    "mecab_kwargs": {"mecab_dic": "unidic_lite"}, "model_max_length": 512,
-    "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+    "tokenizer_class": "BertJapaneseTokenizer",
+    "do_lower_case": False,
+    "word_tokenizer_type": "mecab",
+    "subword_tokenizer_type": "character",
+    "mecab_kwargs": {"mecab_dic": "unidic_lite"},
+    "model_max_length": 512,
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
     "mask_token": "[MASK]",
   }
 
 
-def write_standin_model(directory: str, *, hidden_size: int = 128, num_layers: int = 2,
-                        num_heads: int = 4, seed: int = 0) -> str:
+def write_standin_model(
+  directory: str, *, hidden_size: int = 128, num_layers: int = 2, num_heads: int = 4, seed: int = 0
+) -> str:
   """Writes the stand-in model into `directory` (created if absent) and returns it.
 
   Files: config.json, model.safetensors, vocab.txt, tokenizer_config.json, README.md.
@@ -130,18 +154,28 @@ def write_standin_model(directory: str, *, hidden_size: int = 128, num_layers: i
     if existing == config_bytes and all(os.path.isfile(os.path.join(directory, n)) for n in names):
       return directory
     if "ecg_contrastive_standin" not in json.loads(existing):
-      raise FileExistsError(f"{directory!r} holds a model that is not the stand-in; "
-                            "choose an empty directory for write_standin_model")
+      raise FileExistsError(
+        f"{directory!r} holds a model that is not the stand-in; "
+        "choose an empty directory for write_standin_model"
+      )
   os.makedirs(directory, exist_ok=True)
   write_bytes(os.path.join(directory, "vocab.txt"), ("\n".join(vocab) + "\n").encode())
-  write_bytes(os.path.join(directory, "tokenizer_config.json"),
-         (json.dumps(_tokenizer_config(), indent=2, sort_keys=True) + "\n").encode())
-  write_bytes(os.path.join(directory, "model.safetensors"), save(_weights(config, seed), {"format": "pt"}))
-  write_bytes(os.path.join(directory, "README.md"), (
-    "# STAND-IN text model (random weights)\n\n"
-    "Written by `ecg_contrastive.text.standin.write_standin_model` for the demo and tests.\n"
-    "It is not a language model: a random BERT over a character vocabulary whose mean-pooled\n"
-    "embeddings are roughly bags of characters. Use a real Japanese BERT for real work\n"
-    "(docs/text.md).\n").encode())
+  write_bytes(
+    os.path.join(directory, "tokenizer_config.json"),
+    (json.dumps(_tokenizer_config(), indent=2, sort_keys=True) + "\n").encode(),
+  )
+  write_bytes(
+    os.path.join(directory, "model.safetensors"), save(_weights(config, seed), {"format": "pt"})
+  )
+  write_bytes(
+    os.path.join(directory, "README.md"),
+    (
+      b"# STAND-IN text model (random weights)\n\n"
+      b"Written by `ecg_contrastive.text.standin.write_standin_model` for the demo and tests.\n"
+      b"It is not a language model: a random BERT over a character vocabulary whose mean-pooled\n"
+      b"embeddings are roughly bags of characters. Use a real Japanese BERT for real work\n"
+      b"(docs/text.md).\n"
+    ),
+  )
   write_bytes(config_path, config_bytes)  # last: its presence marks a complete directory
   return directory

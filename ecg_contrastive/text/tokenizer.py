@@ -19,8 +19,14 @@ import numpy as np
 
 from ecg_contrastive.errors import UserError
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
-                    "sentencepiece.bpe.model", "spiece.model")
+_TOKENIZER_FILES = (
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "vocab.txt",
+  "vocab.json",
+  "sentencepiece.bpe.model",
+  "spiece.model",
+)
 
 
 class TokenizerError(UserError, ValueError):
@@ -34,29 +40,39 @@ def load_tokenizer(model_dir: str):
   if not any(os.path.isfile(os.path.join(model_dir, f)) for f in _TOKENIZER_FILES):
     raise FileNotFoundError(
       f"text model directory {model_dir!r} has no tokenizer files (any of {', '.join(_TOKENIZER_FILES)}); "
-      "copy the tokenizer saved with the model into it (tokenizer.save_pretrained(dir))")
+      "copy the tokenizer saved with the model into it (tokenizer.save_pretrained(dir))"
+    )
   try:
     return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
   except ImportError as e:
     raise ImportError(
       f"the tokenizer of {model_dir!r} needs a package that is not installed ({e}); Japanese BERT "
       "tokenizers need `pip install fugashi unidic-lite` (or ipadic), SentencePiece ones "
-      "`pip install sentencepiece`") from e
-  except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:  # a damaged or mismatched tokenizer file
+      "`pip install sentencepiece`"
+    ) from e
+  except (
+    OSError,
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+  ) as e:  # a damaged or mismatched tokenizer file
     present = [f for f in _TOKENIZER_FILES if os.path.isfile(os.path.join(model_dir, f))]
     raise TokenizerError(
       f"the tokenizer files {present} in {model_dir!r} cannot be loaded "
       f"({type(e).__name__}: {' '.join(str(e).split())}); "
-      "copy the tokenizer saved with the model again (tokenizer.save_pretrained(dir))") from e
+      "copy the tokenizer saved with the model again (tokenizer.save_pretrained(dir))"
+    ) from e
 
 
 @dataclasses.dataclass
 class Tokenized:
   """Token ids of N texts, special tokens added, truncated to max_length."""
+
   ids: list[np.ndarray]  # N arrays of int32, each (length_i,), 1 <= length_i <= max_length
-  empty: int             # texts with no characters other than whitespace
-  truncated: int         # texts longer than max_length tokens, cut at the end
-  unk_tokens: int        # [UNK] tokens over all texts, counted before truncation
+  empty: int  # texts with no characters other than whitespace
+  truncated: int  # texts longer than max_length tokens, cut at the end
+  unk_tokens: int  # [UNK] tokens over all texts, counted before truncation
   texts_with_unk: int
   unk_examples: list[str]  # up to 3 texts containing [UNK] (first 40 characters)
 
@@ -78,8 +94,10 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     raise ValueError("no texts to embed")
   for i, t in enumerate(texts):
     if not isinstance(t, str):
-      raise TypeError(f"text {i} is {type(t).__name__} ({t!r:.60}), not str; decode bytes with "
-                      ".decode('utf-8') and replace missing reports with '' before embedding")
+      raise TypeError(
+        f"text {i} is {type(t).__name__} ({t!r:.60}), not str; decode bytes with "
+        ".decode('utf-8') and replace missing reports with '' before embedding"
+      )
   return texts
 
 
@@ -93,7 +111,11 @@ def tokenize(texts: Sequence[str], tokenizer, max_length: int) -> Tokenized:
   verbosity = hf_logging.get_verbosity()
   hf_logging.set_verbosity_error()  # we truncate ourselves; silence the "longer than maximum" warning
   try:
-    raw = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"] if texts else []
+    raw = (
+      tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+      if texts
+      else []
+    )
   finally:
     hf_logging.set_verbosity(verbosity)
   unk = tokenizer.unk_token_id
@@ -109,5 +131,11 @@ def tokenize(texts: Sequence[str], tokenizer, max_length: int) -> Tokenized:
       truncated += 1
       tokens = tokens[:budget]
     ids.append(np.asarray(tokenizer.build_inputs_with_special_tokens(tokens), np.int32))
-  return Tokenized(ids, empty=sum(1 for t in texts if not t.strip()), truncated=truncated,
-                   unk_tokens=unk_tokens, texts_with_unk=texts_with_unk, unk_examples=unk_examples)
+  return Tokenized(
+    ids,
+    empty=sum(1 for t in texts if not t.strip()),
+    truncated=truncated,
+    unk_tokens=unk_tokens,
+    texts_with_unk=texts_with_unk,
+    unk_examples=unk_examples,
+  )

@@ -25,17 +25,20 @@ from importlib import resources
 from ecg_contrastive.vocab import terms
 
 SUSPECTED_LIKELIHOOD = 50  # PTB-XL: 0 < likelihood <= 50 is a possible finding
-QUALIFIER = re.compile(r"\b(possible|possibly|probable|probably|consider|cannot rule out|suggests?|suspect(ed)?)\b",
-                       re.IGNORECASE)
+QUALIFIER = re.compile(
+  r"\b(possible|possibly|probable|probably|consider|cannot rule out|suggests?|suspect(ed)?)\b",
+  re.IGNORECASE,
+)
 IGNORE = "-"
 
 
 @dataclasses.dataclass
 class Mapped:
   """The vocabulary terms found in one record's statements."""
-  labels: list[str]                 # distinct terms, in order of first appearance
-  suspected: set[str]               # terms only stated as possible
-  unmapped: list[str]               # statements / codes that gave no term (counted by the builders)
+
+  labels: list[str]  # distinct terms, in order of first appearance
+  suspected: set[str]  # terms only stated as possible
+  unmapped: list[str]  # statements / codes that gave no term (counted by the builders)
 
 
 def _table(name: str, header: list[str]) -> list[list[str]]:
@@ -44,22 +47,32 @@ def _table(name: str, header: list[str]) -> list[list[str]]:
   if rows[0] != header:
     raise ValueError(f"resources/{name}: header {rows[0]}, expected {header}")
   vocabulary = set(terms.term_names())
-  bad = [row for row in rows[1:] if len(row) != len(header) or row[1] not in vocabulary | {"", IGNORE}]
+  bad = [
+    row for row in rows[1:] if len(row) != len(header) or row[1] not in vocabulary | {"", IGNORE}
+  ]
   if bad:
-    raise ValueError(f"resources/{name}: rows with the wrong column count or a term outside the vocabulary: {bad[:5]}")
+    raise ValueError(
+      f"resources/{name}: rows with the wrong column count or a term outside the vocabulary: {bad[:5]}"
+    )
   return rows[1:]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def scp_table() -> dict[str, str]:
   """PTB-XL SCP code -> vocabulary term ('' when the code has none)."""
-  return {code: term for code, term, _ in _table("ptbxl_scp_ja.tsv", ["scp_code", "term_ja", "scp_description"])}
+  return {
+    code: term
+    for code, term, _ in _table("ptbxl_scp_ja.tsv", ["scp_code", "term_ja", "scp_description"])
+  }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def statement_table() -> tuple[tuple[re.Pattern, str], ...]:
   """(compiled case-insensitive pattern, term or '-') in the order they are tried."""
-  return tuple((re.compile(p, re.IGNORECASE), t) for p, t in _table("mimic_statements_ja.tsv", ["pattern", "term_ja"]))
+  return tuple(
+    (re.compile(p, re.IGNORECASE), t)
+    for p, t in _table("mimic_statements_ja.tsv", ["pattern", "term_ja"])
+  )
 
 
 def _collect(found: list[tuple[str, bool]], unmapped: list[str]) -> Mapped:
@@ -92,8 +105,12 @@ def _statement_terms(statement: str) -> tuple[tuple[tuple[str, bool], ...], bool
       ignored |= term == IGNORE
       if term != IGNORE:
         hits.append((match.start(), term))
-      text = text[:match.start()] + " " * (match.end() - match.start()) + text[match.end():]  # used up
-  return tuple((term, qualifier is not None and qualifier.start() < start) for start, term in sorted(hits)), ignored
+      text = (
+        text[: match.start()] + " " * (match.end() - match.start()) + text[match.end() :]
+      )  # used up
+  return tuple(
+    (term, qualifier is not None and qualifier.start() < start) for start, term in sorted(hits)
+  ), ignored
 
 
 def map_statements(statements: list[str]) -> Mapped:

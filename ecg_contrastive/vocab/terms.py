@@ -13,16 +13,18 @@ from importlib import resources
 
 @dataclasses.dataclass(frozen=True)
 class Term:
-  ja: str        # the label, e.g. "心房細動"
-  en: str        # English equivalent, e.g. "atrial fibrillation"
+  ja: str  # the label, e.g. "心房細動"
+  en: str  # English equivalent, e.g. "atrial fibrillation"
   group_ja: str  # superset label, e.g. "調律"
   group_en: str  # e.g. "rhythm"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_terms() -> tuple[Term, ...]:
   """All 98 terms in file order (the canonical label order of the project)."""
-  text = resources.files("ecg_contrastive").joinpath("resources/ecg_terms_ja.tsv").read_text("utf-8")
+  text = (
+    resources.files("ecg_contrastive").joinpath("resources/ecg_terms_ja.tsv").read_text("utf-8")
+  )
   lines = [l for l in text.splitlines() if l.strip()]
   header = lines[0].split("\t")
   if header != ["term_ja", "term_en", "group_ja", "group_en"]:

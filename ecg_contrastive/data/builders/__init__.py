@@ -9,5 +9,9 @@ from ecg_contrastive.data.builders.mimic_iv_ecg import MimicIvEcg
 from ecg_contrastive.data.builders.ptbxl import Ptbxl
 from ecg_contrastive.data.builders.synthetic_ecg_ja import SyntheticEcgJa
 
-BUILDERS = {"synthetic_ecg_ja": SyntheticEcgJa, "ptbxl": Ptbxl, "mimic_iv_ecg": MimicIvEcg,
-            "ecg_manifest": EcgManifest}
+BUILDERS = {
+  "synthetic_ecg_ja": SyntheticEcgJa,
+  "ptbxl": Ptbxl,
+  "mimic_iv_ecg": MimicIvEcg,
+  "ecg_manifest": EcgManifest,
+}

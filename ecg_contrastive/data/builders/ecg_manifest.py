@@ -23,10 +23,17 @@ import os
 
 import tensorflow_datasets as tfds
 
-from ecg_contrastive.vocab import terms
-from ecg_contrastive.vocab import report_ja
-from ecg_contrastive.data.builders.local_source import (SPLITS, Listing, LocalEcgBuilder, RecordRow, SourceError,
-                                                        csv_rows, hash_split, skip)
+from ecg_contrastive.data.builders.local_source import (
+  SPLITS,
+  Listing,
+  LocalEcgBuilder,
+  RecordRow,
+  SourceError,
+  csv_rows,
+  hash_split,
+  skip,
+)
+from ecg_contrastive.vocab import report_ja, terms
 
 MANIFESTS = ("manifest.csv", "manifest.tsv")
 REQUIRED = ("path", "report")
@@ -36,8 +43,11 @@ def manifest_name(source_dir: str) -> str:
   """The one manifest file of `source_dir`; raises SourceError if there is none or both."""
   present = [m for m in MANIFESTS if os.path.isfile(os.path.join(source_dir, m))]
   if len(present) != 1:
-    raise SourceError(f"{source_dir}: " + ("no manifest" if not present else "both manifest.csv and manifest.tsv")
-                      + f"; put exactly one of {MANIFESTS} there with columns {list(REQUIRED)} (see docs/data.md)")
+    raise SourceError(
+      f"{source_dir}: "
+      + ("no manifest" if not present else "both manifest.csv and manifest.tsv")
+      + f"; put exactly one of {MANIFESTS} there with columns {list(REQUIRED)} (see docs/data.md)"
+    )
   return present[0]
 
 
@@ -52,10 +62,14 @@ class EcgManifest(LocalEcgBuilder):
   """ECG records listed in a manifest with their reports (a hospital export)."""
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Manifest of WFDB / .npy records with reports; split column or patient-hash splits."}
+  RELEASE_NOTES = {
+    "1.0.0": "Manifest of WFDB / .npy records with reports; split column or patient-hash splits."
+  }
   SOURCE_KIND = "hospital export (manifest.csv + records)"
-  MANUAL_DOWNLOAD_INSTRUCTIONS = ("Point source_dir (download_config.manual_dir) at the folder holding manifest.csv "
-                                  "(or manifest.tsv) and the records it lists.")
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+    "Point source_dir (download_config.manual_dir) at the folder holding manifest.csv "
+    "(or manifest.tsv) and the records it lists."
+  )
 
   @classmethod
   def source_files(cls, source_dir: str) -> dict[str, tuple[str, ...]]:
@@ -81,19 +95,39 @@ class EcgManifest(LocalEcgBuilder):
           problem = f"row {n}: record_id {record_id!r} repeats row {first_row[record_id]}"
         first_row.setdefault(record_id, n)
         cell = (line.get("labels") or "").strip()
-        given = [l.strip() for l in cell.split(";") if l.strip()] if cell else report_ja.terms_in_text(report)
+        given = (
+          [l.strip() for l in cell.split(";") if l.strip()]
+          if cell
+          else report_ja.terms_in_text(report)
+        )
         unmapped.update(l for l in dict.fromkeys(given) if l not in vocabulary)
         labels = [l for l in given if l in vocabulary]
         if not problem and not labels:
-          problem = (f"row {n}: no vocabulary term in its labels {given}" if cell else
-                     f"row {n}: no vocabulary term written in the report") + " (evaluation needs a primary label)"
+          problem = (
+            f"row {n}: no vocabulary term in its labels {given}"
+            if cell
+            else f"row {n}: no vocabulary term written in the report"
+          ) + " (evaluation needs a primary label)"
         if problem:
           skipped.append(skip(split, record_id, patient_id, path, problem))
           continue
-        rows.append(RecordRow(split, record_id, patient_id, path, report, report, report_ja.ordered(labels),
-                              report_ja.primary_label(labels), _float(line.get("fs")), (line.get("units") or "").strip()
-                              or None))
-    return Listing(rows, skipped, dict(unmapped.most_common()), notes=_patient_overlap(rows, "split" in header))
+        rows.append(
+          RecordRow(
+            split,
+            record_id,
+            patient_id,
+            path,
+            report,
+            report,
+            report_ja.ordered(labels),
+            report_ja.primary_label(labels),
+            _float(line.get("fs")),
+            (line.get("units") or "").strip() or None,
+          )
+        )
+    return Listing(
+      rows, skipped, dict(unmapped.most_common()), notes=_patient_overlap(rows, "split" in header)
+    )
 
 
 def _patient_overlap(rows: list[RecordRow], explicit: bool) -> dict:
@@ -103,6 +137,13 @@ def _patient_overlap(rows: list[RecordRow], explicit: bool) -> dict:
     splits_of[r.patient_id].add(r.split)
   shared = sorted(p for p, s in splits_of.items() if len(s) > 1)
   if shared:
-    logging.getLogger(__name__).warning("ecg_manifest: %d patient(s) have records in more than one split "
-                                        "(the split column says so), e.g. %s", len(shared), shared[:5])
-  return {"split_rule": "split column" if explicit else "hash of patient_id", "patients_in_several_splits": shared}
+    logging.getLogger(__name__).warning(
+      "ecg_manifest: %d patient(s) have records in more than one split "
+      "(the split column says so), e.g. %s",
+      len(shared),
+      shared[:5],
+    )
+  return {
+    "split_rule": "split column" if explicit else "hash of patient_id",
+    "patients_in_several_splits": shared,
+  }

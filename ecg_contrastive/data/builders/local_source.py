@@ -45,28 +45,39 @@ class SourceError(UserError, ValueError):
 @dataclasses.dataclass
 class RecordRow:
   """One record to read: where its waveform is and everything else its example carries."""
+
   split: str
   record_id: str
   patient_id: str
-  path: str                 # absolute: a WFDB record (no extension) or a .npy file
-  report: str               # Japanese
-  report_original: str      # the source's own text
-  labels: list[str]         # vocabulary terms, reading order
+  path: str  # absolute: a WFDB record (no extension) or a .npy file
+  report: str  # Japanese
+  report_original: str  # the source's own text
+  labels: list[str]  # vocabulary terms, reading order
   primary_label: str
-  fs: float | None = None   # .npy only
+  fs: float | None = None  # .npy only
   units: str | None = None  # .npy only
 
 
 @dataclasses.dataclass
 class Listing:
   rows: list[RecordRow]
-  skipped: list[dict]       # {split, record_id, patient_id, path, reason} of rows left out while listing
-  unmapped: dict[str, int]  # source code / statement -> number of records where it mapped to no term
-  notes: dict = dataclasses.field(default_factory=dict)  # builder-specific counts for the build report
+  skipped: list[dict]  # {split, record_id, patient_id, path, reason} of rows left out while listing
+  unmapped: dict[
+    str, int
+  ]  # source code / statement -> number of records where it mapped to no term
+  notes: dict = dataclasses.field(
+    default_factory=dict
+  )  # builder-specific counts for the build report
 
 
 def skip(split: str, record_id: str, patient_id: str, path: str, reason: str) -> dict:
-  return {"split": split, "record_id": record_id, "patient_id": patient_id, "path": path, "reason": reason}
+  return {
+    "split": split,
+    "record_id": record_id,
+    "patient_id": patient_id,
+    "path": path,
+    "reason": reason,
+  }
 
 
 def hash_split(key: str) -> str:
@@ -79,15 +90,19 @@ def csv_rows(path: str, required: tuple[str, ...] = ()) -> tuple[list[str], csv.
   """(header, DictReader, open file) of a UTF-8 CSV (',' or, for .tsv, tab); raises SourceError naming
   the path when it is missing, not UTF-8 or lacks a column of `required`. Close the file when done."""
   if not os.path.isfile(path):
-    raise SourceError(f"{path}: file not found; the source folder must hold it as in the original layout "
-                      "(see docs/data.md)")
+    raise SourceError(
+      f"{path}: file not found; the source folder must hold it as in the original layout "
+      "(see docs/data.md)"
+    )
   f = open(path, encoding="utf-8-sig", newline="")
   try:
     reader = csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ",")
     header = [h.strip() for h in (reader.fieldnames or [])]
   except UnicodeDecodeError as e:
     f.close()
-    raise SourceError(f"{path}: not UTF-8 ({e}); convert it, e.g. iconv -f SHIFT_JIS -t UTF-8") from e
+    raise SourceError(
+      f"{path}: not UTF-8 ({e}); convert it, e.g. iconv -f SHIFT_JIS -t UTF-8"
+    ) from e
   missing = [c for c in required if c not in header]
   if missing:
     f.close()
@@ -99,8 +114,9 @@ def csv_rows(path: str, required: tuple[str, ...] = ()) -> tuple[list[str], csv.
 def _read_in_order(rows: list[RecordRow]):
   """Yields (row, int16 (5000, 12) array or skip reason) in row order; chunks run in worker processes."""
   from ecg_contrastive.ecg import reader  # here: wfdb and pandas load only when records are read
+
   items = [(r.path, r.fs, r.units) for r in rows]
-  chunks = [items[i:i + READ_CHUNK] for i in range(0, len(items), READ_CHUNK)]
+  chunks = [items[i : i + READ_CHUNK] for i in range(0, len(items), READ_CHUNK)]
   workers = min(worker_count(), len(chunks))
   results = (reader.read_many(c) for c in chunks)
   if workers > 1:
@@ -117,6 +133,7 @@ def _read_in_order(rows: list[RecordRow]):
 def _bounded(pool: concurrent.futures.ProcessPoolExecutor, chunks: list, window: int):
   """pool.map(read_many, chunks) in order, with at most `window` chunks in flight (bounded memory)."""
   from ecg_contrastive.ecg import reader
+
   with pool:
     pending = collections.deque()
     for chunk in chunks:
@@ -141,8 +158,10 @@ class LocalEcgBuilder(tfds.core.GeneratorBasedBuilder):
   def check_source(cls, source_dir: str) -> None:
     """Raises SourceError (naming the path and what to do) unless `source_dir` has the files and columns."""
     if not source_dir or not os.path.isdir(source_dir):
-      raise SourceError(f"{cls.name}: source folder {source_dir!r} does not exist; point config.source_dir "
-                        f"(--config.source_dir=/path) at the {cls.SOURCE_KIND} folder")
+      raise SourceError(
+        f"{cls.name}: source folder {source_dir!r} does not exist; point config.source_dir "
+        f"(--config.source_dir=/path) at the {cls.SOURCE_KIND} folder"
+      )
     for name, columns in cls.source_files(source_dir).items():
       _, _, f = csv_rows(os.path.join(source_dir, name), columns)
       f.close()
@@ -158,9 +177,9 @@ class LocalEcgBuilder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description=f"{self.SOURCE_KIND}: {CONTRACT} with Japanese reports.",
-        features=ecg_report_features("report_original"),
-        supervised_keys=None,
+      description=f"{self.SOURCE_KIND}: {CONTRACT} with Japanese reports.",
+      features=ecg_report_features("report_original"),
+      supervised_keys=None,
     )
 
   def _download_and_prepare(self, dl_manager, download_config):
@@ -173,21 +192,34 @@ class LocalEcgBuilder(tfds.core.GeneratorBasedBuilder):
     try:
       source_dir = os.fspath(dl_manager.manual_dir)
     except AssertionError as e:  # TFDS: the manual folder does not exist or is empty
-      raise SourceError(f"{self.name}: {e}. Point config.source_dir (--config.source_dir=/path) at the "
-                        f"{self.SOURCE_KIND} folder") from e
+      raise SourceError(
+        f"{self.name}: {e}. Point config.source_dir (--config.source_dir=/path) at the "
+        f"{self.SOURCE_KIND} folder"
+      ) from e
     self.check_source(source_dir)
     listing = self._list_records(source_dir)
-    self._build_report.update(source_dir=os.path.abspath(source_dir), records_listed=len(listing.rows)
-                              + len(listing.skipped), unmapped=listing.unmapped, **listing.notes)
+    self._build_report.update(
+      source_dir=os.path.abspath(source_dir),
+      records_listed=len(listing.rows) + len(listing.skipped),
+      unmapped=listing.unmapped,
+      **listing.notes,
+    )
     self._build_report["skipped"].extend(listing.skipped)
     if listing.unmapped:
-      log.warning("%s: %d distinct source statement(s) map to no vocabulary term (counted in %s), most frequent: %s",
-                  self.name, len(listing.unmapped), cache.BUILD_SKIPS_FILE, list(listing.unmapped.items())[:5])
+      log.warning(
+        "%s: %d distinct source statement(s) map to no vocabulary term (counted in %s), most frequent: %s",
+        self.name,
+        len(listing.unmapped),
+        cache.BUILD_SKIPS_FILE,
+        list(listing.unmapped.items())[:5],
+      )
     by_split = {s: [r for r in listing.rows if r.split == s] for s in SPLITS}
     empty = [s for s, rows in by_split.items() if not rows]
     if len(empty) == len(SPLITS):
-      raise SourceError(f"{self.name}: no usable record in {source_dir}; see the reasons: "
-                        f"{[s['reason'] for s in listing.skipped[:5]]}")
+      raise SourceError(
+        f"{self.name}: no usable record in {source_dir}; see the reasons: "
+        f"{[s['reason'] for s in listing.skipped[:5]]}"
+      )
     if empty:
       log.warning("%s: split(s) %s have no records and are left out", self.name, empty)
     return {s: self._generate_examples(s, rows) for s, rows in by_split.items() if rows}
@@ -195,22 +227,46 @@ class LocalEcgBuilder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, rows: list[RecordRow]):
     for row, result in _read_in_order(rows):
       if isinstance(result, str):
-        self._build_report["skipped"].append(skip(split, row.record_id, row.patient_id, row.path, result))
+        self._build_report["skipped"].append(
+          skip(split, row.record_id, row.patient_id, row.path, result)
+        )
         continue
-      yield row.record_id, {"ecg": result, "report": row.report, "report_original": row.report_original,
-                            "labels": row.labels, "primary_label": row.primary_label, "record_id": row.record_id,
-                            "patient_id": row.patient_id}
+      yield (
+        row.record_id,
+        {
+          "ecg": result,
+          "report": row.report,
+          "report_original": row.report_original,
+          "labels": row.labels,
+          "primary_label": row.primary_label,
+          "record_id": row.record_id,
+          "patient_id": row.patient_id,
+        },
+      )
 
   def _write_build_report(self) -> None:
     """skipped_records.json beside the shards: counts per split, unmapped statements, the skip list with reasons."""
     built, skipped = self._build_report, self._build_report.pop("skipped")
-    report = {**{k: built.pop(k) for k in ("dataset", "version", "source_dir", "records_listed") if k in built},
-              "records_kept": {s: int(info.num_examples) for s, info in self.info.splits.items()},
-              "skipped_count": dict(collections.Counter(s["split"] for s in skipped)), **built, "skipped": skipped}
+    report = {
+      **{
+        k: built.pop(k)
+        for k in ("dataset", "version", "source_dir", "records_listed")
+        if k in built
+      },
+      "records_kept": {s: int(info.num_examples) for s, info in self.info.splits.items()},
+      "skipped_count": dict(collections.Counter(s["split"] for s in skipped)),
+      **built,
+      "skipped": skipped,
+    }
     path = os.path.join(os.fspath(self.data_dir), cache.BUILD_SKIPS_FILE)
     with open(path, "w", encoding="utf-8") as f:
       json.dump(report, f, ensure_ascii=False, indent=1)
     if skipped:
-      log.warning("%s: %d of %d record(s) skipped (listed with reasons in %s), e.g. %s", self.name, len(skipped),
-                  report.get("records_listed", 0), cache.BUILD_SKIPS_FILE,
-                  [(s["record_id"], s["reason"]) for s in skipped[:3]])
+      log.warning(
+        "%s: %d of %d record(s) skipped (listed with reasons in %s), e.g. %s",
+        self.name,
+        len(skipped),
+        report.get("records_listed", 0),
+        cache.BUILD_SKIPS_FILE,
+        [(s["record_id"], s["reason"]) for s in skipped[:3]],
+      )

@@ -6,7 +6,8 @@
 
 Records come from `ecg_contrastive.data.synthetic.synth`; splits are disjoint by patient (each split draws its
 own patients). Shards are array_record (random access, no TensorFlow needed) and hold the same
-records in the same order for the same version and config (their compressed bytes may differ between processes). Generation runs chunks in worker processes (2 by default,
+records in the same order for the same version and config (their compressed bytes may differ between
+processes). Generation runs chunks in worker processes (2 by default,
 `ECG_CONTRASTIVE_WORKERS` to change; a split of one chunk runs inline), in order, so the output does
 not depend on the worker count.
 """
@@ -19,10 +20,10 @@ import multiprocessing
 
 import tensorflow_datasets as tfds
 
-from ecg_contrastive.data.synthetic import synth
 from ecg_contrastive.data.builders.features import CONTRACT, ecg_report_features
 from ecg_contrastive.data.builders.tf_free import plain_file_spill
 from ecg_contrastive.data.builders.workers import worker_count
+from ecg_contrastive.data.synthetic import synth
 
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 
@@ -44,17 +45,26 @@ class SyntheticEcgJa(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.3.0")
   RELEASE_NOTES = {
-      "1.0.0": "Dipole-model ECGs, 32 primary findings, Japanese reports.",
-      "1.1.0": "Finer atrial fibrillation waves (0.04-0.1 mV dipole).",
-      "1.2.0": "2-4 premature beats per record with atrial / ventricular ectopy (was 1-3).",
-      "1.3.0": "Fewer secondary findings: P(0, 1, 2) = 0.65 / 0.28 / 0.07 (was 0.45 / 0.40 / 0.15).",
+    "1.0.0": "Dipole-model ECGs, 32 primary findings, Japanese reports.",
+    "1.1.0": "Finer atrial fibrillation waves (0.04-0.1 mV dipole).",
+    "1.2.0": "2-4 premature beats per record with atrial / ventricular ectopy (was 1-3).",
+    "1.3.0": "Fewer secondary findings: P(0, 1, 2) = 0.65 / 0.28 / 0.07 (was 0.45 / 0.40 / 0.15).",
   }
   BUILDER_CONFIGS = [
-      SyntheticEcgConfig(name="tiny", description="320 records: tests and smoke runs.", num_records=320),
-      SyntheticEcgConfig(name="small", description="2,000 records: end-to-end tests.", num_records=2_000),
-      SyntheticEcgConfig(name="demo", description="20,000 records: the built-in demo.", num_records=20_000),
-      SyntheticEcgConfig(name="large", description="200,000 records: input-pipeline and scaling runs.",
-                         num_records=200_000),
+    SyntheticEcgConfig(
+      name="tiny", description="320 records: tests and smoke runs.", num_records=320
+    ),
+    SyntheticEcgConfig(
+      name="small", description="2,000 records: end-to-end tests.", num_records=2_000
+    ),
+    SyntheticEcgConfig(
+      name="demo", description="20,000 records: the built-in demo.", num_records=20_000
+    ),
+    SyntheticEcgConfig(
+      name="large",
+      description="200,000 records: input-pipeline and scaling runs.",
+      num_records=200_000,
+    ),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "demo"
 
@@ -64,10 +74,10 @@ class SyntheticEcgJa(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description=f"Synthetic {CONTRACT} with Japanese ECG reports.",
-        features=ecg_report_features(),
-        supervised_keys=None,
-        homepage="https://github.com/ecg_contrastive",
+      description=f"Synthetic {CONTRACT} with Japanese ECG reports.",
+      features=ecg_report_features(),
+      supervised_keys=None,
+      homepage="https://github.com/ecg_contrastive",
     )
 
   def _download_and_prepare(self, *args, **kwargs):
@@ -76,7 +86,10 @@ class SyntheticEcgJa(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    return {split: self._generate_examples(split, n) for split, n in split_sizes(self.builder_config.num_records).items()}
+    return {
+      split: self._generate_examples(split, n)
+      for split, n in split_sizes(self.builder_config.num_records).items()
+    }
 
   def _generate_examples(self, split: str, n_records: int):
     seed, chunks = self.builder_config.seed, range(synth.num_chunks(n_records))
@@ -87,12 +100,22 @@ class SyntheticEcgJa(tfds.core.GeneratorBasedBuilder):
       return
     context = multiprocessing.get_context("spawn")  # never fork a process that may run JAX threads
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-      yield from _examples(pool.map(synth.generate_chunk, *zip(*[(seed, split, n_records, c) for c in chunks])))
+      yield from _examples(
+        pool.map(synth.generate_chunk, *zip(*[(seed, split, n_records, c) for c in chunks]))
+      )
 
 
 def _examples(parts):
   for records in parts:
     for i, record_id in enumerate(records.record_id):
-      yield record_id, {"ecg": records.ecg[i], "report": records.report[i], "labels": records.labels[i],
-                        "primary_label": records.primary_label[i], "record_id": record_id,
-                        "patient_id": records.patient_id[i]}
+      yield (
+        record_id,
+        {
+          "ecg": records.ecg[i],
+          "report": records.report[i],
+          "labels": records.labels[i],
+          "primary_label": records.primary_label[i],
+          "record_id": record_id,
+          "patient_id": records.patient_id[i],
+        },
+      )

@@ -21,8 +21,11 @@ class _NeverRaised(Exception):
 
 
 _PLAIN_TF = types.SimpleNamespace(
-    io=types.SimpleNamespace(gfile=types.SimpleNamespace(GFile=open, exists=os.path.exists, remove=os.remove)),
-    errors=types.SimpleNamespace(ResourceExhaustedError=_NeverRaised))
+  io=types.SimpleNamespace(
+    gfile=types.SimpleNamespace(GFile=open, exists=os.path.exists, remove=os.remove)
+  ),
+  errors=types.SimpleNamespace(ResourceExhaustedError=_NeverRaised),
+)
 
 
 @contextlib.contextmanager

@@ -9,5 +9,7 @@ def worker_count() -> int:
   """Worker processes for generating or reading records: ECG_CONTRASTIVE_WORKERS (default 2)."""
   value = os.environ.get("ECG_CONTRASTIVE_WORKERS", "2")
   if not value.isdigit() or int(value) < 1:
-    raise ValueError(f"ECG_CONTRASTIVE_WORKERS={value!r}: use a positive integer (1 = no worker processes)")
+    raise ValueError(
+      f"ECG_CONTRASTIVE_WORKERS={value!r}: use a positive integer (1 = no worker processes)"
+    )
   return int(value)

@@ -13,7 +13,24 @@ import numpy as np
 # Wave types of the dipole model. P1/P2: right/left atrial; PX: ectopic or retrograde P;
 # Q R S R2 DELTA: conducted QRS (R2 = late terminal forces, DELTA = pre-excitation);
 # ST T1 T2 U: repolarisation; VQ1 VQ2 VT: ventricular ectopic / paced QRS and T; SPIKE: pacing.
-WAVES = ("P1", "P2", "PX", "Q", "R", "S", "R2", "DELTA", "ST", "T1", "T2", "U", "VQ1", "VQ2", "VT", "SPIKE")
+WAVES = (
+  "P1",
+  "P2",
+  "PX",
+  "Q",
+  "R",
+  "S",
+  "R2",
+  "DELTA",
+  "ST",
+  "T1",
+  "T2",
+  "U",
+  "VQ1",
+  "VQ2",
+  "VT",
+  "SPIKE",
+)
 W = {name: i for i, name in enumerate(WAVES)}
 QRS_WAVES = tuple(W[n] for n in ("Q", "R", "S", "R2", "DELTA"))
 QT_SCALED = np.array([n in ("ST", "T1", "T2", "U", "VT") for n in WAVES])  # timing in units of QT
@@ -23,9 +40,9 @@ SINUS_P, ECTOPIC_P = 0, 1
 CONDUCTED, ECTOPIC_V, PACED = 0, 1, 2
 ATRIAL_WAVES = {SINUS_P: (W["P1"], W["P2"]), ECTOPIC_P: (W["PX"],)}
 VENTRICULAR_WAVES = {
-    CONDUCTED: tuple(W[n] for n in ("Q", "R", "S", "R2", "DELTA", "ST", "T1", "T2", "U")),
-    ECTOPIC_V: (W["VQ1"], W["VQ2"], W["VT"]),
-    PACED: (W["SPIKE"], W["VQ1"], W["VQ2"], W["VT"]),
+  CONDUCTED: tuple(W[n] for n in ("Q", "R", "S", "R2", "DELTA", "ST", "T1", "T2", "U")),
+  ECTOPIC_V: (W["VQ1"], W["VQ2"], W["VT"]),
+  PACED: (W["SPIKE"], W["VQ1"], W["VQ2"], W["VT"]),
 }
 
 
@@ -55,13 +72,28 @@ def lead_matrix(vectors: np.ndarray, gains: np.ndarray, rotation: np.ndarray) ->
   """
   theta = np.deg2rad(rotation)[:, None]
   x, z = vectors[..., 0], vectors[..., 2]
-  turned = np.stack([x * np.cos(theta) + z * np.sin(theta), vectors[..., 1], z * np.cos(theta) - x * np.sin(theta)], -1)
-  volts = np.concatenate([np.matmul(vectors, LEAD_VECTORS[:2].T), np.matmul(turned, LEAD_VECTORS[2:].T)], axis=-1)
+  turned = np.stack(
+    [x * np.cos(theta) + z * np.sin(theta), vectors[..., 1], z * np.cos(theta) - x * np.sin(theta)],
+    -1,
+  )
+  volts = np.concatenate(
+    [np.matmul(vectors, LEAD_VECTORS[:2].T), np.matmul(turned, LEAD_VECTORS[2:].T)], axis=-1
+  )
   return volts * gains[:, None, :]
 
 
-def render(n: int, length: int, record: np.ndarray, wave: np.ndarray, center: np.ndarray, sigma: np.ndarray,
-           amplitude: np.ndarray, vectors: np.ndarray, gains: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+def render(
+  n: int,
+  length: int,
+  record: np.ndarray,
+  wave: np.ndarray,
+  center: np.ndarray,
+  sigma: np.ndarray,
+  amplitude: np.ndarray,
+  vectors: np.ndarray,
+  gains: np.ndarray,
+  rotation: np.ndarray,
+) -> np.ndarray:
   """Gaussian wave events -> independent leads (n, length, 8) float32 (I, II, V1..V6), mV.
 
   record, wave: (E,) int, which record and which of WAVES each event is; center, sigma: (E,) in
@@ -72,7 +104,9 @@ def render(n: int, length: int, record: np.ndarray, wave: np.ndarray, center: np
   """
   half = (8 * np.ceil(3.5 * np.asarray(sigma) / 8)).astype(np.int64).clip(min=8)
   inside = (center > -half) & (center < length + half) & (amplitude != 0)
-  record, wave, center, sigma, amplitude, half = (x[inside] for x in (record, wave, center, sigma, amplitude, half))
+  record, wave, center, sigma, amplitude, half = (
+    x[inside] for x in (record, wave, center, sigma, amplitude, half)
+  )
   key = record.astype(np.int64) * len(WAVES) + wave
   channels, channel_of = np.unique(key, return_inverse=True)
   channel_record = channels // len(WAVES)
@@ -85,7 +119,10 @@ def render(n: int, length: int, record: np.ndarray, wave: np.ndarray, center: np
   for h in np.unique(half):
     sel = np.flatnonzero(half == h)
     start = np.rint(center[sel])
-    x = np.arange(-h, h + 1, dtype=np.float32)[None, :] + (start - center[sel]).astype(np.float32)[:, None]
+    x = (
+      np.arange(-h, h + 1, dtype=np.float32)[None, :]
+      + (start - center[sel]).astype(np.float32)[:, None]
+    )
     x *= (np.sqrt(0.5) / sigma[sel]).astype(np.float32)[:, None]
     np.square(x, out=x)
     np.negative(x, out=x)
@@ -95,8 +132,12 @@ def render(n: int, length: int, record: np.ndarray, wave: np.ndarray, center: np
     weight.append(x.ravel())
   if not index:
     return np.zeros((n, length, 8), np.float32)
-  buffer = np.bincount(np.concatenate(index), weights=np.concatenate(weight), minlength=n * slots * padded)
-  buffer = buffer.reshape(n, slots, padded)[:, :, pad:pad + length].astype(np.float32)
+  buffer = np.bincount(
+    np.concatenate(index), weights=np.concatenate(weight), minlength=n * slots * padded
+  )
+  buffer = buffer.reshape(n, slots, padded)[:, :, pad : pad + length].astype(np.float32)
   volts = np.zeros((n, slots, 3))
   volts[channel_record, slot] = vectors[channel_record, channels % len(WAVES)]
-  return np.matmul(buffer.transpose(0, 2, 1), lead_matrix(volts, gains, rotation).astype(np.float32))
+  return np.matmul(
+    buffer.transpose(0, 2, 1), lead_matrix(volts, gains, rotation).astype(np.float32)
+  )

@@ -24,35 +24,65 @@ from importlib import resources
 import numpy as np
 import wfdb
 
-from ecg_contrastive.vocab import terms
 from ecg_contrastive.data.synthetic import synth
 from ecg_contrastive.ecg import signal
-from ecg_contrastive.vocab import term_maps
+from ecg_contrastive.vocab import term_maps, terms
 
 MIMIC_LEADS = ("I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6")
 PTBXL_LEADS = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
 # PTB-XL SCP code written for a synthetic finding: the first code of resources/ptbxl_scp_ja.tsv with that term,
 # except where a plainer code fits the synthetic finding better.
-_SCP_OVERRIDE = {"ST低下": "STD_", "心室ペーシング": "PACE", "2度房室ブロック(ウェンケバッハ型)": "2AVB"}
+_SCP_OVERRIDE = {
+  "ST低下": "STD_",
+  "心室ペーシング": "PACE",
+  "2度房室ブロック(ウェンケバッハ型)": "2AVB",
+}
 # A machine statement (MIMIC-IV-ECG style) per synthetic finding; resources/mimic_statements_ja.tsv maps it back.
 STATEMENT = {
-    "電極付け間違いの疑い": "Arm leads reversed", "心室頻拍": "Ventricular tachycardia", "ST上昇": "Inferior ST elevation",
-    "完全房室ブロック": "Complete heart block", "2度房室ブロック(ウェンケバッハ型)": "2nd degree A-V block, Mobitz I",
-    "上室頻拍": "Supraventricular tachycardia", "心房粗動": "Atrial flutter", "心房細動": "Atrial fibrillation",
-    "心室ペーシング": "Ventricular paced rhythm", "WPW症候群": "Wolff-Parkinson-White pattern", "右胸心": "Dextrocardia",
-    "陳旧性前壁中隔梗塞": "Anteroseptal infarct - age undetermined",
-    "陳旧性下壁梗塞": "Inferior infarct - age undetermined", "完全左脚ブロック": "Left bundle branch block",
-    "完全右脚ブロック": "Right bundle branch block", "テント状T波": "Peaked T waves", "QT延長": "Prolonged QT interval",
-    "左室肥大": "Left ventricular hypertrophy", "右室肥大": "Right ventricular hypertrophy",
-    "ST低下": "Lateral ST depression", "陰性T波": "T wave inversion in anterior leads", "接合部調律": "Junctional rhythm",
-    "心室期外収縮": "Ventricular premature complexes", "心房期外収縮": "Atrial premature complexes",
-    "1度房室ブロック": "1st degree A-V block", "低電位": "Low QRS voltages", "左室高電位": "Voltage criteria for LVH",
-    "右軸偏位": "Right axis deviation", "左軸偏位": "Left axis deviation", "洞性頻脈": "Sinus tachycardia",
-    "洞性徐脈": "Sinus bradycardia", "ストレイン型ST-T変化": "Lateral strain pattern", "異常Q波": "Q waves in inferior leads",
-    "右房負荷": "Right atrial enlargement", "左房負荷": "Left atrial enlargement", "U波増高": "Prominent U waves",
-    "平低T波": "Flat T waves", "時計方向回転": "Clockwise rotation", "反時計方向回転": "Counterclockwise rotation",
-    "正常心電図": "Normal ECG", "洞調律": "Sinus rhythm", "基線の動揺": "Baseline wander", "筋電図混入": "Muscle artifact",
-    "交流障害": "60 Hz interference",
+  "電極付け間違いの疑い": "Arm leads reversed",
+  "心室頻拍": "Ventricular tachycardia",
+  "ST上昇": "Inferior ST elevation",
+  "完全房室ブロック": "Complete heart block",
+  "2度房室ブロック(ウェンケバッハ型)": "2nd degree A-V block, Mobitz I",
+  "上室頻拍": "Supraventricular tachycardia",
+  "心房粗動": "Atrial flutter",
+  "心房細動": "Atrial fibrillation",
+  "心室ペーシング": "Ventricular paced rhythm",
+  "WPW症候群": "Wolff-Parkinson-White pattern",
+  "右胸心": "Dextrocardia",
+  "陳旧性前壁中隔梗塞": "Anteroseptal infarct - age undetermined",
+  "陳旧性下壁梗塞": "Inferior infarct - age undetermined",
+  "完全左脚ブロック": "Left bundle branch block",
+  "完全右脚ブロック": "Right bundle branch block",
+  "テント状T波": "Peaked T waves",
+  "QT延長": "Prolonged QT interval",
+  "左室肥大": "Left ventricular hypertrophy",
+  "右室肥大": "Right ventricular hypertrophy",
+  "ST低下": "Lateral ST depression",
+  "陰性T波": "T wave inversion in anterior leads",
+  "接合部調律": "Junctional rhythm",
+  "心室期外収縮": "Ventricular premature complexes",
+  "心房期外収縮": "Atrial premature complexes",
+  "1度房室ブロック": "1st degree A-V block",
+  "低電位": "Low QRS voltages",
+  "左室高電位": "Voltage criteria for LVH",
+  "右軸偏位": "Right axis deviation",
+  "左軸偏位": "Left axis deviation",
+  "洞性頻脈": "Sinus tachycardia",
+  "洞性徐脈": "Sinus bradycardia",
+  "ストレイン型ST-T変化": "Lateral strain pattern",
+  "異常Q波": "Q waves in inferior leads",
+  "右房負荷": "Right atrial enlargement",
+  "左房負荷": "Left atrial enlargement",
+  "U波増高": "Prominent U waves",
+  "平低T波": "Flat T waves",
+  "時計方向回転": "Clockwise rotation",
+  "反時計方向回転": "Counterclockwise rotation",
+  "正常心電図": "Normal ECG",
+  "洞調律": "Sinus rhythm",
+  "基線の動揺": "Baseline wander",
+  "筋電図混入": "Muscle artifact",
+  "交流障害": "60 Hz interference",
 }
 UNKNOWN_STATEMENT = "Nonspecific QRS abnormality"  # maps to no term: counted as unmapped
 
@@ -60,12 +90,17 @@ UNKNOWN_STATEMENT = "Nonspecific QRS abnormality"  # maps to no term: counted as
 @dataclasses.dataclass
 class FakeFolder:
   """What was written. ecg: record_id -> int16 (5000, 12) uV in signal.LEADS order, as generated."""
+
   root: str
   ecg: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-  findings: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # synthetic findings per record
+  findings: dict[str, list[str]] = dataclasses.field(
+    default_factory=dict
+  )  # synthetic findings per record
   patient: dict[str, str] = dataclasses.field(default_factory=dict)
-  bad: dict[str, str] = dataclasses.field(default_factory=dict)             # record_id -> what is broken
-  suspected: dict[str, set[str]] = dataclasses.field(default_factory=dict)  # terms written as possible
+  bad: dict[str, str] = dataclasses.field(default_factory=dict)  # record_id -> what is broken
+  suspected: dict[str, set[str]] = dataclasses.field(
+    default_factory=dict
+  )  # terms written as possible
 
 
 def _scp_code_of() -> dict[str, str]:
@@ -75,13 +110,24 @@ def _scp_code_of() -> dict[str, str]:
   return {**first, **_SCP_OVERRIDE}
 
 
-def _write_wfdb(folder: str, name: str, ecg_uv: np.ndarray, leads: tuple[str, ...], gain: float, fs: int = 500):
+def _write_wfdb(
+  folder: str, name: str, ecg_uv: np.ndarray, leads: tuple[str, ...], gain: float, fs: int = 500
+):
   """uV (T, 12) in signal.LEADS order -> WFDB format 16 with channels `leads` (any spelling); NaN -> WFDB's gap."""
   os.makedirs(folder, exist_ok=True)
   order = [signal.LEADS.index(signal.canonical_lead(lead)) for lead in leads]
   mv = ecg_uv[:, order].astype(np.float64) / 1000.0
-  wfdb.wrsamp(name, fs=fs, units=["mV"] * len(leads), sig_name=list(leads), p_signal=mv, fmt=["16"] * len(leads),
-              adc_gain=[gain] * len(leads), baseline=[0] * len(leads), write_dir=folder)
+  wfdb.wrsamp(
+    name,
+    fs=fs,
+    units=["mV"] * len(leads),
+    sig_name=list(leads),
+    p_signal=mv,
+    fmt=["16"] * len(leads),
+    adc_gain=[gain] * len(leads),
+    baseline=[0] * len(leads),
+    write_dir=folder,
+  )
 
 
 def _generate(out_dir: str, n_records: int, seed: int) -> tuple[FakeFolder, synth.Records]:
@@ -116,37 +162,142 @@ def write_ptbxl(out_dir: str, n_records: int = 60, seed: int = 0) -> FakeFolder:
       codes.setdefault("ABQRS", 0.0)
       fake.bad[record_id] = "no mapped code"
     folder = f"{ecg_id // 1000 * 1000:05d}"
-    _write_wfdb(os.path.join(out_dir, "records500", folder), f"{record_id}_hr", records.ecg[i], PTBXL_LEADS, 1000.0)
-    _write_wfdb(os.path.join(out_dir, "records100", folder), f"{record_id}_lr",
-                np.rint(signal.resample(records.ecg[i].astype(np.float64), 500, 100)).astype(np.int16),
-                PTBXL_LEADS, 1000.0, fs=100)
+    _write_wfdb(
+      os.path.join(out_dir, "records500", folder),
+      f"{record_id}_hr",
+      records.ecg[i],
+      PTBXL_LEADS,
+      1000.0,
+    )
+    _write_wfdb(
+      os.path.join(out_dir, "records100", folder),
+      f"{record_id}_lr",
+      np.rint(signal.resample(records.ecg[i].astype(np.float64), 500, 100)).astype(np.int16),
+      PTBXL_LEADS,
+      1000.0,
+      fs=100,
+    )
     report = ". ".join(en[t] for t in labels) + "."
-    rows.append([ecg_id, f"{patient}.0", 50 + i % 40, i % 2, "", "", 0, 0, "CS-12   E", "1990-01-01 00:00:00", report,
-                 repr(codes), "", "", "", "", "False", "False", "True", "", "", "", "", "", "", patient % 10 + 1,
-                 f"records100/{folder}/{record_id}_lr", f"records500/{folder}/{record_id}_hr"])
-    fake.ecg[record_id], fake.findings[record_id], fake.patient[record_id] = records.ecg[i], labels, str(patient)
+    rows.append(
+      [
+        ecg_id,
+        f"{patient}.0",
+        50 + i % 40,
+        i % 2,
+        "",
+        "",
+        0,
+        0,
+        "CS-12   E",
+        "1990-01-01 00:00:00",
+        report,
+        repr(codes),
+        "",
+        "",
+        "",
+        "",
+        "False",
+        "False",
+        "True",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        patient % 10 + 1,
+        f"records100/{folder}/{record_id}_lr",
+        f"records500/{folder}/{record_id}_hr",
+      ]
+    )
+    fake.ecg[record_id], fake.findings[record_id], fake.patient[record_id] = (
+      records.ecg[i],
+      labels,
+      str(patient),
+    )
   good = [r for r in fake.ecg if r not in fake.bad]
-  rows[int(good[4]) - 1][1], fake.bad[good[4]] = "n/a", "unreadable patient_id"  # a corrupt cell, not a crash
-  _write_csv(os.path.join(out_dir, "ptbxl_database.csv"),
-             ["ecg_id", "patient_id", "age", "sex", "height", "weight", "nurse", "site", "device", "recording_date",
-              "report", "scp_codes", "heart_axis", "infarction_stadium1", "infarction_stadium2", "validated_by",
-              "second_opinion", "initial_autogenerated_report", "validated_by_human", "baseline_drift", "static_noise",
-              "burst_noise", "electrodes_problems", "extra_beats", "pacemaker", "strat_fold", "filename_lr",
-              "filename_hr"], rows)
+  rows[int(good[4]) - 1][1], fake.bad[good[4]] = (
+    "n/a",
+    "unreadable patient_id",
+  )  # a corrupt cell, not a crash
+  _write_csv(
+    os.path.join(out_dir, "ptbxl_database.csv"),
+    [
+      "ecg_id",
+      "patient_id",
+      "age",
+      "sex",
+      "height",
+      "weight",
+      "nurse",
+      "site",
+      "device",
+      "recording_date",
+      "report",
+      "scp_codes",
+      "heart_axis",
+      "infarction_stadium1",
+      "infarction_stadium2",
+      "validated_by",
+      "second_opinion",
+      "initial_autogenerated_report",
+      "validated_by_human",
+      "baseline_drift",
+      "static_noise",
+      "burst_noise",
+      "electrodes_problems",
+      "extra_beats",
+      "pacemaker",
+      "strat_fold",
+      "filename_lr",
+      "filename_hr",
+    ],
+    rows,
+  )
   _write_scp_statements(os.path.join(out_dir, "scp_statements.csv"))
-  _break(os.path.join(out_dir, "records500", "00000", f"{good[2]}_hr.dat"), "missing .dat", fake, good[2])
-  _break(os.path.join(out_dir, "records500", "00000", f"{good[3]}_hr.dat"), "truncated .dat", fake, good[3])
+  _break(
+    os.path.join(out_dir, "records500", "00000", f"{good[2]}_hr.dat"), "missing .dat", fake, good[2]
+  )
+  _break(
+    os.path.join(out_dir, "records500", "00000", f"{good[3]}_hr.dat"),
+    "truncated .dat",
+    fake,
+    good[3],
+  )
   return fake
 
 
 def _write_scp_statements(path: str) -> None:
   """scp_statements.csv with the codes of resources/ptbxl_scp_ja.tsv (the 71 codes of PTB-XL)."""
-  lines = resources.files("ecg_contrastive").joinpath("resources/ptbxl_scp_ja.tsv").read_text("utf-8").splitlines()[1:]
-  rows = [[code, description, "", "", "", "", "", "", description, "", "", "", ""]
-          for code, _, description in (l.split("\t") for l in lines if l.strip())]
-  _write_csv(path, ["", "description", "diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass",
-                    "Statement Category", "SCP-ECG Statement Description", "AHA code", "aECG REFID", "CDISC Code",
-                    "DICOM Code"], rows)
+  lines = (
+    resources.files("ecg_contrastive")
+    .joinpath("resources/ptbxl_scp_ja.tsv")
+    .read_text("utf-8")
+    .splitlines()[1:]
+  )
+  rows = [
+    [code, description, "", "", "", "", "", "", description, "", "", "", ""]
+    for code, _, description in (l.split("\t") for l in lines if l.strip())
+  ]
+  _write_csv(
+    path,
+    [
+      "",
+      "description",
+      "diagnostic",
+      "form",
+      "rhythm",
+      "diagnostic_class",
+      "diagnostic_subclass",
+      "Statement Category",
+      "SCP-ECG Statement Description",
+      "AHA code",
+      "aECG REFID",
+      "CDISC Code",
+      "DICOM Code",
+    ],
+    rows,
+  )
 
 
 def _break(path: str, how: str, fake: FakeFolder, record_id: str) -> None:
@@ -159,7 +310,17 @@ def _break(path: str, how: str, fake: FakeFolder, record_id: str) -> None:
   fake.bad[record_id] = how
 
 
-SUSPECTABLE = frozenset({"左室肥大", "右室肥大", "陳旧性前壁中隔梗塞", "陳旧性下壁梗塞", "左房負荷", "右房負荷", "WPW症候群"})
+SUSPECTABLE = frozenset(
+  {
+    "左室肥大",
+    "右室肥大",
+    "陳旧性前壁中隔梗塞",
+    "陳旧性下壁梗塞",
+    "左房負荷",
+    "右房負荷",
+    "WPW症候群",
+  }
+)
 
 
 def write_mimic_iv_ecg(out_dir: str, n_records: int = 60, seed: int = 0) -> FakeFolder:
@@ -182,28 +343,74 @@ def write_mimic_iv_ecg(out_dir: str, n_records: int = 60, seed: int = 0) -> Fake
     if rng.random() < 0.3:
       statements.append("Unconfirmed")  # boilerplate: no term, not counted
     time = f"2180-{1 + i % 12:02d}-{1 + i % 28:02d} 08:{i % 60:02d}:00"
-    _write_wfdb(os.path.join(out_dir, os.path.dirname(path)), record_id, records.ecg[i], MIMIC_LEADS, 200.0)
+    _write_wfdb(
+      os.path.join(out_dir, os.path.dirname(path)), record_id, records.ecg[i], MIMIC_LEADS, 200.0
+    )
     listed.append([subject, study, record_id, time, path])
-    measured.append([subject, study, 6848296 + i % 7, time] + statements + [""] * (18 - len(statements))
-                    + ["0.005-150 Hz", "60 Hz notch  Baseline filter", 800 + i, 40, 150, 180, 270, 600, 60, 45, 50])
+    measured.append(
+      [subject, study, 6848296 + i % 7, time]
+      + statements
+      + [""] * (18 - len(statements))
+      + [
+        "0.005-150 Hz",
+        "60 Hz notch  Baseline filter",
+        800 + i,
+        40,
+        150,
+        180,
+        270,
+        600,
+        60,
+        45,
+        50,
+      ]
+    )
     fake.ecg[record_id], fake.findings[record_id] = records.ecg[i], records.labels[i]
     fake.patient[record_id], fake.suspected[record_id] = str(subject), suspected
   good = list(fake.ecg)
-  _break(os.path.join(out_dir, os.path.dirname(listed[2][4])), "missing record folder", fake, good[2])
-  _write_wfdb(os.path.join(out_dir, os.path.dirname(listed[3][4])), good[3], records.ecg[3], MIMIC_LEADS[:8], 200.0)
+  _break(
+    os.path.join(out_dir, os.path.dirname(listed[2][4])), "missing record folder", fake, good[2]
+  )
+  _write_wfdb(
+    os.path.join(out_dir, os.path.dirname(listed[3][4])),
+    good[3],
+    records.ecg[3],
+    MIMIC_LEADS[:8],
+    200.0,
+  )
   fake.bad[good[3]] = "8 leads"
   gap = records.ecg[4].astype(np.float64)
   gap[1000:1200, 7] = np.nan
-  _write_wfdb(os.path.join(out_dir, os.path.dirname(listed[4][4])), good[4], gap, MIMIC_LEADS, 200.0)
+  _write_wfdb(
+    os.path.join(out_dir, os.path.dirname(listed[4][4])), good[4], gap, MIMIC_LEADS, 200.0
+  )
   fake.bad[good[4]] = "NaN samples"
   del measured[5]
   fake.bad[good[5]] = "no machine_measurements row"
-  _write_csv(os.path.join(out_dir, "record_list.csv"), ["subject_id", "study_id", "file_name", "ecg_time", "path"],
-             listed)
-  _write_csv(os.path.join(out_dir, "machine_measurements.csv"),
-             ["subject_id", "study_id", "cart_id", "ecg_time"] + [f"report_{k}" for k in range(18)]
-             + ["bandwidth", "filtering", "rr_interval", "p_onset", "p_end", "qrs_onset", "qrs_end", "t_end", "p_axis",
-                "qrs_axis", "t_axis"], measured)
+  _write_csv(
+    os.path.join(out_dir, "record_list.csv"),
+    ["subject_id", "study_id", "file_name", "ecg_time", "path"],
+    listed,
+  )
+  _write_csv(
+    os.path.join(out_dir, "machine_measurements.csv"),
+    ["subject_id", "study_id", "cart_id", "ecg_time"]
+    + [f"report_{k}" for k in range(18)]
+    + [
+      "bandwidth",
+      "filtering",
+      "rr_interval",
+      "p_onset",
+      "p_end",
+      "qrs_onset",
+      "qrs_end",
+      "t_end",
+      "p_axis",
+      "qrs_axis",
+      "t_axis",
+    ],
+    measured,
+  )
   return fake
 
 
@@ -225,16 +432,27 @@ def write_manifest(out_dir: str, n_records: int = 30, seed: int = 0) -> FakeFold
       np.save(os.path.join(out_dir, path), npy)
     record_id = name if i % 5 else ""  # empty: the builder uses the path without its extension
     key = record_id or os.path.splitext(path)[0]
-    split = ("train", "validation", "test")[int(patient[1:]) % 3] if int(patient[1:]) % 2 == 0 else ""
-    labels = ";".join(records.labels[i] + ["院内コード123"]) if i % 3 == 0 else ""  # else: the terms in the report
+    split = (
+      ("train", "validation", "test")[int(patient[1:]) % 3] if int(patient[1:]) % 2 == 0 else ""
+    )
+    labels = (
+      ";".join(records.labels[i] + ["院内コード123"]) if i % 3 == 0 else ""
+    )  # else: the terms in the report
     rows.append([record_id, patient, path, records.report[i], split, labels, fs, units])
-    fake.ecg[key], fake.findings[key], fake.patient[key] = records.ecg[i], records.labels[i], patient
+    fake.ecg[key], fake.findings[key], fake.patient[key] = (
+      records.ecg[i],
+      records.labels[i],
+      patient,
+    )
     if i == 3:
       fake.bad[key] = "NaN samples"
     elif i == 4:
       _break(os.path.join(out_dir, "records", f"{name}.dat"), "missing .dat", fake, key)
-  _write_csv(os.path.join(out_dir, "manifest.csv"),
-             ["record_id", "patient_id", "path", "report", "split", "labels", "fs", "units"], rows)
+  _write_csv(
+    os.path.join(out_dir, "manifest.csv"),
+    ["record_id", "patient_id", "path", "report", "split", "labels", "fs", "units"],
+    rows,
+  )
   return fake
 
 

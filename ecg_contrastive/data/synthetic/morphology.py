@@ -24,18 +24,19 @@ CHEST_PROFILE = np.array([1.6, 2.2, 2.2, 2.0, 1.6, 1.35])  # V2-V4 sit closest t
 @dataclasses.dataclass
 class Heart:
   """Morphology of n records; every array has leading dimension n."""
-  axis: np.ndarray         # (n,) frontal angle of the main R vector, degrees
-  r_z: np.ndarray          # (n,) anterior component of the R vector (sets the precordial transition)
-  qtc: np.ndarray          # (n,) corrected QT, ms
-  offset: np.ndarray       # (n, K) wave centres: ms after the P / QRS onset, or fraction of QT
-  sigma: np.ndarray        # (n, K) wave widths (Gaussian sd), same units as offset
-  vector: np.ndarray       # (n, K, 3) dipole vector of each wave, mV
-  atrial: np.ndarray       # (n, 3) dipole of continuous atrial activity (fibrillation / flutter), mV
-  limb_gain: np.ndarray    # (n,) gain of I and II
-  chest_gain: np.ndarray   # (n, 6) gains of V1..V6
-  rotation: np.ndarray     # (n,) degrees about the long axis, clockwise positive (dipole.lead_matrix)
-  voltage: np.ndarray      # (n,) target voltage class: NORMAL, LOW or HIGH
-  peak: np.ndarray         # (n, K) target peak |voltage| of a wave on the 12 leads, mV (NaN: no target)
+
+  axis: np.ndarray  # (n,) frontal angle of the main R vector, degrees
+  r_z: np.ndarray  # (n,) anterior component of the R vector (sets the precordial transition)
+  qtc: np.ndarray  # (n,) corrected QT, ms
+  offset: np.ndarray  # (n, K) wave centres: ms after the P / QRS onset, or fraction of QT
+  sigma: np.ndarray  # (n, K) wave widths (Gaussian sd), same units as offset
+  vector: np.ndarray  # (n, K, 3) dipole vector of each wave, mV
+  atrial: np.ndarray  # (n, 3) dipole of continuous atrial activity (fibrillation / flutter), mV
+  limb_gain: np.ndarray  # (n,) gain of I and II
+  chest_gain: np.ndarray  # (n, 6) gains of V1..V6
+  rotation: np.ndarray  # (n,) degrees about the long axis, clockwise positive (dipole.lead_matrix)
+  voltage: np.ndarray  # (n,) target voltage class: NORMAL, LOW or HIGH
+  peak: np.ndarray  # (n, K) target peak |voltage| of a wave on the 12 leads, mV (NaN: no target)
   arms_swapped: np.ndarray  # (n,) bool: left/right arm electrodes exchanged
 
   def __len__(self) -> int:
@@ -45,13 +46,26 @@ class Heart:
 def draw_patients(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
   """Stable per-patient traits (n patients): axis, transition, wave sizes, PR, QTc, base rate, gains."""
   u = rng.uniform
-  return dict(axis=u(5, 75, n), r_z=u(-0.55, -0.32, n), r_mag=u(1.0, 1.6, n), q_mag=u(0.1, 0.22, n),
-              s_mag=u(0.25, 0.5, n), width=u(0.92, 1.1, n), t_ratio=u(0.2, 0.3, n), t_z=u(0.15, 0.4, n),
-              p_mag=u(0.09, 0.14, n), pr=u(135, 185, n), qtc=u(385, 435, n), hr=u(60, 88, n),
-              chest_gain=CHEST_PROFILE * u(0.88, 1.12, (n, 6)))
+  return dict(
+    axis=u(5, 75, n),
+    r_z=u(-0.55, -0.32, n),
+    r_mag=u(1.0, 1.6, n),
+    q_mag=u(0.1, 0.22, n),
+    s_mag=u(0.25, 0.5, n),
+    width=u(0.92, 1.1, n),
+    t_ratio=u(0.2, 0.3, n),
+    t_z=u(0.15, 0.4, n),
+    p_mag=u(0.09, 0.14, n),
+    pr=u(135, 185, n),
+    qtc=u(385, 435, n),
+    hr=u(60, 88, n),
+    chest_gain=CHEST_PROFILE * u(0.88, 1.12, (n, 6)),
+  )
 
 
-def normal_hearts(rng: np.random.Generator, patients: dict[str, np.ndarray], patient_of: np.ndarray) -> Heart:
+def normal_hearts(
+  rng: np.random.Generator, patients: dict[str, np.ndarray], patient_of: np.ndarray
+) -> Heart:
   """A normal sinus heart for each record, from its patient's traits plus day-to-day jitter."""
   p = {k: v[patient_of] for k, v in patients.items()}
   n = len(patient_of)
@@ -62,16 +76,29 @@ def normal_hearts(rng: np.random.Generator, patients: dict[str, np.ndarray], pat
   vector = np.zeros((n, K, 3))
   for name, off, sd in (("P1", 30, 13), ("P2", 58, 15), ("PX", 40, 16)):
     offset[:, W[name]], sigma[:, W[name]] = off, sd
-  for name, off, sd in (("Q", 12, 6), ("R", 40, 10), ("S", 66, 9), ("R2", 100, 18), ("DELTA", 25, 16)):
+  for name, off, sd in (
+    ("Q", 12, 6),
+    ("R", 40, 10),
+    ("S", 66, 9),
+    ("R2", 100, 18),
+    ("DELTA", 25, 16),
+  ):
     offset[:, W[name]], sigma[:, W[name]] = off * w, sd * w
-  for name, off, sd in (("ST", 0.40, 0.13), ("T1", 0.60, 0.12), ("T2", 0.75, 0.11), ("U", 1.12, 0.08),
-                        ("VT", 0.80, 0.13)):
+  for name, off, sd in (
+    ("ST", 0.40, 0.13),
+    ("T1", 0.60, 0.12),
+    ("T2", 0.75, 0.11),
+    ("U", 1.12, 0.08),
+    ("VT", 0.80, 0.13),
+  ):
     offset[:, W[name]], sigma[:, W[name]] = off, sd
   for name, off, sd in (("VQ1", 45, 24), ("VQ2", 108, 26), ("SPIKE", 0, 1.4)):
     offset[:, W[name]], sigma[:, W[name]] = off, sd
   vector[:, W["P1"]] = frontal(rng.uniform(60, 80, n), 0.45) * p["p_mag"][:, None]
   vector[:, W["P2"]] = frontal(rng.uniform(10, 35, n), -0.5) * (0.8 * p["p_mag"])[:, None]
-  vector[:, W["PX"]] = frontal(rng.uniform(-100, -60, n), rng.uniform(-0.3, 0.4, n)) * p["p_mag"][:, None]
+  vector[:, W["PX"]] = (
+    frontal(rng.uniform(-100, -60, n), rng.uniform(-0.3, 0.4, n)) * p["p_mag"][:, None]
+  )
   vector[:, W["Q"]] = frontal(axis + 150, 0.6) * p["q_mag"][:, None]
   vector[:, W["R"]] = frontal(axis, p["r_z"]) * p["r_mag"][:, None]
   vector[:, W["S"]] = frontal(axis + rng.uniform(150, 210, n), -0.55) * p["s_mag"][:, None]
@@ -80,11 +107,21 @@ def normal_hearts(rng: np.random.Generator, patients: dict[str, np.ndarray], pat
   vector[:, W["T1"]] = t_dir * (0.35 * t_mag)[:, None]
   vector[:, W["T2"]] = t_dir * (0.8 * t_mag)[:, None]
   vector[:, W["U"]] = t_dir * (0.06 * t_mag)[:, None]
-  return Heart(axis=axis, r_z=p["r_z"] + rng.normal(0, 0.03, n), qtc=p["qtc"] + rng.normal(0, 8, n),
-               offset=offset, sigma=sigma, vector=vector, atrial=np.zeros((n, 3)),
-               limb_gain=rng.uniform(0.85, 1.15, n), chest_gain=p["chest_gain"] * rng.uniform(0.95, 1.05, (n, 6)),
-               rotation=rng.uniform(-8, 8, n), voltage=np.zeros(n, int), peak=np.full((n, K), np.nan),
-               arms_swapped=np.zeros(n, bool))
+  return Heart(
+    axis=axis,
+    r_z=p["r_z"] + rng.normal(0, 0.03, n),
+    qtc=p["qtc"] + rng.normal(0, 8, n),
+    offset=offset,
+    sigma=sigma,
+    vector=vector,
+    atrial=np.zeros((n, 3)),
+    limb_gain=rng.uniform(0.85, 1.15, n),
+    chest_gain=p["chest_gain"] * rng.uniform(0.95, 1.05, (n, 6)),
+    rotation=rng.uniform(-8, 8, n),
+    voltage=np.zeros(n, int),
+    peak=np.full((n, K), np.nan),
+    arms_swapped=np.zeros(n, bool),
+  )
 
 
 def dominant_qrs(heart: Heart, ventricular: np.ndarray, length: int = 300) -> np.ndarray:
@@ -95,13 +132,29 @@ def dominant_qrs(heart: Heart, ventricular: np.ndarray, length: int = 300) -> np
   n = len(heart)
   conducted = np.array(dipole.QRS_WAVES)
   ectopic = np.array([W["VQ1"], W["VQ2"]])
-  rec = np.concatenate([np.repeat(np.flatnonzero(~ventricular), len(conducted)),
-                        np.repeat(np.flatnonzero(ventricular), len(ectopic))])
-  wave = np.concatenate([np.tile(conducted, (~ventricular).sum()), np.tile(ectopic, ventricular.sum())])
+  rec = np.concatenate(
+    [
+      np.repeat(np.flatnonzero(~ventricular), len(conducted)),
+      np.repeat(np.flatnonzero(ventricular), len(ectopic)),
+    ]
+  )
+  wave = np.concatenate(
+    [np.tile(conducted, (~ventricular).sum()), np.tile(ectopic, ventricular.sum())]
+  )
   centre = 50 + heart.offset[rec, wave] / MS_PER_SAMPLE
   sigma = heart.sigma[rec, wave] / MS_PER_SAMPLE
-  leads = dipole.render(n, length, rec, wave, centre, sigma, np.ones(len(rec)), heart.vector, gains(heart),
-                        heart.rotation)
+  leads = dipole.render(
+    n,
+    length,
+    rec,
+    wave,
+    centre,
+    sigma,
+    np.ones(len(rec)),
+    heart.vector,
+    gains(heart),
+    heart.rotation,
+  )
   return from_independent(leads)
 
 
@@ -120,19 +173,23 @@ def calibrate_voltage(rng: np.random.Generator, heart: Heart, ventricular: np.nd
   Then every wave with a heart.peak target is scaled to reach it on its largest lead.
   """
   qrs = dominant_qrs(heart, ventricular)
-  ptp = qrs.max(axis=1) - qrs.min(axis=1)                   # (n, 12)
+  ptp = qrs.max(axis=1) - qrs.min(axis=1)  # (n, 12)
   limb, chest = ptp[:, :6].max(axis=1), ptp[:, 6:].max(axis=1)
   sokolow = np.maximum(-qrs[:, :, 6].min(axis=1), 0) + np.maximum(qrs[:, :, 10].max(axis=1), 0)
   n = len(heart)
   low, high = heart.voltage == LOW, heart.voltage == HIGH
   limb_target = np.where(low, rng.uniform(0.28, 0.45, n), rng.uniform(0.8, 1.7, n))
-  chest_scale = np.where(low, rng.uniform(0.55, 0.9, n) / chest, rng.uniform(1.7, 3.0, n) / np.maximum(sokolow, chest))
+  chest_scale = np.where(
+    low, rng.uniform(0.55, 0.9, n) / chest, rng.uniform(1.7, 3.0, n) / np.maximum(sokolow, chest)
+  )
   heart.limb_gain = heart.limb_gain * limb_target / limb
   heart.chest_gain = heart.chest_gain * chest_scale[:, None]
   grow = np.where(high, rng.uniform(4.2, 6.0, n) / np.maximum(sokolow * chest_scale, 1e-3), 1.0)
   heart.vector[:, list(dipole.QRS_WAVES)] *= grow[:, None, None]
   for wave in np.flatnonzero(np.isfinite(heart.peak).any(axis=0)):
     rows = np.flatnonzero(np.isfinite(heart.peak[:, wave]))
-    volts = dipole.lead_matrix(heart.vector[rows, wave][:, None], gains(heart)[rows], heart.rotation[rows])[:, 0]
+    volts = dipole.lead_matrix(
+      heart.vector[rows, wave][:, None], gains(heart)[rows], heart.rotation[rows]
+    )[:, 0]
     peak = np.abs(from_independent(volts)).max(axis=-1)
     heart.vector[rows, wave] *= (heart.peak[rows, wave] / np.maximum(peak, 1e-9))[:, None]

@@ -31,7 +31,9 @@ def _emg_pool(rng: np.random.Generator) -> np.ndarray:
   """(L, 8) unit-rms broadband muscle noise (white, lightly smoothed) in bursts."""
   white = rng.standard_normal((_POOL_LEN + 1, 8), dtype=np.float32)
   noise = white[1:] + white[:-1]
-  noise *= (0.6 + 0.4 * np.sin(2 * np.pi * np.arange(_POOL_LEN)[:, None] / rng.uniform(800, 2500, 8))).astype(np.float32)
+  noise *= (
+    0.6 + 0.4 * np.sin(2 * np.pi * np.arange(_POOL_LEN)[:, None] / rng.uniform(800, 2500, 8))
+  ).astype(np.float32)
   return noise / noise.std(axis=0)
 
 
@@ -40,8 +42,15 @@ def make_pools(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
   return _wander_pool(rng), _emg_pool(rng)
 
 
-def add_noise(rng: np.random.Generator, leads: np.ndarray, pools: tuple[np.ndarray, np.ndarray],
-              wander_mv: np.ndarray, emg_mv: np.ndarray, mains_mv: np.ndarray, mains_hz: np.ndarray) -> None:
+def add_noise(
+  rng: np.random.Generator,
+  leads: np.ndarray,
+  pools: tuple[np.ndarray, np.ndarray],
+  wander_mv: np.ndarray,
+  emg_mv: np.ndarray,
+  mains_mv: np.ndarray,
+  mains_hz: np.ndarray,
+) -> None:
   """Adds noise in place to independent leads (n, T, 8) mV. Amplitudes (n,): wander ~ peak, EMG and mains rms."""
   n, length, _ = leads.shape
   wander, emg = pools
@@ -50,13 +59,15 @@ def add_noise(rng: np.random.Generator, leads: np.ndarray, pools: tuple[np.ndarr
   scale[1] *= emg_mv[:, None]
   starts = rng.integers(0, _POOL_LEN - length, (2, n))
   for i in range(n):
-    leads[i] += wander[starts[0, i]:starts[0, i] + length] * scale[0, i]
-    leads[i] += emg[starts[1, i]:starts[1, i] + length] * scale[1, i]
+    leads[i] += wander[starts[0, i] : starts[0, i] + length] * scale[0, i]
+    leads[i] += emg[starts[1, i] : starts[1, i] + length] * scale[1, i]
   t = np.arange(length) / SAMPLE_RATE
   phase = rng.uniform(0, 2 * np.pi, (n, 8))
   coef = np.stack([np.cos(phase), np.sin(phase)], axis=1) * (mains_mv * np.sqrt(2))[:, None, None]
   coef *= rng.uniform(0.5, 1.5, (n, 1, 8))
   for hz in np.unique(mains_hz):
     sel = np.flatnonzero(mains_hz == hz)
-    basis = np.stack([np.sin(2 * np.pi * hz * t), np.cos(2 * np.pi * hz * t)], axis=1).astype(np.float32)
+    basis = np.stack([np.sin(2 * np.pi * hz * t), np.cos(2 * np.pi * hz * t)], axis=1).astype(
+      np.float32
+    )
     leads[sel] += np.matmul(basis[None], coef[sel].astype(np.float32))

@@ -16,13 +16,15 @@ class Plan:
   (morphology.Heart), the rhythm (rhythm.Rhythm), noise amplitudes (n,) and, per record, the leads
   where a finding shows (`where`, for the report)."""
 
-  def __init__(self, heart: Heart, rhythm: rh.Rhythm, labels: list[list[str]], rng: np.random.Generator):
+  def __init__(
+    self, heart: Heart, rhythm: rh.Rhythm, labels: list[list[str]], rng: np.random.Generator
+  ):
     n = len(heart)
     self.heart, self.rhythm, self.labels = heart, rhythm, labels
-    self.wander = rng.uniform(0.02, 0.12, n)             # mV
-    self.emg = rng.uniform(0.003, 0.012, n)              # mV rms
-    self.mains = rng.uniform(0.0, 0.01, n)               # mV rms
-    self.mains_hz = rng.choice([50.0, 60.0], n)          # eastern / western Japan
+    self.wander = rng.uniform(0.02, 0.12, n)  # mV
+    self.emg = rng.uniform(0.003, 0.012, n)  # mV rms
+    self.mains = rng.uniform(0.0, 0.01, n)  # mV rms
+    self.mains_hz = rng.choice([50.0, 60.0], n)  # eastern / western Japan
     self.where: list[dict[str, str]] = [{} for _ in range(n)]
 
 
@@ -60,27 +62,32 @@ def reorient(h: Heart, idx: np.ndarray, turn: np.ndarray | float = 0.0) -> None:
 
 def rhythm_kind(kind: int, lo: float, hi: float) -> Effect:
   """Sets the records' rhythm to `kind` at a rate drawn in [lo, hi) per minute."""
+
   def effect(rng, idx, plan):
     plan.rhythm.kind[idx] = kind
     plan.rhythm.rate[idx] = rng.uniform(lo, hi, len(idx))
+
   return effect
 
 
 def where(text: str, finding: str) -> Effect:
   """Records the leads (`text`, e.g. "II, III, aVF") where `finding` shows, for the report."""
+
   def effect(rng, idx, plan):
     for i in idx:
       plan.where[i][finding] = text
+
   return effect
 
 
 def draw(path: str, lo: float, hi: float) -> Effect:
   """Draws plan.<path> (e.g. 'rhythm.pr', 'emg') uniformly in [lo, hi) for the records."""
+
   def effect(rng, idx, plan):
     *owners, attr = path.split(".")
     obj = plan
     for owner in owners:
       obj = getattr(obj, owner)
     getattr(obj, attr)[idx] = rng.uniform(lo, hi, len(idx))
-  return effect
 
+  return effect

@@ -20,34 +20,47 @@ SINUS, AF, FLUTTER, JUNCTIONAL, SVT, VT, PACED_RHYTHM, CAVB, WENCKEBACH = range(
 @dataclasses.dataclass
 class Rhythm:
   """Rhythm parameters of n records (all arrays (n,))."""
-  kind: np.ndarray           # SINUS, AF, ...
-  rate: np.ndarray           # bpm: sinus / atrial rate; ventricular rate for AF, JUNCTIONAL, SVT, VT
-  pr: np.ndarray             # ms, P onset to QRS onset (first beat of a Wenckebach group)
-  pac: np.ndarray            # number of atrial premature beats
-  pvc: np.ndarray            # number of ventricular premature beats
-  escape_rate: np.ndarray    # bpm, CAVB escape rhythm
-  escape_wide: np.ndarray    # bool, CAVB escape is ventricular (wide)
-  flutter_rate: np.ndarray   # per minute
+
+  kind: np.ndarray  # SINUS, AF, ...
+  rate: np.ndarray  # bpm: sinus / atrial rate; ventricular rate for AF, JUNCTIONAL, SVT, VT
+  pr: np.ndarray  # ms, P onset to QRS onset (first beat of a Wenckebach group)
+  pac: np.ndarray  # number of atrial premature beats
+  pvc: np.ndarray  # number of ventricular premature beats
+  escape_rate: np.ndarray  # bpm, CAVB escape rhythm
+  escape_wide: np.ndarray  # bool, CAVB escape is ventricular (wide)
+  flutter_rate: np.ndarray  # per minute
   flutter_ratio: np.ndarray  # 2, 4 or 0 (variable) F waves per QRS
-  group: np.ndarray          # Wenckebach group size (P waves per dropped beat)
+  group: np.ndarray  # Wenckebach group size (P waves per dropped beat)
 
   @classmethod
-  def sinus(cls, rate: np.ndarray, pr: np.ndarray) -> "Rhythm":
+  def sinus(cls, rate: np.ndarray, pr: np.ndarray) -> Rhythm:
     n = len(rate)
     z = np.zeros(n, int)
-    return cls(kind=z.copy(), rate=rate.astype(float), pr=pr.astype(float), pac=z.copy(), pvc=z.copy(),
-               escape_rate=np.full(n, 40.0), escape_wide=np.zeros(n, bool), flutter_rate=np.full(n, 300.0),
-               flutter_ratio=np.full(n, 2), group=np.full(n, 4))
+    return cls(
+      kind=z.copy(),
+      rate=rate.astype(float),
+      pr=pr.astype(float),
+      pac=z.copy(),
+      pvc=z.copy(),
+      escape_rate=np.full(n, 40.0),
+      escape_wide=np.zeros(n, bool),
+      flutter_rate=np.full(n, 300.0),
+      flutter_ratio=np.full(n, 2),
+      group=np.full(n, 4),
+    )
 
 
 @dataclasses.dataclass
 class Beats:
   """One record's schedule. Atrial events fire P waves, ventricular events fire QRS-T complexes."""
-  atrial_t: np.ndarray       # (A,) ms, P onset
-  atrial_kind: np.ndarray    # (A,) SINUS_P | ECTOPIC_P
-  vent_t: np.ndarray         # (V,) ms, QRS onset
-  vent_kind: np.ndarray      # (V,) CONDUCTED | ECTOPIC_V | PACED
-  flutter: tuple[float, float] | None = None  # (period ms, time of one F-wave nadir) for atrial flutter
+
+  atrial_t: np.ndarray  # (A,) ms, P onset
+  atrial_kind: np.ndarray  # (A,) SINUS_P | ECTOPIC_P
+  vent_t: np.ndarray  # (V,) ms, QRS onset
+  vent_kind: np.ndarray  # (V,) CONDUCTED | ECTOPIC_V | PACED
+  flutter: tuple[float, float] | None = (
+    None  # (period ms, time of one F-wave nadir) for atrial flutter
+  )
 
 
 def _regular(rng: np.random.Generator, rate: float, variability: float) -> np.ndarray:
@@ -56,7 +69,9 @@ def _regular(rng: np.random.Generator, rate: float, variability: float) -> np.nd
   n = int((T_END - T_START) / (rr * (1 - variability) * 0.99)) + 2
   approx = np.arange(n) * rr
   breath = rng.uniform(3000, 5000)
-  intervals = rr * (1 + variability * np.sin(2 * np.pi * approx / breath + rng.uniform(0, 2 * np.pi)))
+  intervals = rr * (
+    1 + variability * np.sin(2 * np.pi * approx / breath + rng.uniform(0, 2 * np.pi))
+  )
   intervals *= 1 + rng.normal(0, 0.005, n)
   times = T_START + rng.uniform(0, rr) + np.concatenate([[0.0], np.cumsum(intervals[:-1])])
   return times[times < T_END]
@@ -82,7 +97,7 @@ def _sinus(rng, r: Rhythm, i: int) -> Beats:
   for k in _pick(rng, q, int(r.pac[i])):  # premature with an abnormal P; resets the sinus node
     rr = q[k] - q[k - 1]
     p[k:] += q[k - 1] + rng.uniform(0.6, 0.72) * rr - q[k]
-    p[k + 1:] += rr * rng.uniform(0.02, 0.1)
+    p[k + 1 :] += rr * rng.uniform(0.02, 0.1)
     a_kind[k] = ECTOPIC_P
   q = p + r.pr[i]
   return _with_pvcs(rng, r, i, Beats(p, a_kind, q, np.full(len(q), CONDUCTED)))
@@ -118,7 +133,9 @@ def _flutter(rng, r: Rhythm, i: int) -> Beats:
   q = f[conducted[conducted < len(f)]] + rng.uniform(220, 280)
   q = q[q < T_END]
   empty = np.zeros(0)
-  return Beats(empty, empty.astype(int), q, np.full(len(q), CONDUCTED), flutter=(period, float(f[0])))
+  return Beats(
+    empty, empty.astype(int), q, np.full(len(q), CONDUCTED), flutter=(period, float(f[0]))
+  )
 
 
 def _junctional(rng, r: Rhythm, i: int) -> Beats:
@@ -146,7 +163,7 @@ def _wenckebach(rng, r: Rhythm, i: int) -> Beats:
   p = _regular(rng, r.rate[i], 0.01)
   g = int(r.group[i])
   position = (np.arange(len(p)) + int(rng.integers(0, g))) % g
-  pr = r.pr[i] + 2 * rng.uniform(90, 140) * (1 - 0.5 ** position)
+  pr = r.pr[i] + 2 * rng.uniform(90, 140) * (1 - 0.5**position)
   keep = position < g - 1
   return Beats(p, np.full(len(p), SINUS_P), (p + pr)[keep], np.full(int(keep.sum()), CONDUCTED))
 
@@ -157,8 +174,17 @@ def _paced(rng, r: Rhythm, i: int) -> Beats:
   return Beats(p, np.full(len(p), SINUS_P), p + r.pr[i], np.full(len(p), PACED))
 
 
-_SCHEDULES = {SINUS: _sinus, AF: _fibrillation, FLUTTER: _flutter, JUNCTIONAL: _junctional, SVT: _junctional,
-              VT: _dissociated, CAVB: _dissociated, WENCKEBACH: _wenckebach, PACED_RHYTHM: _paced}
+_SCHEDULES = {
+  SINUS: _sinus,
+  AF: _fibrillation,
+  FLUTTER: _flutter,
+  JUNCTIONAL: _junctional,
+  SVT: _junctional,
+  VT: _dissociated,
+  CAVB: _dissociated,
+  WENCKEBACH: _wenckebach,
+  PACED_RHYTHM: _paced,
+}
 
 
 def schedule(rng: np.random.Generator, rhythm: Rhythm, i: int) -> Beats:

@@ -12,8 +12,9 @@ from ecg_contrastive.data.synthetic.plan import Effect, rhythm_kind, unit
 
 def fibrillation(rng, idx, plan):
   rhythm_kind(rh.AF, 70, 130)(rng, idx, plan)
-  plan.heart.atrial[idx] = frontal(rng.uniform(60, 100, len(idx)), rng.uniform(0.5, 0.7, len(idx))) \
-      * rng.uniform(0.04, 0.1, (len(idx), 1))
+  plan.heart.atrial[idx] = frontal(
+    rng.uniform(60, 100, len(idx)), rng.uniform(0.5, 0.7, len(idx))
+  ) * rng.uniform(0.04, 0.1, (len(idx), 1))
 
 
 def flutter(rng, idx, plan):
@@ -21,17 +22,23 @@ def flutter(rng, idx, plan):
   r.kind[idx] = rh.FLUTTER
   r.flutter_rate[idx] = rng.uniform(260, 320, m)
   r.flutter_ratio[idx] = rng.choice([2, 4, 0], m, p=[0.45, 0.35, 0.2])
-  plan.heart.atrial[idx] = frontal(rng.uniform(80, 100, m), rng.uniform(-0.1, 0.3, m)) * rng.uniform(0.15, 0.3, (m, 1))
+  plan.heart.atrial[idx] = frontal(
+    rng.uniform(80, 100, m), rng.uniform(-0.1, 0.3, m)
+  ) * rng.uniform(0.15, 0.3, (m, 1))
 
 
 def junctional(rng, idx, plan):
   rhythm_kind(rh.JUNCTIONAL, 40, 58)(rng, idx, plan)
-  plan.heart.vector[idx, W["PX"]] = frontal(rng.uniform(-100, -75, len(idx)), 0.0) * rng.uniform(0.08, 0.14, (len(idx), 1))
+  plan.heart.vector[idx, W["PX"]] = frontal(rng.uniform(-100, -75, len(idx)), 0.0) * rng.uniform(
+    0.08, 0.14, (len(idx), 1)
+  )
 
 
 def svt(rng, idx, plan):
   rhythm_kind(rh.SVT, 160, 210)(rng, idx, plan)
-  plan.heart.vector[idx, W["PX"]] = frontal(np.full(len(idx), -90.0), 0.0) * rng.uniform(0.03, 0.06, (len(idx), 1))
+  plan.heart.vector[idx, W["PX"]] = frontal(np.full(len(idx), -90.0), 0.0) * rng.uniform(
+    0.03, 0.06, (len(idx), 1)
+  )
 
 
 def ectopic_focus(rng, idx, plan):
@@ -48,7 +55,9 @@ def paced(rng, idx, plan):
   plan.rhythm.kind[idx] = rh.PACED_RHYTHM
   plan.rhythm.rate[idx] = rng.uniform(60, 85, m)
   plan.rhythm.pr[idx] = rng.uniform(140, 170, m)  # AV delay
-  h.vector[idx, W["SPIKE"]] = frontal(rng.uniform(-120, -60, m), rng.uniform(-0.3, 0.3, m)) * rng.uniform(2, 4, (m, 1))
+  h.vector[idx, W["SPIKE"]] = frontal(
+    rng.uniform(-120, -60, m), rng.uniform(-0.3, 0.3, m)
+  ) * rng.uniform(2, 4, (m, 1))
   q1 = frontal(rng.uniform(-75, -45, m), rng.uniform(-0.7, -0.5, m)) * rng.uniform(1.0, 1.5, (m, 1))
   q2 = frontal(rng.uniform(-40, -10, m), rng.uniform(-0.8, -0.6, m)) * rng.uniform(0.6, 1.0, (m, 1))
   h.vector[idx, W["VQ1"]], h.vector[idx, W["VQ2"]] = q1, q2
@@ -70,7 +79,8 @@ def wenckebach(rng, idx, plan):
 
 def premature_beats(attr: str) -> Effect:
   """Premature beats per 10 s: 2-4, so one strip shows the pattern (and its pause) more than once."""
+
   def effect(rng, idx, plan):
     getattr(plan.rhythm, attr)[idx] = rng.choice([2, 3, 4], len(idx), p=[0.4, 0.4, 0.2])
-  return effect
 
+  return effect

@@ -17,22 +17,31 @@ def axis(lo: float, hi: float) -> Effect:
     turn = -plan.heart.axis[idx]
     plan.heart.axis[idx] = rng.uniform(lo, hi, len(idx))
     reorient(plan.heart, idx, turn + plan.heart.axis[idx])
+
   return effect
 
 
 def rotation(sign: float) -> Effect:
   """Clockwise (+) / counterclockwise (-) rotation: the precordial transition moves to V5-V6 / V1-V2."""
+
   def effect(rng, idx, plan):
     plan.heart.rotation[idx] = sign * rng.uniform(28, 40, len(idx))
+
   return effect
 
 
 def rbbb(rng, idx, plan):
   h, m = plan.heart, len(idx)
-  h.vector[idx, W["R2"]] = frontal(rng.uniform(165, 195, m), rng.uniform(0.7, 0.85, m)) * rng.uniform(0.45, 0.75, (m, 1))
+  h.vector[idx, W["R2"]] = frontal(
+    rng.uniform(165, 195, m), rng.uniform(0.7, 0.85, m)
+  ) * rng.uniform(0.45, 0.75, (m, 1))
   t = h.vector[idx, W["T2"]]
-  set_t(h, idx, unit(t * [1.0, 1.0, 0.0] + np.linalg.norm(t, axis=1, keepdims=True) * [0, 0, -0.5]),
-         np.linalg.norm(t, axis=1) / 0.8)
+  set_t(
+    h,
+    idx,
+    unit(t * [1.0, 1.0, 0.0] + np.linalg.norm(t, axis=1, keepdims=True) * [0, 0, -0.5]),
+    np.linalg.norm(t, axis=1) / 0.8,
+  )
 
 
 def lbbb(rng, idx, plan):
@@ -63,12 +72,15 @@ def wpw(rng, idx, plan):
   h.vector[idx, W["T2"]] = h.vector[idx, W["T2"]] * 0.3 - 0.2 * delta
 
 
-def q_wave(direction: Callable[[np.random.Generator, int], np.ndarray], text: str, finding: str) -> Effect:
+def q_wave(
+  direction: Callable[[np.random.Generator, int], np.ndarray], text: str, finding: str
+) -> Effect:
   def effect(rng, idx, plan):
     h, m = plan.heart, len(idx)
     h.vector[idx, W["Q"]] = direction(rng, m) * rng.uniform(0.35, 0.6, (m, 1))
     h.offset[idx, W["Q"]], h.sigma[idx, W["Q"]] = 18, 12
     where(text, finding)(rng, idx, plan)
+
   return effect
 
 
@@ -105,7 +117,9 @@ def rvh(rng, idx, plan):
   h.axis[idx] = rng.uniform(110, 150, m)
   h.r_z[idx] = rng.uniform(0.35, 0.6, m)
   reorient(h, idx, turn + h.axis[idx])
-  set_t(h, idx, frontal(rng.uniform(20, 60, m), rng.uniform(-0.6, -0.45, m)), rng.uniform(0.2, 0.35, m))
+  set_t(
+    h, idx, frontal(rng.uniform(20, 60, m), rng.uniform(-0.6, -0.45, m)), rng.uniform(0.2, 0.35, m)
+  )
 
 
 def atrial_overload(right: bool) -> Effect:
@@ -113,10 +127,13 @@ def atrial_overload(right: bool) -> Effect:
     h, m = plan.heart, len(idx)
     if right:  # tall peaked P >= 0.25 mV in II
       h.vector[idx, W["P1"]] = unit(h.vector[idx, W["P1"]]) * rng.uniform(0.3, 0.38, (m, 1))
-    else:      # broad notched P >= 120 ms, deep terminal negative P in V1
-      h.vector[idx, W["P2"]] = frontal(rng.uniform(10, 35, m), -0.7) * rng.uniform(0.16, 0.22, (m, 1))
+    else:  # broad notched P >= 120 ms, deep terminal negative P in V1
+      h.vector[idx, W["P2"]] = frontal(rng.uniform(10, 35, m), -0.7) * rng.uniform(
+        0.16, 0.22, (m, 1)
+      )
       h.offset[idx, W["P2"]] += 22
       h.sigma[idx, W["P2"]] += 4
+
   return effect
 
 
@@ -124,15 +141,20 @@ def st_elevation(rng, idx, plan):
   """Injury current towards the inferior or anterior wall, hyperacute T; with 異常Q波 a Q wave too."""
   h, m = plan.heart, len(idx)
   is_inferior = rng.random(m) < 0.5
-  direction = np.where(is_inferior[:, None], frontal(rng.uniform(80, 110, m), rng.uniform(-0.1, 0.1, m)),
-                       unit(np.stack([rng.uniform(0.1, 0.4, m), np.zeros(m), np.ones(m)], axis=1)))
+  direction = np.where(
+    is_inferior[:, None],
+    frontal(rng.uniform(80, 110, m), rng.uniform(-0.1, 0.1, m)),
+    unit(np.stack([rng.uniform(0.1, 0.4, m), np.zeros(m), np.ones(m)], axis=1)),
+  )
   h.vector[idx, W["ST"]] = direction
   h.peak[idx, W["ST"]] = rng.uniform(0.2, 0.5, m)  # mV on the most elevated lead
   h.vector[idx, W["T2"]] += direction * rng.uniform(0.15, 0.3, (m, 1))
   for j, i in enumerate(idx):
     plan.where[i]["ST上昇"] = "II, III, aVF" if is_inferior[j] else "V1-V4"
   with_q = np.array(["異常Q波" in plan.labels[i] for i in idx])
-  q = np.where(is_inferior[:, None], inferior(rng, m), posterior(rng, m)) * rng.uniform(0.3, 0.5, (m, 1))
+  q = np.where(is_inferior[:, None], inferior(rng, m), posterior(rng, m)) * rng.uniform(
+    0.3, 0.5, (m, 1)
+  )
   h.vector[idx[with_q], W["Q"]] = q[with_q]
   h.offset[idx[with_q], W["Q"]], h.sigma[idx[with_q], W["Q"]] = 18, 12
 
@@ -149,9 +171,11 @@ def negative_t(rng, idx, plan):
   """Inverted T: inferior beside an old inferior infarct, else anterior (V1-V4) or lateral."""
   h, m = plan.heart, len(idx)
   territory = np.where([plan.where[i].get("陳旧性下壁梗塞") for i in idx], 2, rng.integers(0, 2, m))
-  directions = (frontal(np.clip(h.axis[idx], 10, 60), rng.uniform(-0.85, -0.7, m)),
-                frontal(rng.uniform(160, 210, m), rng.uniform(-0.3, 0.1, m)),
-                frontal(rng.uniform(-80, -50, m), rng.uniform(-0.1, 0.2, m)))
+  directions = (
+    frontal(np.clip(h.axis[idx], 10, 60), rng.uniform(-0.85, -0.7, m)),
+    frontal(rng.uniform(160, 210, m), rng.uniform(-0.3, 0.1, m)),
+    frontal(rng.uniform(-80, -50, m), rng.uniform(-0.1, 0.2, m)),
+  )
   direction = np.choose(territory[:, None], directions)
   set_t(h, idx, direction, rng.uniform(0.25, 0.5, m))
   for j, i in enumerate(idx):
@@ -168,19 +192,24 @@ def peaked_t(rng, idx, plan):
 
 def scale_t(lo: float, hi: float, u_to_r: tuple[float, float] | None = None) -> Effect:
   """Flat T (scale T down) and, with u_to_r, a prominent U wave sized relative to R."""
+
   def effect(rng, idx, plan):
     h, m = plan.heart, len(idx)
     scale = rng.uniform(lo, hi, (m, 1))
     h.vector[idx, W["T1"]] *= scale
     h.vector[idx, W["T2"]] *= scale
     if u_to_r:
-      h.vector[idx, W["U"]] = unit(h.vector[idx, W["T2"]]) * mag(h, idx, "R") * rng.uniform(*u_to_r, (m, 1))
+      h.vector[idx, W["U"]] = (
+        unit(h.vector[idx, W["T2"]]) * mag(h, idx, "R") * rng.uniform(*u_to_r, (m, 1))
+      )
+
   return effect
 
 
 def voltage(cls: int) -> Effect:
   def effect(rng, idx, plan):
     plan.heart.voltage[idx] = cls
+
   return effect
 
 
@@ -194,4 +223,3 @@ def dextrocardia(rng, idx, plan):
 
 def arms_swapped(rng, idx, plan):
   plan.heart.arms_swapped[idx] = True
-
