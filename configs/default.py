@@ -48,8 +48,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.learn_temperature = False
   c.text_head_trainable = True
   c.loss = dict(
-    name="softmax", duplicate_reports_positive=True
-  )  # name: "softmax" (InfoNCE) | "sigmoid" (SigLIP)
+    name="softmax", duplicate_reports_positive=True, tile=0, ring=False
+  )  # name: "softmax" (InfoNCE) | "sigmoid" (SigLIP); tile T > 0: (T, T) logit tiles, same results in
+  # O(B x E + T x T) memory per device (0: dense (b, B) blocks); ring: columns travel by ppermute (O(B/n x E))
 
   c.batch_size = 256
   c.microbatches = (

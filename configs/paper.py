@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.dtype = "bfloat16"
   c.learn_temperature = False
   c.loss.duplicate_reports_positive = False  # plain InfoNCE, as in the paper
+  c.loss.tile = 4096  # (4096, 4096) logit tiles: large batches fit (BENCHMARKS.md, tiled loss)
   c.batch_size = 256
   c.eval_batch_size = 1024
   c.num_epochs = 50

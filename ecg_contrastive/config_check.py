@@ -92,6 +92,12 @@ RULES = (
   Rule("train.temperature", float, lambda v: 0 < v < 1, "a number in (0, 1), the paper uses 0.07"),
   Rule("train.dtype", str, _choice(DTYPES), f"one of {DTYPES}"),
   Rule("loss.name", str, _choice(LOSSES), f"one of {LOSSES}"),
+  Rule(
+    "loss.tile",
+    int,
+    lambda v: v >= 0,
+    "an integer >= 0 (0: dense loss; T: (T, T) logit tiles, any T), e.g. 4096",
+  ),
   Rule("text.pooling", str, _choice(POOLINGS), f"one of {POOLINGS}"),
   Rule("text.dtype", str, _choice(DTYPES), f"one of {DTYPES}"),
   Rule(

@@ -18,6 +18,7 @@ from ecg_contrastive.losses import sigmoid_loss, softmax_loss
 from ecg_contrastive.models import two_tower
 from ecg_contrastive.models.two_tower import TwoTower
 from ecg_contrastive.sharding import DATA_AXIS, data_sharding, replicated
+from ecg_contrastive.tiled_losses import tiled_sigmoid_loss, tiled_softmax_loss
 
 
 def ecg_millivolts(ecg: jax.Array) -> jax.Array:
@@ -83,8 +84,19 @@ def init_state(config, model: TwoTower, tx, text_dim: int, mesh) -> dict:
 
 
 def make_loss(config, mesh):
-  """(z_ecg, z_txt, scale, bias, report_rows) -> (loss, accuracy), the config's loss across the mesh."""
+  """(z_ecg, z_txt, scale, bias, report_rows) -> (loss, accuracy), the config's loss across the mesh: dense
+  (losses.py) with config.loss.tile 0, else tiled (tiled_losses.py; config.loss.ring: no all-gather)."""
   ids = (lambda rows: rows) if config.loss.duplicate_reports_positive else (lambda rows: None)
+  tile = config.loss.get("tile", 0)  # 0: the dense (b, B) blocks; T > 0: (T, T) tiles, same results
+  if tile:
+    ring = bool(config.loss.get("ring", False))
+    if config.loss.name == "sigmoid":
+      return lambda e, t, scale, bias, rows: tiled_sigmoid_loss(
+        e, t, scale, bias, mesh, ids(rows), tile=tile, ring=ring
+      )
+    return lambda e, t, scale, bias, rows: tiled_softmax_loss(
+      e, t, scale, mesh, ids(rows), tile=tile, ring=ring
+    )
   if config.loss.name == "sigmoid":
     return lambda e, t, scale, bias, rows: sigmoid_loss(e, t, scale, bias, mesh, ids(rows))
   return lambda e, t, scale, bias, rows: softmax_loss(e, t, scale, mesh, ids(rows))

@@ -155,3 +155,45 @@ def test_more_microbatches_change_only_batchnorm_statistics(two_microbatches):
   old = np.asarray(state["batch_stats"]["ecg"]["stem_bn"]["var"])
   new = np.asarray(new_state["batch_stats"]["ecg"]["stem_bn"]["var"])
   assert np.all(np.isfinite(new)) and np.all(np.abs(new - 0.9 * old) < 0.1 * np.max(new))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
+def test_cached_gradient_with_tiled_loss_equals_dense(loss):
+  """config.loss.tile > 0 (all-gather and ring) inside gradient caching: the dense loss's loss and gradients."""
+  config, mesh, model, tx, schedule, state, batch, table = _setup(2, loss)
+
+  def cached(config):
+    fn = lambda state, batch, table: step_lib._cached_gradients(
+      model,
+      step_lib.make_loss(config, mesh),
+      state,
+      batch["ecg"],
+      table[batch["report_row"]],
+      batch["report_row"],
+      2,
+      mesh,
+    )
+    loss, (acc, _, _), grads = jax.jit(fn)(state, batch, table)
+    return loss, acc, grads
+
+  ref_loss, ref_acc, ref_grads = cached(config)
+  flat_ref = dict(jax.tree_util.tree_leaves_with_path(ref_grads))
+  for tile, ring in (
+    (5, False),
+    (3, True),
+  ):  # 5 and 3 divide neither the 4 rows per device nor the 32 columns
+    tiled = config.copy_and_resolve_references()
+    tiled.loss.tile, tiled.loss.ring = tile, ring
+    got_loss, got_acc, grads = cached(tiled)
+    assert abs(float(got_loss) - float(ref_loss)) <= 1e-5 * abs(float(ref_loss))
+    assert float(got_acc) == float(ref_acc)
+    for path, got in jax.tree_util.tree_leaves_with_path(grads):
+      want = np.asarray(flat_ref[path])
+      np.testing.assert_allclose(
+        np.asarray(got),
+        want,
+        atol=1e-5 * np.max(np.abs(want)) + 1e-12,
+        rtol=1e-4,
+        err_msg=f"tile {tile}, ring {ring}: {jax.tree_util.keystr(path)}",
+      )

@@ -57,7 +57,7 @@ LAYERS = (
   Rule("ecg", ("ecg", "ecg.*"), ("errors",)),
   Rule("vocab", ("vocab", "vocab.*"), ("errors",)),
   Rule("models", ("models", "models.*"), ("errors",)),
-  Rule("losses", ("losses",), ("sharding",)),
+  Rule("losses", ("losses", "tiled_losses"), ("sharding",)),
   Rule("text", ("text", "text.*"), ("errors", "paths", "sharding", "models", "vocab")),
   # data: the simulator and the int16 cache import nothing else of data; the TFDS builders may use both; the
   # pipeline and the batch iterator sit on top of all three.
