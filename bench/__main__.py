@@ -4,6 +4,7 @@ its table last and writes PREFIX.json + PREFIX.csv; results and how to reproduce
   python -m bench step --model paper --batch-sizes 256,1024 --torch eager,compile
   python -m bench pipeline --model paper --batch-size 1024 --dataset synthetic_ecg_ja/demo
   python -m bench memory --cpu-devices 8 --batch-sizes 256,512,1024,2048,4096
+  python -m bench memory --cpu-devices 8 --tiles 4096 --batch-sizes 16384,65536,1048576 --time-batch 4096
   python -m bench show bench_out/step.json bench_out/pipeline.json
 
   step      the project's training step (ECG/s, step time, TFLOP/s, peak memory) against the PyTorch
@@ -12,7 +13,8 @@ its table last and writes PREFIX.json + PREFIX.csv; results and how to reproduce
   pipeline  the same step fed by the project's input pipeline (int16 on the wire), next to the
             step on device-resident batches at the same batch size
   memory    per-device memory of the contrastive loss across the mesh against global batch size,
-            next to a naive full-batch (B x B) loss
+            next to a naive full-batch (B x B) loss; with --tiles, the dense loss against the
+            tiled one (all-gather and ring): plans per device and value+grad time
   show      print the tables of earlier results files again (and issue 6's targets when a step
             file is among them)
 CPU smoke run: `step --model tiny --batch-sizes 8 --torch eager --windows 2 --steps 2`. One GPU run of
@@ -151,6 +153,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     default=0,
     help="on CPU, run with this many virtual devices (sets XLA_FLAGS before JAX starts)",
   )
+  p.add_argument(
+    "--tiles",
+    type=_ints,
+    default=[],
+    help="tile sizes T: compare the dense loss with the tiled one (all-gather and ring) at each batch size, "
+    "e.g. --tiles 4096 --batch-sizes 16384,65536,1048576 --time-batch 4096",
+  )
+  p.add_argument(
+    "--time-batch",
+    type=int,
+    default=0,
+    help="with --tiles: also time value+grad of each at this batch",
+  )
+  p.add_argument(
+    "--dense-max-batch",
+    type=int,
+    default=2**20,
+    help="with --tiles: compile the dense loss only up to this batch (its plan grows as B^2 / n; compiling "
+    "is quick: XLA plans 2.5 TiB per device at 2^20 without allocating it)",
+  )
   p.add_argument("--out", default="bench_out/memory", help="writes OUT.json and OUT.csv")
 
   p = sub.add_parser("show", help="print the tables of results files (PREFIX.json) again")
@@ -235,6 +257,11 @@ def _pipeline(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict
 def _memory(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
   from bench import loss_memory
 
+  if args.tiles:
+    rows = loss_memory.tiled_rows(
+      args.batch_sizes, args.embed_dim, args.tiles, args.time_batch, args.dense_max_batch
+    )
+    return rows, loss_memory.TILED_COLUMNS
   return loss_memory.run(args.batch_sizes, args.embed_dim), loss_memory.COLUMNS
 
 

@@ -1,5 +1,9 @@
 """`memory`: per-device memory of the contrastive loss (forward + backward) against global batch size.
 
+With --tiles, instead: the dense loss against the tiled one (tiled_losses.py, all-gather and ring) for each tile
+T, XLA's plan per device at each batch size (compiled, not run), and the time of value-and-gradient of each at
+one batch size (run). See `tiled_rows`.
+
 The project's loss (losses.softmax_loss) keeps on each of n devices only its b = B / n rows
 against all B columns: (b, B) logit blocks, O(b x B) per device. The naive loss materialises the
 full (B, B) logits on one device. Both are compiled (not run) for every B, and XLA's buffer
@@ -9,11 +13,13 @@ per device: the peak that program needs on the device, exact for the compiled pr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import SingleDeviceSharding
 
 from bench.results import Column
@@ -21,6 +27,7 @@ from bench.xla_stats import compiled_bytes_per_device
 from ecg_contrastive.losses import softmax_loss
 from ecg_contrastive.models.two_tower import l2_normalize
 from ecg_contrastive.sharding import data_sharding, make_mesh, replicated
+from ecg_contrastive.tiled_losses import tiled_softmax_loss
 
 SCALE = 1.0 / 0.07
 MIB = 2**20
@@ -94,3 +101,112 @@ def run(batch_sizes: Sequence[int], embed_dim: int) -> list[dict[str, Any]]:
   """One row per global batch size, over all devices of the default mesh."""
   mesh = make_mesh()
   return [memory_row(batch, embed_dim, mesh) for batch in sorted(batch_sizes)]
+
+
+TILED_COLUMNS: list[Column] = [
+  ("impl", "loss", "s"),
+  ("batch", "global batch B", "d"),
+  ("per_device", "b = B/n", "d"),
+  ("embeddings_mib", "B x E f32 MiB", ".1f"),
+  ("plan_mib", "plan MiB/device", ".1f"),
+  ("temp_mib", "temp MiB/device", ".1f"),
+  ("ms", "value+grad ms", ".1f"),
+  ("note", "note", "s"),
+]
+
+
+def _impls(tiles: Sequence[int], mesh):
+  """(name, loss(e, t, scale)) for the dense loss and, per tile, the tiled loss by all-gather and by ring."""
+  impls = [("dense (b x B blocks)", lambda e, t, s: softmax_loss(e, t, s, mesh)[0])]
+  for tile in tiles:
+    for ring in (False, True):
+      name = f"tiled T={tile}" + (", ring" if ring else ", all-gather")
+      impls.append(
+        (
+          name,
+          lambda e, t, s, tile=tile, ring=ring: tiled_softmax_loss(
+            e, t, s, mesh, tile=tile, ring=ring
+          )[0],
+        )
+      )
+  return impls
+
+
+def _value_and_grad(loss):
+  return jax.jit(
+    jax.value_and_grad(lambda e, t, s: loss(l2_normalize(e), l2_normalize(t), s), argnums=(0, 1))
+  )
+
+
+def tiled_rows(
+  batch_sizes: Sequence[int],
+  embed_dim: int,
+  tiles: Sequence[int],
+  time_batch: int = 0,
+  dense_max_batch: int = 2**20,
+  repeats: int = 5,
+) -> list[dict[str, Any]]:
+  """Dense against tiled softmax loss: XLA's per-device plan of value-and-gradient (compiled, not run) at each
+  batch size (the dense one only up to dense_max_batch: beyond, its row says why not), then, at time_batch
+  (0: none), the median wall time of `repeats` runs of each after a warm-up run."""
+  mesh = make_mesh()
+  n = mesh.devices.size
+  scale = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated(mesh))
+  rows = []
+  for batch in sorted(batch_sizes):
+    spec = jax.ShapeDtypeStruct((batch, embed_dim), jnp.float32, sharding=data_sharding(mesh))
+    for name, loss in _impls(tiles, mesh):
+      row = {
+        "impl": name,
+        "batch": batch,
+        "devices": n,
+        "per_device": batch // n,
+        "embed_dim": embed_dim,
+        "embeddings_mib": batch * embed_dim * 4 / MIB,
+      }
+      if name.startswith("dense") and batch > dense_max_batch:
+        gib = (batch // n) * batch * 4 / 2**30
+        row["note"] = (
+          f"not compiled: (b, B) f32 logit blocks of {gib:,.0f} GiB each (--dense-max-batch)"
+        )
+      else:
+        start = time.perf_counter()
+        compiled = _value_and_grad(loss).lower(spec, spec, scale).compile()
+        row["plan_mib"] = compiled_bytes_per_device(compiled) / MIB
+        row["temp_mib"] = compiled.memory_analysis().temp_size_in_bytes / MIB
+        row["note"] = f"compiled in {time.perf_counter() - start:.0f} s"
+      rows.append(row)
+  if time_batch:
+    rows += _timing_rows(time_batch, embed_dim, tiles, mesh, repeats)
+  return rows
+
+
+def _timing_rows(batch: int, embed_dim: int, tiles, mesh, repeats: int) -> list[dict[str, Any]]:
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  e, t = (
+    jax.device_put(jax.random.normal(k, (batch, embed_dim), jnp.float32), data_sharding(mesh))
+    for k in keys
+  )
+  scale = jax.device_put(jnp.float32(SCALE), replicated(mesh))
+  rows = []
+  for name, loss in _impls(tiles, mesh):
+    fn = _value_and_grad(loss)
+    jax.block_until_ready(fn(e, t, scale))  # compile and warm up
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(fn(e, t, scale))
+      times.append(time.perf_counter() - start)
+    rows.append(
+      {
+        "impl": name,
+        "batch": batch,
+        "devices": mesh.devices.size,
+        "per_device": batch // mesh.devices.size,
+        "embed_dim": embed_dim,
+        "embeddings_mib": batch * embed_dim * 4 / MIB,
+        "ms": 1e3 * float(np.median(times)),
+        "note": f"run: median of {repeats}",
+      }
+    )
+  return rows

@@ -511,3 +511,21 @@ ENTRY %main {
   elementwise = s["by_category"]["elementwise fusion (BN apply, ReLU, residual, optimizer)"]
   assert elementwise["gb_per_s"] == pytest.approx(rates["loop_convert_fusion_25"])
   assert "1,001 GB/s" in trace_summary.format_summary(s)
+
+
+def test_memory_command_with_tiles_compares_dense_and_tiled_loss(tmp_path):
+  prefix = str(tmp_path / "tiled")
+  argv = ["memory", "--tiles", "8", "--batch-sizes", "32,64", "--embed-dim", "8"]
+  assert main(argv + ["--dense-max-batch", "32", "--time-batch", "16", "--out", prefix]) == 0
+  rows = load(prefix)["rows"]
+  impls = ["dense (b x B blocks)", "tiled T=8, all-gather", "tiled T=8, ring"]
+  assert [(r["impl"], r["batch"]) for r in rows] == [
+    (impl, batch) for batch in (32, 64, 16) for impl in impls
+  ]
+  plans, timed = rows[:6], rows[6:]
+  for row in plans:
+    if row["impl"].startswith("dense") and row["batch"] == 64:  # above --dense-max-batch
+      assert "plan_mib" not in row and row["note"].startswith("not compiled")
+    else:
+      assert positive(row["plan_mib"]) and row["plan_mib"] >= row["temp_mib"]
+  assert all(positive(r["ms"]) for r in timed)
