@@ -122,39 +122,48 @@ def _fold_block(kind, tile, state, rows, cols, scale, bias, row_ids, col_ids, co
   return jax.lax.map(one_row_chunk, (rows_c, rid_c, state))
 
 
-def _grad_block(kind, tile, rows, cols, scale, bias, row_ids, col_ids, lse, inv_cnt, row_valid, g):
-  """Gradients of g x (the loss over one column block) w.r.t. rows (nr, tr, E), cols (Bc, E), scale, bias."""
+def _grad_block(kind, tile, rows, cols, scale, bias, col_ids, lse, inv_cnt, row_valid, g, acc):
+  """Adds the gradients of g x (the loss over one column block (Bc, E)) to acc = (d rows (nr, tr, E), d cols
+  (Bc, E), d scale, d bias). The accumulators are loop carries updated in place: no stacked copies."""
   rows_c, rid_c = rows
   tc = min(tile, cols.shape[0])
   c_t, cid_t, cval_t = _chunks(cols, tc), _chunks(col_ids, tc), _valid(cols.shape[0], tc)
+  nc = c_t.shape[0]
+  pad = nc * tc - cols.shape[0]
+  drows, dcols, dscale, dbias = acc
+  dcols = jnp.concatenate([dcols, _full((pad, cols.shape[1]), 0.0)]) if pad else dcols
 
-  def col_step(carry, col_tile):
-    drows, dscale, dbias = carry
-    c, cid, cval = col_tile
+  def row_step(carry, i):
+    drows, dcols, dscale, dbias = carry
+    r, rid, lse_r, inv_r, rval = rows_c[i], rid_c[i], lse[i], inv_cnt[i], row_valid[i]
 
-    def row_step(acc, row_chunk):
-      dc, dscale, dbias = acc
-      r, rid, lse_r, inv_r, rval = row_chunk
+    def col_step(carry, j):
+      dr, dcols, dscale, dbias = carry
+      c, cid, cval = c_t[j], cid_t[j], cval_t[j]
       z, masked, same = _tile_logits(kind, r, c, scale, bias, rid, cid, cval)
       if kind == _SOFTMAX:  # d/dlogit of lse - mean of positive logits: softmax - target
         dlogit = jnp.exp(masked - lse_r[:, None]) - jnp.where(same, inv_r[:, None], 0.0)
       else:  # d/dlogit of -log sigmoid(+-logit): sigmoid(logit) - label
         dlogit = jnp.where(cval[None, :], jax.nn.sigmoid(masked) - same, 0.0)
       dlogit = g * jnp.where(rval[:, None], dlogit, 0.0)
-      dr = scale * jnp.dot(dlogit, c, preferred_element_type=jnp.float32)
-      dc = dc + scale * jnp.dot(dlogit.T, r, preferred_element_type=jnp.float32)
-      return (dc, dscale + jnp.sum(dlogit * z), dbias + jnp.sum(dlogit)), dr
+      dr = dr + scale * jnp.dot(dlogit, c, preferred_element_type=jnp.float32)
+      dc = scale * jnp.dot(dlogit.T, r, preferred_element_type=jnp.float32)
+      dcols = jax.lax.dynamic_update_slice_in_dim(
+        dcols, jax.lax.dynamic_slice_in_dim(dcols, j * tc, tc) + dc, j * tc, 0
+      )
+      return (dr, dcols, dscale + jnp.sum(dlogit * z), dbias + jnp.sum(dlogit)), None
 
-    dc0 = _full(c.shape, 0.0)
-    (dc, dscale, dbias), dr = jax.lax.scan(
-      row_step, (dc0, dscale, dbias), (rows_c, rid_c, lse, inv_cnt, row_valid)
+    dr0 = _full(r.shape, 0.0)
+    (dr, dcols, dscale, dbias), _ = jax.lax.scan(
+      col_step, (dr0, dcols, dscale, dbias), jnp.arange(nc)
     )
-    return (drows + dr, dscale, dbias), dc
+    drows = jax.lax.dynamic_update_index_in_dim(drows, drows[i] + dr, i, 0)
+    return (drows, dcols, dscale, dbias), None
 
-  zero = _full((), 0.0)
-  drows0 = _full(rows_c.shape, 0.0)
-  (drows, dscale, dbias), dcols = jax.lax.scan(col_step, (drows0, zero, zero), (c_t, cid_t, cval_t))
-  return drows, dcols.reshape(-1, cols.shape[1])[: cols.shape[0]], dscale, dbias
+  (drows, dcols, dscale, dbias), _ = jax.lax.scan(
+    row_step, (drows, dcols, dscale, dbias), jnp.arange(rows_c.shape[0])
+  )
+  return drows, dcols[: cols.shape[0]], dscale, dbias
 
 
 def _gathered(cols, col_ids):
@@ -225,23 +234,25 @@ def _pass_bwd(kind, tile, ring, residuals, cotangents):
   rows_c = (_chunks(rows, tr), _chunks(row_ids, tr))
   row_valid = _valid(b, tr)
   grad = functools.partial(_grad_block, kind, tile, rows_c)
+  zero = _full((), 0.0)
+  drows = _full(row_valid.shape + rows.shape[1:], 0.0)
   if not ring:
     cols_all, ids_all, _ = _gathered(cols, col_ids)
+    acc = (drows, _full(cols_all.shape, 0.0), zero, zero)
     drows, dcols_all, dscale, dbias = grad(
-      cols_all, scale, bias, row_ids, ids_all, lse, inv_cnt, row_valid, g
+      cols_all, scale, bias, ids_all, lse, inv_cnt, row_valid, g, acc
     )
     dcols = jax.lax.psum_scatter(dcols_all, DATA_AXIS, scatter_dimension=0, tiled=True)
   else:
 
     def visit(carry, _):
       drows, dscale, dbias, block, ids, dblock = carry
-      dr, dc, ds, db = grad(block, scale, bias, row_ids, ids, lse, inv_cnt, row_valid, g)
-      block, ids, dblock = jax.lax.ppermute((block, ids, dblock + dc), DATA_AXIS, _ring_perm())
-      return (drows + dr, dscale + ds, dbias + db, block, ids, dblock), None
+      acc = (drows, dblock, dscale, dbias)
+      drows, dblock, dscale, dbias = grad(block, scale, bias, ids, lse, inv_cnt, row_valid, g, acc)
+      block, ids, dblock = jax.lax.ppermute((block, ids, dblock), DATA_AXIS, _ring_perm())
+      return (drows, dscale, dbias, block, ids, dblock), None
 
-    zero = _full((), 0.0)
-    init = (_full(row_valid.shape + rows.shape[1:], 0.0), zero, zero)
-    init = init + (cols, col_ids, _full(cols.shape, 0.0))
+    init = (drows, zero, zero, cols, col_ids, _full(cols.shape, 0.0))
     n = jax.lax.axis_size(DATA_AXIS)
     drows, dscale, dbias, _, _, dcols = jax.lax.scan(visit, init, None, length=n)[0]
   drows = drows.reshape(-1, rows.shape[1])[:b].astype(rows.dtype)
