@@ -24,6 +24,9 @@ Columns reach a device in one of two ways (`ring`):
   steps every device has seen every block. The backward pass sends the block round again with its gradient
   accumulating beside it, so the gradient arrives home with the block. Memory: O(b x E + T x T) per device.
 
+With T >= B one tile would be the dense loss's whole (b, B) block, so the dense loss (losses.py) runs instead:
+configs/paper.py's T = 4096 leaves batches up to 4096 exactly as they were.
+
 Positives: with positive_ids, every column with the row's id (its own pair has it); without, the row's own pair
 only, i.e. ids = global row indices. Padding (T need not divide anything) is masked.
 """
@@ -37,6 +40,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from ecg_contrastive.losses import sigmoid_loss, softmax_loss
 from ecg_contrastive.sharding import DATA_AXIS
 
 _SOFTMAX, _SIGMOID = "softmax", "sigmoid"
@@ -314,8 +318,11 @@ def tiled_softmax_loss(
   tile: int,
   ring: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
-  """losses.softmax_loss (same arguments and results) in (T, T) tiles, T = `tile`; `ring`: no all-gather."""
+  """losses.softmax_loss (same arguments and results) in (T, T) tiles, T = `tile`; `ring`: no all-gather.
+  A tile that holds all B columns (T >= B) is the dense loss's (b, B) block: then the dense loss is used."""
   _check_tile(tile)
+  if tile >= ecg.shape[0]:
+    return softmax_loss(ecg, txt, scale, mesh, positive_ids)
   return _on_mesh(
     functools.partial(_local_softmax, tile, ring), mesh, (ecg, txt), (scale,), positive_ids
   )
@@ -332,8 +339,11 @@ def tiled_sigmoid_loss(
   tile: int,
   ring: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
-  """losses.sigmoid_loss (same arguments and results) in (T, T) tiles, T = `tile`; `ring`: no all-gather."""
+  """losses.sigmoid_loss (same arguments and results) in (T, T) tiles, T = `tile`; `ring`: no all-gather.
+  A tile that holds all B columns (T >= B) is the dense loss's (b, B) block: then the dense loss is used."""
   _check_tile(tile)
+  if tile >= ecg.shape[0]:
+    return sigmoid_loss(ecg, txt, scale, bias, mesh, positive_ids)
   return _on_mesh(
     functools.partial(_local_sigmoid, tile, ring), mesh, (ecg, txt), (scale, bias), positive_ids
   )

@@ -83,7 +83,8 @@ def _check(kind: str, B: int, devices: int, with_ids: bool, tiles, rings=(False,
       assert grads[0].sharding.is_equivalent_to(data_sharding(mesh), 2)
 
 
-# tiles that divide nothing (3, 5, 48), one tile per device block, and tiles larger than everything; the fast set
+# tiles that divide nothing (3, 5, 48), one tile per device block (8, 64), and tiles >= B (100, 1000: the dense
+# loss runs, `test_a_tile_of_all_columns_is_the_dense_loss`); the fast set
 # covers both losses, both positives, a tile that divides nothing, the all-gather and the ring
 FAST = [
   ("softmax", 8, 8, False, (3,)),
@@ -140,6 +141,18 @@ def test_tiled_loss_holds_one_tile_of_logits_at_a_time():
     shapes = {s for group in shapes for s in group}
     assert shapes and all(max(s) <= max(T, E) for s in shapes), shapes
     assert (T, T) in shapes
+
+
+def test_a_tile_of_all_columns_is_the_dense_loss():
+  """T >= B: one tile would be the whole (b, B) block; the dense loss runs (no loop), T < B: tiles in loops."""
+  mesh = make_mesh()
+  e = jax.device_put(_unit(jax.random.normal(jax.random.PRNGKey(2), (16, 4))), data_sharding(mesh))
+  hlo = lambda T: (
+    jax.jit(lambda e: tiled_softmax_loss(e, e, jnp.float32(10.0), mesh, tile=T)[0])
+    .lower(e)
+    .as_text()
+  )
+  assert "while" not in hlo(16) and "while" in hlo(15)
 
 
 def test_tile_must_be_a_positive_integer():
