@@ -14,6 +14,7 @@ One run per workdir: WORKDIR/run.lock is held from phase 1 to the end (workdir_l
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -147,6 +148,17 @@ def _train_and_evaluate(
 
   # 6. the loop
   train_step = step_lib.make_train_step(config, model, tx, schedule, mesh)
+  evaluate_now = functools.partial(
+    evaluate,
+    config=config,
+    model=model,
+    sources=sources,
+    table=table,
+    label_emb=label_emb,
+    labels=labels,
+    mesh=mesh,
+    workdir=workdir,
+  )
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=first_step)
   bar = tqdm.tqdm(
     total=num_steps,
@@ -181,22 +193,7 @@ def _train_and_evaluate(
     if saved:
       checkpoints.save(manager, step, state, batches.get_state())
     if config.eval_every and step % config.eval_every == 0 and step != num_steps:
-      writer.write(
-        step,
-        _headline(
-          evaluate(
-            config=config,
-            model=model,
-            state=state,
-            sources=sources,
-            table=table,
-            label_emb=label_emb,
-            labels=labels,
-            mesh=mesh,
-            workdir=workdir,
-          )
-        ),
-      )
+      writer.write(step, _headline(evaluate_now(state=state)))
     if stop.stop_requested(step):
       if not saved:
         checkpoints.save(manager, step, state, batches.get_state())
@@ -205,22 +202,11 @@ def _train_and_evaluate(
       log.warning("preempted: saved step %d; rerun the same command to resume", step)
       return Preempted(step)
   bar.close()
-  stop.armed = (
-    False  # a signal during the final evaluation stops at once: the last checkpoint is written
-  )
+  # a signal during the final evaluation stops at once: the last checkpoint is written
+  stop.armed = False
 
   # 7. evaluation
-  results = evaluate(
-    config=config,
-    model=model,
-    state=state,
-    sources=sources,
-    table=table,
-    label_emb=label_emb,
-    labels=labels,
-    mesh=mesh,
-    workdir=workdir,
-  )
+  results = evaluate_now(state=state)
   writer.write(num_steps, _headline(results))
   writer.close()
   return results
