@@ -34,6 +34,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -298,7 +299,7 @@ def run_point(args, point: Point, command: list[str], say) -> None:
     return  # printed only
   env = dict(os.environ)
   env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-  start = time.perf_counter()
+  start, stopped = time.perf_counter(), False
   if args.launch == "slurm":
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if done.returncode:
@@ -308,14 +309,40 @@ def run_point(args, point: Point, command: list[str], say) -> None:
     record["submitted"] = one_line(done.stdout)
     say(f"b{point.batch_size}: {record['submitted']}")
   else:
-    done = subprocess.run(command, cwd=REPO, env=env)
+    code, stopped = _run_to_the_end(command, env, say)
     record["wall_s"] = record.get("wall_s", 0.0) + time.perf_counter() - start
-    if done.returncode:
-      say(
-        f"b{point.batch_size}: the run exited with code {done.returncode}; its output above says why"
-      )
+    if code and not stopped:
+      say(f"b{point.batch_size}: the run exited with code {code}; its output above says why")
   record["command"] = command
   paths.write_text(paths.join(point.workdir, POINT_FILE), json.dumps(record, indent=1))
+  if args.launch != "slurm" and stopped:
+    say(
+      f"b{point.batch_size}: stopped (the run saved a checkpoint); rerun the same command to resume"
+    )
+    raise SystemExit(130)
+
+
+def _run_to_the_end(command: list[str], env: dict, say) -> tuple[int, bool]:
+  """(exit code, whether SIGINT / SIGTERM stopped it). Ctrl-C reaches the run too (same process group); SIGTERM
+  is passed on to it; either way the study waits while the run finishes its step and saves its checkpoint."""
+  process = subprocess.Popen(command, cwd=REPO, env=env)
+  stopped = False
+
+  def forward(signum, _frame):
+    nonlocal stopped
+    stopped = True
+    process.send_signal(signum)
+
+  previous = signal.signal(signal.SIGTERM, forward)
+  try:
+    while True:
+      try:
+        return process.wait(), stopped
+      except KeyboardInterrupt:
+        stopped = True
+        say("interrupted: waiting for the run to save its checkpoint and stop")
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def collect(point: Point) -> dict:
@@ -377,7 +404,7 @@ def write_plot(root: str, rows: list[dict], title: str) -> str:
     ("test_top5", "test top-5", "s--"),
   ):
     acc.plot(sizes, [r[key] for r in rows], style, label=label)
-  acc.set(xlabel="global batch size", ylabel="zero-shot accuracy", title="accuracy")
+  acc.set(xlabel="global batch size", ylabel="zero-shot accuracy", title="accuracy", ylim=(0, 1))
   acc.legend()
   speed.plot(sizes, [r["ecg_per_s"] or float("nan") for r in rows], "o-")
   speed.set(xlabel="global batch size", ylabel="ECG/s (median)", title="throughput")
