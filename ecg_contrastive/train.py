@@ -185,6 +185,9 @@ def _train_and_evaluate(
         ecg_per_s=window_steps * config.batch_size / elapsed,
         epoch=step / steps_per_epoch,
       )
+      memory = jax.local_devices()[0].memory_stats()  # GPU / TPU; None on CPU
+      if memory and "peak_bytes_in_use" in memory:
+        metrics["peak_bytes_in_use"] = float(memory["peak_bytes_in_use"])
       writer.write(step, metrics)
       bar.set_postfix(loss=f"{metrics['loss']:.3f}", ecg_s=f"{metrics['ecg_per_s']:.0f}")
       window_start, window_steps = time.perf_counter(), 0

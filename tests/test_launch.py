@@ -1,6 +1,5 @@
-"""launch/sweep_batch_size.sh: one run per batch size (linear lr, micro-batches by ECGS_PER_MICROBATCH), a summary."""
+"""The launchers: the sweep wrapper, the interpreter they pick, the multi-process launcher."""
 
-import json
 import os
 import subprocess
 import sys
@@ -9,54 +8,33 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = os.path.join(ROOT, "launch", "sweep_batch_size.sh")
 
 
-def sweep(tmp_path, sizes: str, **env) -> subprocess.CompletedProcess:
+def sweep(tmp_path, *args: str, **env) -> subprocess.CompletedProcess:
   return subprocess.run(
-    ["bash", SWEEP, str(tmp_path), sizes, "--config", "configs/default.py:tiny"],
+    ["bash", SWEEP, "--root", str(tmp_path), "--config", "configs/default.py:tiny", *args],
     cwd=ROOT,
     capture_output=True,
     text=True,
-    env={**os.environ, "LAUNCH": "echo", "PYTHON": sys.executable, **env},
+    env={**os.environ, "PYTHON": sys.executable, **env},
   )
 
 
-def test_commands_scale_the_learning_rate_and_cache_gradients_above_the_limit(tmp_path):
-  result = sweep(tmp_path, "256 1024 2048", ECGS_PER_MICROBATCH="512")
+def test_the_wrapper_runs_the_sweep_module(tmp_path):
+  """launch/sweep_batch_size.sh passes every flag to python -m ecg_contrastive.sweep (tests/test_sweep.py)."""
+  result = sweep(
+    tmp_path, "--batch-sizes", "32,64", "--ecgs", "256", "--lr-rule", "linear", "--dry-run"
+  )
   assert result.returncode == 0, result.stderr
-  commands = [line.split() for line in result.stdout.splitlines() if line.startswith("--config")]
-  flags = [dict(arg.split("=", 1) for arg in c if arg.startswith("--config.")) for c in commands]
-  assert [f["--config.batch_size"] for f in flags] == ["256", "1024", "2048"]
-  assert [float(f["--config.optimizer.lr"]) for f in flags] == [1e-3, 4e-3, 8e-3]
-  assert [f["--config.microbatches"] for f in flags] == ["1", "2", "4"]
-  assert result.stdout.count("pending: no") == 3  # submitted, not run yet (as with LAUNCH=sbatch)
+  commands = [line for line in result.stdout.splitlines() if "ecg_contrastive.main" in line]
+  assert len(commands) == 2 and "--config.optimizer.lr=0.004" in commands[1]
+  assert "--config.num_steps=4" in commands[1] and result.stdout.count("pending: no") == 2
 
 
-def test_a_batch_that_is_not_a_multiple_of_the_micro_batch_stops(tmp_path):
-  result = sweep(tmp_path, "768", ECGS_PER_MICROBATCH="512")
-  assert (
-    result.returncode == 2
-    and "batch 768 is not a multiple of ECGS_PER_MICROBATCH=512" in result.stderr
-  )
-
-
-def test_summary_reads_each_finished_run(tmp_path):
-  run = tmp_path / "b1024"
-  (run / "eval").mkdir(parents=True)
-  (run / "config.json").write_text(json.dumps({"microbatches": 2}))
-  (run / "metrics.jsonl").write_text(
-    "\n".join(
-      json.dumps(m)
-      for m in [
-        {"step": 5, "ecg_per_s": 100.0},
-        {"step": 10, "ecg_per_s": 300.0},
-        {"step": 15, "ecg_per_s": 200.0},
-        {"step": 15, "eval/test/top1": 0.5},
-      ]
-    )
-  )
-  (run / "eval" / "test.json").write_text(json.dumps({"top1": 0.5, "top5": 0.875}))
-  result = sweep(tmp_path, "1024", LAUNCH="true")
-  assert result.returncode == 0, result.stderr
-  assert result.stdout.splitlines()[-1].split() == ["1024", "2", "200", "0.500", "0.875"]
+def test_the_wrapper_passes_the_one_line_errors_through(tmp_path):
+  result = sweep(tmp_path, "--batch-sizes", "768", "--microbatch-ecgs", "512")
+  assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+    "error: --microbatch-ecgs 512: batch size 768 is not a multiple of it; give a --microbatch-ecgs that "
+    "divides every batch size above it"
+  ]
 
 
 def test_launchers_refuse_an_interpreter_without_the_packages(tmp_path):
@@ -88,16 +66,17 @@ def test_launchers_find_the_interpreter_with_the_packages_when_path_has_none(tmp
     (bare_bin / name).write_text("#!/bin/sh\nexit 1\n")
     (bare_bin / name).chmod(0o755)
   env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
-  env.update(PATH=f"{bare_bin}:{env['PATH']}", VIRTUAL_ENV=sys.prefix, LAUNCH="echo")
+  env.update(PATH=f"{bare_bin}:{env['PATH']}", VIRTUAL_ENV=sys.prefix)
   result = subprocess.run(
-    ["bash", SWEEP, str(tmp_path / "sweep"), "512", "--config", "configs/default.py:tiny"],
+    ["bash", SWEEP, "--root", str(tmp_path / "sweep"), "--batch-sizes", "512", "--ecgs", "512"]
+    + ["--config", "configs/default.py:tiny", "--lr-rule", "linear", "--dry-run"],
     cwd=ROOT,
     capture_output=True,
     text=True,
     env=env,
   )
   assert result.returncode == 0, result.stderr
-  assert "--config.optimizer.lr=0.002" in result.stdout
+  assert "--config.optimizer.lr=0.032" in result.stdout  # linear from 2e-3 at 32
 
 
 def test_multiprocess_launcher_keeps_logs_local_for_a_gs_workdir(tmp_path):

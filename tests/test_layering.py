@@ -85,6 +85,7 @@ LAYERS = (
   ),
   Rule("config_check", ("config_check",), AnyExcept(("train", "main", "evals", "export"))),
   Rule("train", ("train",), AnyExcept(("main", "export"))),
+  Rule("sweep", ("sweep",), AnyExcept(("export",))),
   Rule("main", ("main",), AnyExcept()),
 )
 
