@@ -5,7 +5,7 @@ symmetric InfoNCE at a fixed tau 0.07, a frozen Japanese (medical) BERT-family t
       --workdir runs/paper --config.batch_size=1024
 
 arg = "DATASET,TEXT_MODEL_DIR" (either may be empty: defaults synthetic_ecg_ja/large and the stand-in).
-Sweep batch sizes with launch/sweep_batch_size.sh. A batch larger than memory keeps its exact contrastive
+Sweep batch sizes with python -m ecg_contrastive.sweep. A batch larger than memory keeps its exact contrastive
 gradient with gradient caching, e.g. --config.batch_size=16384 --config.microbatches=8 (2,048 ECGs of
 activations at a time); --config.loss.name=sigmoid --config.train.logit_bias=-10.0 trains with SigLIP's loss.
 """
