@@ -70,7 +70,7 @@ LAYERS = (
   ),
   Rule(
     "data",
-    ("data", "data.batches", "data.pipeline"),
+    ("data", "data.batches", "data.pipeline", "data.resident", "data.placement"),
     _DATA_BASE + ("data.synthetic", "data.cache", "data.builders"),
   ),
   Rule("step", ("step",), ("models", "ecg", "losses", "sharding", "errors")),
