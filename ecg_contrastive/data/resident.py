@@ -7,11 +7,12 @@ its own devices' shards, reading those rows from the Source in chunks (host memo
 Batches are those of BatchIterator, byte for byte: the same seeded per-epoch order (batches.epoch_order), the
 same rows per process (sorted within a process), the same 'index', columns, 'mask' and state, so a run may
 resume under either placement. Only the waveforms come from elsewhere: the host builds the (B,) index as
-BatchIterator does (tiny), and a jitted shard_map turns it into the batch on the devices. Each device takes
-the batch's rows it holds (zeros elsewhere) and a reduce-scatter over 'data' sums the B rows (exactly one
-device holds each row, so the sum is that row, bit for bit; int16 pairs travel as int32) and leaves each
-device its b = B / n rows, sharded like the host pipeline's batches. Per step that moves B x 120 KB over the
-interconnect, and each device needs a transient (B, 5000, 12) int16 buffer (123 MB at B 1024).
+BatchIterator does (tiny), and a jitted shard_map turns it into the batch on the devices. A sorted batch
+puts device j's rows mostly in the shard device j itself holds (row ranges line up), the rest in its
+neighbours': the host works out which shifts s are needed (batch_shifts; usually -1, 0, 1), each device takes
+the rows device k + s wants from its own shard and sends them there (ppermute), and the receiver sums the
+contributions, of which exactly one is nonzero per row. Per step each device gathers and moves about
+len(shifts) x b rows (b = B / n): 3 x 30 KB x b for the common case, and never more than B rows.
 """
 
 from __future__ import annotations
@@ -34,17 +35,59 @@ class DeviceBatchIterator(BatchIterator):
   """BatchIterator's batches (same arguments, keys, order, state) with the split resident on the devices.
 
   `ecg`: the placed split, int16 (N', 5000, 12) over 'data' (N' = N rounded up to a multiple of the device
-  count; rows N.. are zeros).
+  count; rows N.. are zeros). placed: that array already made by place_split(source, mesh), to share it.
   """
 
-  def __init__(self, source: Source, **kwargs):
+  def __init__(self, source: Source, *, placed: jax.Array | None = None, **kwargs):
     super().__init__(source, **kwargs)
     mesh = self.sharding.mesh
-    self.ecg = place_split(source, mesh)
-    self._gather = _gather_fn(mesh, self.ecg.shape[0] // mesh.shape[DATA_AXIS])
+    self.ecg = place_split(source, mesh) if placed is None else placed
+    self._devices = mesh.shape[DATA_AXIS]
+    self._per_device = resident_rows(len(source), self._devices)
+    if (
+      self.ecg.shape[:1] != (self._per_device * self._devices,)
+      or self.ecg.sharding != self.sharding
+    ):
+      raise ValueError(
+        f"placed: {self.ecg.shape} over {self.ecg.sharding}; use place_split(source, mesh) of this source"
+      )
+    self._blocks = _process_blocks(self.sharding, self.batch_size)
+    self._shifts = (0,)
+
+  def _make(self, rows: np.ndarray) -> dict[str, jax.Array]:
+    self._shifts = batch_shifts(
+      global_index(rows, self.batch_size, self._blocks), self._per_device, self._devices
+    )
+    return super()._make(rows)
 
   def _ecg(self, rows: np.ndarray, index: jax.Array) -> jax.Array:
-    return self._gather(self.ecg, index)
+    return _gather_fn(self.sharding.mesh, self._per_device, self._shifts)(self.ecg, index)
+
+
+def global_index(rows: np.ndarray, batch_size: int, blocks: list[slice]) -> np.ndarray:
+  """The batch's global 'index' (B,) as BatchIterator makes it: the batch's record rows, -1 past their end, each
+  process's block of rows (`blocks`) sorted."""
+  index = np.full(batch_size, -1, np.int64)
+  index[: len(rows)] = rows
+  for block in blocks:
+    part = index[block]
+    valid = int((part >= 0).sum())  # padding sits at the end
+    part[:valid] = np.sort(part[:valid])
+  return index
+
+
+def batch_shifts(index: np.ndarray, per_device: int, devices: int) -> tuple[int, ...]:
+  """The device shifts the gather needs for this batch: device j's rows of the batch live on devices j - s
+  (mod n) for s in the result, a window -w..w with w the farthest owner rounded up to a power of two (few
+  distinct windows, so few compilations). A sorted single-process batch mostly needs -1, 0, 1."""
+  b = len(index) // devices
+  valid = index >= 0
+  distance = (np.arange(len(index))[valid] // b - index[valid] // per_device) % devices
+  farthest = int(np.minimum(distance, devices - distance).max(initial=0))
+  reach = 0 if farthest == 0 else 1 << (farthest - 1).bit_length()
+  if 2 * reach >= devices:
+    return tuple(range(devices))
+  return tuple(sorted({s % devices for s in range(-reach, reach + 1)}))
 
 
 def resident_rows(num_records: int, devices: int) -> int:
@@ -89,36 +132,44 @@ def _write(shard: jax.Array, rows: jax.Array, offset) -> jax.Array:
   return jax.lax.dynamic_update_slice_in_dim(shard, rows, offset, axis=0)
 
 
-@functools.lru_cache(maxsize=16)
-def _gather_fn(mesh: Mesh, per_device: int):
-  """jit(ecg (N', ...) over 'data', index (B,) int32 over 'data', -1 = padding) -> (B, ...) over 'data'."""
+def _process_blocks(sharding: NamedSharding, batch_size: int) -> list[slice]:
+  """The rows of a global batch that each process's devices hold, in row order (all processes)."""
+  spans: dict[int, list[tuple[int, int]]] = {}
+  for device, index in sharding.devices_indices_map((batch_size,)).items():
+    rows = index[0]
+    spans.setdefault(device.process_index, []).append((rows.start or 0, rows.stop or batch_size))
+  return sorted(
+    (slice(min(a for a, _ in s), max(b for _, b in s)) for s in spans.values()),
+    key=lambda block: block.start,
+  )
+
+
+@functools.lru_cache(maxsize=64)
+def _gather_fn(mesh: Mesh, per_device: int, shifts: tuple[int, ...]):
+  """jit(ecg (N', ...) over 'data', index (B,) int32 over 'data', -1 = padding) -> (B, ...) over 'data'.
+
+  For each shift s, device k takes the rows it holds among those of device k + s (zeros for the others) and
+  sends them there (ppermute); a device sums what it receives: exactly one sender holds each row, so the sum is
+  that row, bit for bit. Per shift, b = B / n rows per device."""
+  devices = mesh.shape[DATA_AXIS]
 
   def gather(shard: jax.Array, index: jax.Array) -> jax.Array:
+    b = index.shape[0]
     index = jax.lax.all_gather(index, DATA_AXIS, tiled=True)  # (B,): the whole batch's rows
-    local = index - jax.lax.axis_index(DATA_AXIS) * per_device
-    mine = (index >= 0) & (local >= 0) & (local < per_device)
-    rows = jnp.take(shard, jnp.clip(local, 0, per_device - 1), axis=0)
-    rows = jnp.where(mine.reshape((-1,) + (1,) * (rows.ndim - 1)), rows, jnp.zeros_like(rows))
-    words = _as_words(
-      rows
-    )  # int16 pairs as int32: one summand per row is nonzero, the sum is exact
-    summed = jax.lax.psum_scatter(words, DATA_AXIS, scatter_dimension=0, tiled=True)
-    return _from_words(summed, rows.shape[1:])
+    me = jax.lax.axis_index(DATA_AXIS)
+    out = None
+    for shift in shifts:
+      wanted = jax.lax.dynamic_slice_in_dim(index, (me + shift) % devices * b, b)
+      local = wanted - me * per_device
+      mine = (wanted >= 0) & (local >= 0) & (local < per_device)
+      rows = jnp.take(shard, jnp.clip(local, 0, per_device - 1), axis=0)
+      rows = jnp.where(mine.reshape((-1,) + (1,) * (rows.ndim - 1)), rows, jnp.zeros_like(rows))
+      if shift:
+        perm = [(k, (k + shift) % devices) for k in range(devices)]
+        rows = jax.lax.ppermute(rows, DATA_AXIS, perm)
+      out = rows if out is None else out + rows  # all but one summand of a row are zeros: exact
+    return out
 
   spec = P(DATA_AXIS)
   mapped = jax.shard_map(gather, mesh=mesh, in_specs=(spec, spec), out_specs=spec)
   return jax.jit(mapped, out_shardings=NamedSharding(mesh, spec))
-
-
-def _as_words(rows: jax.Array) -> jax.Array:
-  """int16 (B, ...) -> int32 (B, F/2) (the same bytes) when F, the values per row, is even; else widened."""
-  flat = rows.reshape(rows.shape[0], -1)
-  if flat.shape[1] % 2:
-    return flat.astype(jnp.int32)
-  return jax.lax.bitcast_convert_type(flat.reshape(flat.shape[0], -1, 2), jnp.int32)
-
-
-def _from_words(words: jax.Array, record: tuple[int, ...]) -> jax.Array:
-  if int(np.prod(record)) % 2:
-    return words.astype(jnp.int16).reshape((words.shape[0],) + record)
-  return jax.lax.bitcast_convert_type(words, jnp.int16).reshape((words.shape[0],) + record)
