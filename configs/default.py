@@ -69,6 +69,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     grad_clip_norm=0.0,
   )
   c.prefetch = 2
+  # where the training split's waveforms live (docs/data.md, "Placement"): "host" (BatchIterator),
+  # "device" (resident on the mesh, batches gathered there) or "auto" (device when it fits in
+  # device_memory_share of each device's memory); same batches either way
+  c.data = dict(placement="auto", device_memory_share=0.3, expected_ecg_per_s=0.0)
+  c.data.device_memory_bytes = (
+    0.0  # per device, e.g. 16e9; 0: the backend's bytes_limit (none on CPU)
+  )
+  # expected_ecg_per_s: the global rate the log plans input bandwidth for (0: the measured one)
 
   c.log_every = 20
   c.eval_every = 0  # 0 -> evaluate at the end only

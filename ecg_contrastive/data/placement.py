@@ -1,8 +1,9 @@
 """Where a split's waveforms live while training: on the host (BatchIterator) or on the devices
 (DeviceBatchIterator), chosen by config.data.placement and a plan the trainer logs at start.
 
-    batches, plan = make_iterator(source, config, mesh, columns={"report_row": rows})
+    plan = plan_for(source, config, mesh)
     log.info(plan.describe())
+    batches = make_iterator(source, config, mesh, columns={"report_row": rows}, plan=plan)
 
 plan_placement is pure: from the split's size, the batch, the devices and their memory it returns the Plan
 (bytes of the split, aggregate device memory, per-host input bandwidth at a step rate, the placement and why).
@@ -203,12 +204,12 @@ def make_iterator(
   *,
   columns: dict[str, np.ndarray] | None = None,
   plan: Plan | None = None,
-) -> tuple[BatchIterator, Plan]:
+) -> BatchIterator:
   """The training batches of `source` in the placement of `plan` (default plan_for(source, config, mesh)):
   a BatchIterator or a DeviceBatchIterator, seeded by config.seed, prefetching config.prefetch batches."""
   plan = plan or plan_for(source, config, mesh)
   kind = DeviceBatchIterator if plan.placement == "device" else BatchIterator
-  batches = kind(
+  return kind(
     source,
     global_batch_size=config.batch_size,
     mesh=mesh,
@@ -216,7 +217,6 @@ def make_iterator(
     columns=columns,
     prefetch=config.prefetch,
   )
-  return batches, plan
 
 
 def _gb(nbytes: float | None) -> str:
