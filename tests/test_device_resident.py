@@ -19,7 +19,7 @@ from ecg_contrastive.data.batches import BatchIterator
 from ecg_contrastive.data.resident import (
   DeviceBatchIterator,
   _gather_fn,
-  batch_shifts,
+  batch_routes,
   global_index,
   place_split,
 )
@@ -145,44 +145,45 @@ def test_split_is_placed_once_padded_and_sharded(source, mesh, resident):
   assert source.reads == reads  # batches never read the host source
 
 
-def test_batch_gather_moves_only_the_batch(mesh, resident, source):
-  """The gather's collectives: the (B,) index all-gathered, and per nonzero shift one ppermute of b rows;
-  never the split. Every shift window gives the same rows."""
+def test_batch_gather_moves_only_the_rows_of_other_shards(mesh, resident, source):
+  """The gather's collectives: the (B,) index all-gathered, and per route one ppermute of its rows and their
+  positions; never the split, never the whole batch. Any routes give the same rows."""
   index = jax.device_put(np.zeros(BATCH, np.int32), resident.sharding)
-  hlo = _gather_fn(mesh, 26, (0, 1, 7)).lower(resident, index).compile().as_text()
+  hlo = _gather_fn(mesh, 26, ((1, 2), (7, 1))).lower(resident, index).compile().as_text()
   ops = re.findall(
     r"= (\w+)\[([\d,]*)\]\S* (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)\(",
     hlo,
   )
   assert sorted(ops) == [
-    ("s16", "4,5000,12", "collective-permute"),
-    ("s16", "4,5000,12", "collective-permute"),
+    ("s16", "1,5000,12", "collective-permute"),
+    ("s16", "2,5000,12", "collective-permute"),
+    ("s32", "1", "collective-permute"),
+    ("s32", "2", "collective-permute"),
     ("s32", "32", "all-gather"),
   ], ops
-  rows = np.random.default_rng(1).permutation(RECORDS)[:BATCH].astype(np.int32)
+  rows = np.random.default_rng(1).permutation(RECORDS)[:BATCH]
   rows[-3:] = -1
-  index = jax.device_put(rows, resident.sharding)
+  routes = batch_routes(rows, 26, 8)
+  assert [s for s, _ in routes] == list(range(1, 8))  # unsorted: rows from everywhere
+  index = jax.device_put(rows.astype(np.int32), resident.sharding)
   expected = np.where((rows >= 0)[:, None, None], source.ecg[rows], 0)
-  np.testing.assert_array_equal(
-    np.asarray(_gather_fn(mesh, 26, tuple(range(8)))(resident, index)), expected
-  )
-  assert batch_shifts(rows, 26, 8) == tuple(range(8))  # unsorted: rows from everywhere
+  np.testing.assert_array_equal(np.asarray(_gather_fn(mesh, 26, routes)(resident, index)), expected)
 
 
-def test_batch_shifts_cover_every_row_with_few_windows():
-  per, devices = 26, 8
+def test_batch_routes_move_only_the_rows_across_shard_boundaries():
+  per, devices = 26, 8  # 203 records: device k holds rows 26 k .. 26 k + 25
   rows = np.sort(np.random.default_rng(2).permutation(203)[:32])
-  assert batch_shifts(rows, per, devices) == (0, 1, 7)  # sorted: each block at home or next door
-  assert batch_shifts(np.arange(32) * 5, per, devices) == (
-    0,
-    1,
-    2,
-    6,
-    7,
-  )  # rows 140-155 of dest 7 on 5
-  assert batch_shifts(np.arange(32), per, devices) == tuple(range(8))  # all on devices 0 and 1
-  assert batch_shifts(np.arange(8) * 26, per, 8) == (0,)  # one row per device, each at home
-  assert batch_shifts(np.full(32, -1), per, devices) == (0,)  # only padding
+  # sorted: device 4's rows 118, 131, 132, 135 take 3 from device 5 (shift -1 = 7), the others at most 2 from
+  # their next device; the window is +-1, 3 rows round up to 4
+  assert batch_routes(rows, per, devices) == ((1, 4), (7, 4))
+  assert batch_routes(np.arange(8) * 26, per, devices) == ()  # one row per device, each at home
+  assert batch_routes(np.full(32, -1), per, devices) == ()  # only padding
+  # rows 0..31 all sit on devices 0 and 1: device 7 takes its 4 rows from device 1, 6 devices away
+  assert batch_routes(np.arange(32), per, devices) == tuple((s, 4) for s in range(1, 8))
+  # at least b / 8 rows per route: few distinct routes (shapes to compile) over a run
+  many = np.random.default_rng(3).permutation(16_000)
+  seen = {batch_routes(np.sort(many[i : i + 256]), 2000, 8) for i in range(0, 16_000 - 255, 256)}
+  assert seen <= {((1, c), (7, c)) for c in (4, 8, 16, 32)}, seen
   blocks = [slice(0, 16), slice(16, 32)]  # two processes: each sorts its own half
   index = global_index(np.arange(31, -1, -1)[:30], 32, blocks)
   assert index.tolist() == list(range(16, 32)) + list(range(2, 16)) + [-1, -1]

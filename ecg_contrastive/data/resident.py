@@ -7,12 +7,12 @@ its own devices' shards, reading those rows from the Source in chunks (host memo
 Batches are those of BatchIterator, byte for byte: the same seeded per-epoch order (batches.epoch_order), the
 same rows per process (sorted within a process), the same 'index', columns, 'mask' and state, so a run may
 resume under either placement. Only the waveforms come from elsewhere: the host builds the (B,) index as
-BatchIterator does (tiny), and a jitted shard_map turns it into the batch on the devices. A sorted batch
-puts device j's rows mostly in the shard device j itself holds (row ranges line up), the rest in its
-neighbours': the host works out which shifts s are needed (batch_shifts; usually -1, 0, 1), each device takes
-the rows device k + s wants from its own shard and sends them there (ppermute), and the receiver sums the
-contributions, of which exactly one is nonzero per row. Per step each device gathers and moves about
-len(shifts) x b rows (b = B / n): 3 x 30 KB x b for the common case, and never more than B rows.
+BatchIterator does (tiny), and a jitted shard_map turns it into the batch on the devices. Sorting lines a
+batch up with the shards: device j's rows of a sorted batch lie mostly in the shard device j itself holds, a
+few in its neighbours'. So each device takes its rows from its own shard, and only the others travel: the
+host works out from the index which neighbours send how many rows (batch_routes), and the devices send just
+those (ppermute of a few rows, padded to a power of two). Per step a device reads b = B / n rows locally
+and the interconnect carries the boundary rows, not the batch.
 """
 
 from __future__ import annotations
@@ -52,16 +52,16 @@ class DeviceBatchIterator(BatchIterator):
         f"placed: {self.ecg.shape} over {self.ecg.sharding}; use place_split(source, mesh) of this source"
       )
     self._blocks = _process_blocks(self.sharding, self.batch_size)
-    self._shifts = (0,)
+    self._routes: tuple[tuple[int, int], ...] = ()
 
   def _make(self, rows: np.ndarray) -> dict[str, jax.Array]:
-    self._shifts = batch_shifts(
+    self._routes = batch_routes(
       global_index(rows, self.batch_size, self._blocks), self._per_device, self._devices
     )
     return super()._make(rows)
 
   def _ecg(self, rows: np.ndarray, index: jax.Array) -> jax.Array:
-    return _gather_fn(self.sharding.mesh, self._per_device, self._shifts)(self.ecg, index)
+    return _gather_fn(self.sharding.mesh, self._per_device, self._routes)(self.ecg, index)
 
 
 def global_index(rows: np.ndarray, batch_size: int, blocks: list[slice]) -> np.ndarray:
@@ -76,18 +76,28 @@ def global_index(rows: np.ndarray, batch_size: int, blocks: list[slice]) -> np.n
   return index
 
 
-def batch_shifts(index: np.ndarray, per_device: int, devices: int) -> tuple[int, ...]:
-  """The device shifts the gather needs for this batch: device j's rows of the batch live on devices j - s
-  (mod n) for s in the result, a window -w..w with w the farthest owner rounded up to a power of two (few
-  distinct windows, so few compilations). A sorted single-process batch mostly needs -1, 0, 1."""
+def batch_routes(index: np.ndarray, per_device: int, devices: int) -> tuple[tuple[int, int], ...]:
+  """What the gather moves between devices for the batch `index` (global, -1 = padding): ((shift, rows), ...).
+
+  Device j's row held by device j - s (mod n) travels by shift s; every device sends `rows` rows per shift (the
+  most any device sends, padding the rest). Routes are rounded so that few distinct ones occur (each is one
+  compilation): the shifts are a window +-1, +-2, +-4, ... (all n - 1 once it reaches half the mesh) and the
+  rows a power of two, at least b / 8 (b = B / n). A sorted single-process batch needs shifts +-1 only: device
+  j's rows lie in its own shard but for a few at the boundaries."""
   b = len(index) // devices
-  valid = index >= 0
-  distance = (np.arange(len(index))[valid] // b - index[valid] // per_device) % devices
-  farthest = int(np.minimum(distance, devices - distance).max(initial=0))
-  reach = 0 if farthest == 0 else 1 << (farthest - 1).bit_length()
-  if 2 * reach >= devices:
-    return tuple(range(devices))
-  return tuple(sorted({s % devices for s in range(-reach, reach + 1)}))
+  rows = np.flatnonzero(index >= 0)
+  shift = (rows // b - index[rows] // per_device) % devices
+  away = shift != 0
+  if not away.any():
+    return ()
+  farthest = int(np.minimum(shift, devices - shift).max())
+  reach = 1 << (farthest - 1).bit_length()
+  most = int(
+    np.unique(np.stack([rows[away] // b, shift[away]]), axis=1, return_counts=True)[1].max()
+  )
+  count = min(b, 1 << max(most - 1, b // 8 - 1, 0).bit_length())
+  shifts = range(1, devices) if 2 * reach >= devices else (*range(1, reach + 1), *range(-reach, 0))
+  return tuple(sorted((s % devices, count) for s in shifts))
 
 
 def resident_rows(num_records: int, devices: int) -> int:
@@ -145,29 +155,36 @@ def _process_blocks(sharding: NamedSharding, batch_size: int) -> list[slice]:
 
 
 @functools.lru_cache(maxsize=64)
-def _gather_fn(mesh: Mesh, per_device: int, shifts: tuple[int, ...]):
+def _gather_fn(mesh: Mesh, per_device: int, routes: tuple[tuple[int, int], ...]):
   """jit(ecg (N', ...) over 'data', index (B,) int32 over 'data', -1 = padding) -> (B, ...) over 'data'.
 
-  For each shift s, device k takes the rows it holds among those of device k + s (zeros for the others) and
-  sends them there (ppermute); a device sums what it receives: exactly one sender holds each row, so the sum is
-  that row, bit for bit. Per shift, b = B / n rows per device."""
+  Each device takes the rows of its block of the batch that its own shard holds (zeros for the rest); then for
+  each (shift, count) of `routes` every device sends the (at most `count`) rows that its s-th neighbour wants and
+  it holds, with their positions, and the receiver writes them in (ppermute)."""
   devices = mesh.shape[DATA_AXIS]
 
   def gather(shard: jax.Array, index: jax.Array) -> jax.Array:
     b = index.shape[0]
     index = jax.lax.all_gather(index, DATA_AXIS, tiled=True)  # (B,): the whole batch's rows
     me = jax.lax.axis_index(DATA_AXIS)
-    out = None
-    for shift in shifts:
-      wanted = jax.lax.dynamic_slice_in_dim(index, (me + shift) % devices * b, b)
+
+    def wanted_by(
+      device,
+    ):  # rows of `device`'s block as rows of this shard, and which ones it holds
+      wanted = jax.lax.dynamic_slice_in_dim(index, device * b, b)
       local = wanted - me * per_device
-      mine = (wanted >= 0) & (local >= 0) & (local < per_device)
-      rows = jnp.take(shard, jnp.clip(local, 0, per_device - 1), axis=0)
-      rows = jnp.where(mine.reshape((-1,) + (1,) * (rows.ndim - 1)), rows, jnp.zeros_like(rows))
-      if shift:
-        perm = [(k, (k + shift) % devices) for k in range(devices)]
-        rows = jax.lax.ppermute(rows, DATA_AXIS, perm)
-      out = rows if out is None else out + rows  # all but one summand of a row are zeros: exact
+      return jnp.clip(local, 0, per_device - 1), (wanted >= 0) & (local >= 0) & (local < per_device)
+
+    local, mine = wanted_by(me)
+    out = jnp.take(shard, local, axis=0)
+    out = jnp.where(mine.reshape((-1,) + (1,) * (out.ndim - 1)), out, jnp.zeros_like(out))
+    for shift, count in routes:
+      local, mine = wanted_by((me + shift) % devices)
+      (positions,) = jnp.nonzero(mine, size=count, fill_value=b)  # b: an empty slot
+      rows = jnp.take(shard, local[jnp.minimum(positions, b - 1)], axis=0)
+      perm = [(k, (k + shift) % devices) for k in range(devices)]
+      rows, positions = (jax.lax.ppermute(x, DATA_AXIS, perm) for x in (rows, positions))
+      out = out.at[positions].set(rows, mode="drop")
     return out
 
   spec = P(DATA_AXIS)
