@@ -82,6 +82,11 @@ def run(
     "host placement": BatchIterator(source, **kwargs),
     "device placement": DeviceBatchIterator(source, placed=placed, **kwargs),
   }
+  start = time.perf_counter()
+  gathers = iterators["device placement"].precompile(epochs=1)
+  log.info(
+    "compiled the %d gathers of the first epoch in %.1f s", gathers, time.perf_counter() - start
+  )
   load = [os.getloadavg()[0]]
   timings = _alternating(
     {name: _input_only(batches) for name, batches in iterators.items()},
@@ -118,6 +123,7 @@ def run(
     row.update(
       vs_host=row["ecg_per_s"] / host["ecg_per_s"],
       place_s=place_s if "device" in row["impl"] else None,
+      gathers_compiled=gathers,
       records=len(source),
       dataset=dataset,
       split=split,

@@ -267,6 +267,7 @@ def test_plan_for_on_cpu_devices_and_make_iterator(source, mesh):
   assert second.placement == "device" and second.memory_source == "config.data.device_memory_bytes"
   batches = placement.make_iterator(source, config, mesh, columns={"c": np.arange(RECORDS)})
   assert type(batches) is DeviceBatchIterator and batches.ecg.shape == (208, 5000, 12)
+  assert 1 <= batches.precompile() <= 4
   batch = next(batches)
   batches.close()
   np.testing.assert_array_equal(np.asarray(batch["ecg"]), source.ecg[np.asarray(batch["index"])])

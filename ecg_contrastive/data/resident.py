@@ -54,6 +54,23 @@ class DeviceBatchIterator(BatchIterator):
     self._blocks = _process_blocks(self.sharding, self.batch_size)
     self._routes: tuple[tuple[int, int], ...] = ()
 
+  def precompile(self, epochs: int = 1) -> int:
+    """Compiles now the gathers that epochs 0..epochs-1 will use (else each compiles when first met, in the
+    reader thread); returns how many there are (a few: batch_routes rounds them)."""
+    routes = {
+      batch_routes(
+        global_index(order[start : start + self.batch_size], self.batch_size, self._blocks),
+        self._per_device,
+        self._devices,
+      )
+      for order in (self._order(epoch) for epoch in range(epochs))
+      for start in range(0, len(self) * self.batch_size, self.batch_size)
+    }
+    index = self._global(np.zeros(self._rows.stop - self._rows.start, np.int32))
+    for route in routes:
+      _gather_fn(self.sharding.mesh, self._per_device, route)(self.ecg, index).block_until_ready()
+    return len(routes)
+
   def _make(self, rows: np.ndarray) -> dict[str, jax.Array]:
     self._routes = batch_routes(
       global_index(rows, self.batch_size, self._blocks), self._per_device, self._devices
