@@ -220,7 +220,7 @@ def test_plan_picks_device_when_the_padded_split_fits_its_share():
   cpu = plan()
   assert cpu.placement == "host"
   assert cpu.reason == (
-    "auto: device memory unknown on cpu; set config.data.device_memory_bytes to place data on devices"
+    "auto: no figure for device memory; set config.data.device_memory_bytes to place data on devices"
   )
   assert plan("host", memory=80e9).placement == "host"
   forced = plan("device", memory=16e9, devices=16)
@@ -246,7 +246,10 @@ def test_plan_says_bytes_memory_bandwidth_and_why():
     "  placement: device (auto: 12.1 GB per device fits in 0.3 x 80 GB (config.data.device_memory_share))",
   ]
   cpu = plan().describe()
-  assert "device memory: unknown on cpu" in cpu and "logged at the first metrics line" in cpu
+  assert (
+    "device memory: unknown on cpu" in cpu
+    and "logged from the measured rate at the second metrics line" in cpu
+  )
   assert plan(processes=4).host_bandwidth(48_000) == 48_000 * ECG_BYTES / 4
   assert (
     plan()
@@ -346,3 +349,51 @@ def test_training_on_device_resident_data_gives_the_host_losses(tmp_path):
 
       losses[where] = [m["loss"] for m in map(json.loads, f) if "loss" in m]
   assert len(losses["host"]) == 4 and losses["device"] == losses["host"]
+
+
+@pytest.mark.slow
+def test_two_processes_place_their_own_shards_and_train_as_the_host_pipeline(tmp_path):
+  """2 processes x 2 CPU devices (gloo): each places only its devices' shards; the gather crosses processes;
+  the losses equal those of host placement on the same processes."""
+  import json
+  import subprocess
+  import sys
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  losses, logs = {}, {}
+  for where in ("host", "device"):
+    workdir = tmp_path / where
+    env = {
+      **os.environ,
+      "JAX_PLATFORMS": "cpu",
+      "DEVICES_PER_PROCESS": "2",
+      "PYTHON": sys.executable,
+    }
+    env.pop("XLA_FLAGS", None)
+    env["PORT"] = str(24000 + os.getpid() % 1000 + (where == "device"))
+    args = [
+      "--config=configs/default.py:tiny",
+      f"--workdir={workdir}",
+      f"--config.data_dir={tmp_path / 'tfds'}",
+      f"--config.text.cache_dir={tmp_path / 'text'}",
+      "--config.num_steps=3",
+      "--config.log_every=1",
+      "--config.checkpoint_every=3",
+      "--config.eval_splits=('validation',)",
+      f"--config.data.placement={where}",
+    ]
+    out = subprocess.run(
+      ["bash", "launch/local_multiprocess.sh", "2", *args],
+      cwd=repo,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    with open(workdir / "metrics.jsonl") as f:
+      losses[where] = [m["loss"] for m in map(json.loads, f) if "loss" in m]
+    logs[where] = open(workdir / "process_1.log").read()
+  assert "placement: device (config.data.placement='device')" in logs["device"]
+  assert "placement: host (config.data.placement='host')" in logs["host"]
+  assert len(losses["host"]) == 3 and losses["device"] == losses["host"]

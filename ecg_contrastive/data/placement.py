@@ -87,7 +87,7 @@ class Plan:
       f"{_gb(self.host_bandwidth())}/s per host at {self.ecg_per_s:,.0f} ECG/s over "
       f"{self.processes} process(es) (config.data.expected_ecg_per_s)"
       if self.ecg_per_s
-      else "logged at the first metrics line from the measured rate "
+      else "logged from the measured rate at the second metrics line "
       "(config.data.expected_ecg_per_s plans it now)"
     )
     return "\n".join(
@@ -139,7 +139,7 @@ def plan_placement(
   elif memory is None:
     placement, reason = (
       "host",
-      f"auto: device memory {memory_source}; set {CONFIGURED} to place data on devices",
+      f"auto: no figure for device memory; set {CONFIGURED} to place data on devices",
     )
   else:
     fits = need <= share * memory
