@@ -55,8 +55,8 @@ class DeviceBatchIterator(BatchIterator):
     self._routes: tuple[tuple[int, int], ...] = ()
 
   def precompile(self, epochs: int = 1) -> int:
-    """Compiles now the gathers that epochs 0..epochs-1 will use (else each compiles when first met, in the
-    reader thread); returns how many there are (a few: batch_routes rounds them)."""
+    """Compiles now the gathers that epochs 0..epochs-1 will use (else each compiles when next() first meets
+    it); returns how many there are (a few: batch_routes rounds them)."""
     routes = {
       batch_routes(
         global_index(order[start : start + self.batch_size], self.batch_size, self._blocks),
@@ -77,8 +77,18 @@ class DeviceBatchIterator(BatchIterator):
     )
     return super()._make(rows)
 
-  def _ecg(self, rows: np.ndarray, index: jax.Array) -> jax.Array:
-    return _gather_fn(self.sharding.mesh, self._per_device, self._routes)(self.ecg, index)
+  def __next__(self) -> dict[str, jax.Array]:
+    batch = super().__next__()
+    batch["ecg"] = batch["ecg"]()  # the gather, dispatched in this thread (see _ecg)
+    return batch
+
+  def _ecg(self, rows: np.ndarray, index: jax.Array):
+    """The gather of this batch, to be dispatched by __next__ in the consumer's thread. With several processes
+    every one must launch computations with collectives in the same order (else two of them may each wait
+    in a different one); the trainer's thread launches gather, step, gather, step... on every process."""
+    return functools.partial(
+      _gather_fn(self.sharding.mesh, self._per_device, self._routes), self.ecg, index
+    )
 
 
 def global_index(rows: np.ndarray, batch_size: int, blocks: list[slice]) -> np.ndarray:
