@@ -154,7 +154,7 @@ def _place_rows(source: Source, start: int, count: int, chunk: int, device) -> j
   """int16 (count,) + record of rows start.. of the source on `device` (zeros past its end), by chunks."""
   record = tuple(source.ecg.shape[1:])
   on_device = SingleDeviceSharding(device)
-  shard = jax.jit(lambda: jnp.zeros((count,) + record, jnp.int16), out_shardings=on_device)()
+  shard = jnp.zeros((count,) + record, jnp.int16, device=on_device)
   for offset in range(0, count, chunk):
     rows = np.arange(start + offset, min(start + offset + chunk, start + count, len(source)))
     if not len(rows):
