@@ -528,4 +528,5 @@ def test_memory_command_with_tiles_compares_dense_and_tiled_loss(tmp_path):
       assert "plan_mib" not in row and row["note"].startswith("not compiled")
     else:
       assert positive(row["plan_mib"]) and row["plan_mib"] >= row["temp_mib"]
+      assert 0 < row["loss_plan_mib"] <= row["plan_mib"]  # the L2 normalisation only adds
   assert all(positive(r["ms"]) for r in timed)
