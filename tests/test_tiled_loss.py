@@ -144,7 +144,7 @@ def test_tiled_loss_holds_one_tile_of_logits_at_a_time():
     assert (T, T) in shapes
 
 
-@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("kind", ["softmax", pytest.param("sigmoid", marks=pytest.mark.slow)])
 def test_memory_grows_as_this_devices_rows_only(kind):
   """XLA's plan for value-and-gradient: from B to 4B its temporaries grow by about one (b, E) f32 buffer (the
   gradient being accumulated), never by the other side's (B, E) embeddings (8x that on 8 devices) or the (b, B)
