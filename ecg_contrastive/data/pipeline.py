@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from ecg_contrastive import paths
-from ecg_contrastive.data import cache
+from ecg_contrastive.data import cache, streaming
 from ecg_contrastive.data.batches import BatchIterator  # noqa: F401  (public API)
 from ecg_contrastive.errors import DataError
 
@@ -98,15 +98,35 @@ def data_dir_default() -> str:
   return os.fspath(paths.path(os.environ.get("ECG_CONTRASTIVE_DATA") or DEFAULT_DATA_DIR))
 
 
+HOST_READS = ("cache", "stream")  # config.data.host_read
+HOST_CACHES = ("none", "share")  # config.data.host_cache (with host_read="stream")
+
+
 def open_source(
-  dataset: str, split: str, data_dir: str | None = None, source_dir: str | None = None
-) -> EcgSource:
+  dataset: str,
+  split: str,
+  data_dir: str | None = None,
+  source_dir: str | None = None,
+  *,
+  host_read: str = "cache",
+  reader_threads: int = 4,
+  host_cache: str = "none",
+) -> EcgSource | streaming.StreamingSource:
   """Opens `split` of `dataset` ("name" or "name/config"), preparing the dataset and its cache if needed.
 
   source_dir: the folder of the raw records, for the real-data datasets (ptbxl, mimic_iv_ecg,
   ecg_manifest); used only when the dataset is not prepared yet (TFDS's manual_dir).
+  host_read: "cache" (a full int16 copy of the split on this host, memory-mapped) or "stream" (records
+  read from the shards as batches need them, `reader_threads` threads; host_cache="share" keeps what
+  this host read in a local file). Both give the same rows, bytes and metadata.
   """
   import tensorflow_datasets as tfds
+
+  if host_read not in HOST_READS or host_cache not in HOST_CACHES:
+    raise DataError(
+      f"host_read={host_read!r}, host_cache={host_cache!r}: use host_read in {HOST_READS} and "
+      f"host_cache in {HOST_CACHES}"
+    )
 
   name = dataset.split("/")[0]
   known = known_datasets()
@@ -140,8 +160,30 @@ def open_source(
       f"{dataset}: no split {split!r}; it has {sorted(builder.info.splits)}; set config.train_split "
       "and config.eval_splits to those"
     )
+  if host_read == "stream":
+    return _stream(builder, dataset, split, reader_threads, host_cache)
   ecg, meta, skipped = cache.load_or_build(builder, split)
   return EcgSource(ecg, SplitMeta(**meta), skipped, f"{dataset}:{split}")
+
+
+def _stream(builder, dataset: str, split: str, reader_threads: int, host_cache: str):
+  """The split read from its shards (streaming.StreamingSource), with its record index."""
+  index, skipped = streaming.load_or_build_index(builder, split)
+  info = builder.info.splits[split]
+  rows = streaming.record_rows(int(info.num_examples), index)
+  share = None
+  if host_cache == "share":
+    folder = cache.cache_folder(str(builder.data_dir))
+    share = streaming.ShareCache(folder, len(rows), f"{dataset}:{split}")
+  return streaming.StreamingSource(
+    list(zip(map(str, info.filepaths), info.shard_lengths)),
+    rows,
+    SplitMeta(**{k: index[k] for k in cache.META_COLUMNS}),
+    skipped,
+    f"{dataset}:{split}",
+    reader_threads,
+    share,
+  )
 
 
 def needs_source(name: str) -> bool:
