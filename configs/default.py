@@ -21,6 +21,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.source_dir = (
     ""  # folder of the raw records for ptbxl / mimic_iv_ecg / ecg_manifest (docs/data.md)
   )
+  c.data = ml_collections.ConfigDict()
+  c.data.host_read = (
+    "cache"  # "cache": a full int16 copy per host | "stream": read the shards (docs/data.md)
+  )
+  c.data.reader_threads = 4  # threads reading shards with host_read="stream"
+  c.data.host_cache = (
+    "none"  # with "stream": "share" keeps the records this host read in a local file
+  )
   c.train_split = "train"
   c.eval_splits = ("validation", "test")
 
