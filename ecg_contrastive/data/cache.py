@@ -63,7 +63,8 @@ def cache_folder(dataset_dir: str) -> str:
   return folder
 
 
-def _paths(builder, split: str) -> tuple[str, str]:
+def cache_files(builder, split: str) -> tuple[str, str]:
+  """(int16 .npy, .meta.json) of the cache of `split` (local files)."""
   folder = cache_folder(str(builder.data_dir))
   return os.path.join(folder, f"{split}.ecg.npy"), os.path.join(folder, f"{split}.meta.json")
 
@@ -91,9 +92,14 @@ def _load(ecg_path: str, meta_path: str, expected: dict):
   return ecg, meta
 
 
+def is_built(builder, split: str) -> bool:
+  """Whether the cache of `split` is there and matches the dataset (nothing to build)."""
+  return _load(*cache_files(builder, split), fingerprint(builder, split)) is not None
+
+
 def load_or_build(builder, split: str) -> tuple[np.ndarray, dict[str, list], list[dict]]:
   """(int16 memmap (n, 5000, 12), metadata columns, skipped records) of `split`, building the cache if needed."""
-  ecg_path, meta_path = _paths(builder, split)
+  ecg_path, meta_path = cache_files(builder, split)
   expected = fingerprint(builder, split)
 
   def decode() -> None:

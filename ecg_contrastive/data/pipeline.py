@@ -120,13 +120,29 @@ def open_source(
   read from the shards as batches need them, `reader_threads` threads; host_cache="share" keeps what
   this host read in a local file). Both give the same rows, bytes and metadata.
   """
-  import tensorflow_datasets as tfds
-
   if host_read not in HOST_READS or host_cache not in HOST_CACHES:
     raise DataError(
       f"host_read={host_read!r}, host_cache={host_cache!r}: use host_read in {HOST_READS} and "
       f"host_cache in {HOST_CACHES}"
     )
+  builder, _ = prepare_dataset(dataset, data_dir, source_dir)
+  if split not in builder.info.splits:
+    raise DataError(
+      f"{dataset}: no split {split!r}; it has {sorted(builder.info.splits)}; set config.train_split "
+      "and config.eval_splits to those"
+    )
+  if host_read == "stream":
+    return _stream(builder, dataset, split, reader_threads, host_cache)
+  ecg, meta, skipped = cache.load_or_build(builder, split)
+  return EcgSource(ecg, SplitMeta(**meta), skipped, f"{dataset}:{split}")
+
+
+def prepare_dataset(
+  dataset: str, data_dir: str | None = None, source_dir: str | None = None
+) -> tuple[object, bool]:
+  """(TFDS builder of the prepared `dataset`, whether this process built it): the dataset's shards are
+  written once (process 0; the others wait) when missing. data_dir and source_dir as in open_source."""
+  import tensorflow_datasets as tfds
 
   name = dataset.split("/")[0]
   known = known_datasets()
@@ -137,33 +153,25 @@ def open_source(
     )
   data_dir = os.fspath(paths.path(data_dir)) if data_dir else data_dir_default()
   builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
-  if not builder.is_prepared():
+  if builder.is_prepared():
+    if source_dir and needs_source(name):
+      _warn_if_other_source(builder, source_dir)
+    return builder, False
 
-    def prepare() -> None:
-      if paths.is_remote(data_dir):
-        raise DataError(
-          f"{dataset} is not prepared in {data_dir}: array_record writes local files only, so a "
-          "dataset is built into a local data_dir and copied to the bucket (docs/data.md, "
-          "'Many processes, one data build')"
-        )
-      builder.download_and_prepare(download_config=source_download_config(builder, source_dir))
+  def prepare() -> None:
+    if paths.is_remote(data_dir):
+      raise DataError(
+        f"{dataset} is not prepared in {data_dir}: array_record writes local files only, so a "
+        "dataset is built into a local data_dir and copied to the bucket (docs/data.md, "
+        "'Many processes, one data build')"
+      )
+    builder.download_and_prepare(download_config=source_download_config(builder, source_dir))
 
-    if not paths.one_process_writes(f"dataset {dataset}", builder.is_prepared, prepare):
-      log.info("%s: prepared by process 0 in %s; not built here", dataset, data_dir)
-    builder = tfds.builder(
-      dataset, data_dir=data_dir, file_format="array_record"
-    )  # reads what was written
-  elif source_dir and needs_source(name):
-    _warn_if_other_source(builder, source_dir)
-  if split not in builder.info.splits:
-    raise DataError(
-      f"{dataset}: no split {split!r}; it has {sorted(builder.info.splits)}; set config.train_split "
-      "and config.eval_splits to those"
-    )
-  if host_read == "stream":
-    return _stream(builder, dataset, split, reader_threads, host_cache)
-  ecg, meta, skipped = cache.load_or_build(builder, split)
-  return EcgSource(ecg, SplitMeta(**meta), skipped, f"{dataset}:{split}")
+  built = paths.one_process_writes(f"dataset {dataset}", builder.is_prepared, prepare)
+  if not built:
+    log.info("%s: prepared by process 0 in %s; not built here", dataset, data_dir)
+  # reads what was written
+  return tfds.builder(dataset, data_dir=data_dir, file_format="array_record"), built
 
 
 def _stream(builder, dataset: str, split: str, reader_threads: int, host_cache: str):

@@ -52,6 +52,12 @@ def index_path(dataset_dir: str, split: str) -> str:
   return paths.join(dataset_dir, "ecg_cache", f"{split}.meta.json")
 
 
+def is_indexed(builder, split: str) -> bool:
+  """Whether the record index of `split` is there and matches the dataset (nothing to scan)."""
+  path = index_path(str(builder.data_dir), split)
+  return cache.load_meta(path, cache.fingerprint(builder, split)) is not None
+
+
 def load_or_build_index(builder, split: str) -> tuple[dict, list[dict]]:
   """(record index of `split`, skipped records: the builder's, then those that do not decode), scanning the
   split once (process 0) when the index is missing or stale."""
@@ -59,6 +65,7 @@ def load_or_build_index(builder, split: str) -> tuple[dict, list[dict]]:
 
   def scan() -> None:
     log.info("indexing %s/%s into %s (once; no waveforms are copied)", builder.name, split, path)
+    paths.makedirs(paths.join(str(builder.data_dir), "ecg_cache"))
     cache.write_meta(path, expected, *cache.scan(builder.as_data_source(split=split)))
 
   paths.one_process_writes(
