@@ -122,6 +122,7 @@ def test_corrupt_record_is_skipped_counted_and_listed(data_dir, tmp_path):
   cached = pipeline.open_source(DATASET, "test", copy)  # the cache of the same copy agrees
   assert cached.skipped == source.skipped
   assert np.array_equal(cached.read(np.arange(31)), source.read(np.arange(31)))
+  assert np.array_equal(np.asarray(source.ecg), np.asarray(cached.ecg))  # the whole split, read
   source.close()
 
 

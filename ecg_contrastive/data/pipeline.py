@@ -179,6 +179,17 @@ def _stream(builder, dataset: str, split: str, reader_threads: int, host_cache: 
   index, skipped = streaming.load_or_build_index(builder, split)
   info = builder.info.splits[split]
   rows = streaming.record_rows(int(info.num_examples), index)
+  log.info(
+    "%s:%s: %d records read from %d shard(s) in %s as batches need them (host_read='stream', "
+    "%d reader threads, host_cache=%r); no full local copy",
+    dataset,
+    split,
+    len(rows),
+    len(info.filepaths),
+    builder.data_dir,
+    reader_threads,
+    host_cache,
+  )
   share = None
   if host_cache == "share":
     folder = cache.cache_folder(str(builder.data_dir))

@@ -118,9 +118,15 @@ class _Shape:
     return len(self._source)
 
   def __getitem__(self, key) -> np.ndarray:
+    """Rows only: ecg[i], ecg[a:b], ecg[[i, j]]."""
     if isinstance(key, (int, np.integer)):
       return self._source.read(np.array([key]))[0]
     return self._source.read(np.arange(len(self._source))[key])
+
+  def __array__(self, dtype=None, copy=None) -> np.ndarray:
+    """The whole split, read (np.asarray(source.ecg)); what a full copy would hold."""
+    ecg = self._source.read(np.arange(len(self._source)))
+    return ecg if dtype is None else ecg.astype(dtype)
 
 
 class StreamingSource:
