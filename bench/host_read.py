@@ -6,8 +6,9 @@ of the table reads the same `--batches` batches twice: pass 'cold' right after t
 from the page cache (posix_fadvise DONTNEED on those files only: nothing else on the machine is touched; pages
 that another process holds mapped stay), pass 'warm' again at once. ECG/s counts rows delivered as int16
 (5000, 12) in host memory; MB/s is their int16 bytes (120 kB each); shard MB/s the compressed bytes the
-stream read for them (the split's shard bytes per record). Nothing is placed on devices: this is the read
-alone (`bench pipeline` times the whole input path with the step).
+stream read for them (the split's shard bytes per record); CPU us/ECG the process's CPU time (all threads) per
+row, which a busy machine inflates less than wall time: 1e6 / it is about what one free core delivers.
+Nothing is placed on devices: this is the read alone (`bench pipeline` times the input path with the step).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ COLUMNS = [
   ("ecg_per_s", "ECG/s", ",.0f"),
   ("mb_per_s", "MB/s (int16)", ",.0f"),
   ("shard_mb_per_s", "shard MB/s (zstd)", ",.0f"),
+  ("cpu_us_per_ecg", "CPU us/ECG", ",.0f"),
   ("seconds", "s", ".2f"),
 ]
 ECG_BYTES = 5000 * 12 * 2
@@ -40,11 +42,12 @@ def _evict(files: list[str]) -> None:
       os.close(fd)
 
 
-def _time(source, batches: list[np.ndarray], out: np.ndarray) -> float:
-  start = time.perf_counter()
+def _time(source, batches: list[np.ndarray], out: np.ndarray) -> tuple[float, float]:
+  """(wall seconds, CPU seconds of this process, all threads) of reading `batches`."""
+  start, cpu = time.perf_counter(), time.process_time()
   for rows in batches:
     source.read(rows, out=out[: len(rows)])
-  return time.perf_counter() - start
+  return time.perf_counter() - start, time.process_time() - cpu
 
 
 def run(
@@ -75,7 +78,7 @@ def run(
   def measure(name: str, source, count: int | None, files: list[str]) -> None:
     _evict(files)
     for which in ("cold", "warm"):
-      seconds = _time(source, batches, out)
+      seconds, cpu = _time(source, batches, out)
       ecg_per_s = batch_size * num_batches / seconds
       rows.append(
         {
@@ -86,6 +89,7 @@ def run(
           "mb_per_s": ecg_per_s * ECG_BYTES / 1e6,
           "shard_mb_per_s": ecg_per_s * shard_bytes / 1e6 if name == "stream" else None,
           "seconds": seconds,
+          "cpu_us_per_ecg": cpu / (batch_size * num_batches) * 1e6,
           "batch": batch_size,
           "rows": batch_size * num_batches,
         }

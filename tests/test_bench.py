@@ -546,7 +546,7 @@ def test_host_read_command_times_the_stream_and_the_cache(tmp_path, capsys):
     ("stream", 2, "warm"),
   ]
   for row in data["rows"]:
-    assert row["rows"] == 128 and positive(row["ecg_per_s"])
+    assert row["rows"] == 128 and positive(row["ecg_per_s"]) and positive(row["cpu_us_per_ecg"])
     assert row["mb_per_s"] == pytest.approx(row["ecg_per_s"] * 0.12)
     assert (row["shard_mb_per_s"] is None) == (row["read"] != "stream")
   assert data["meta"]["workload"] == {
