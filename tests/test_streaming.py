@@ -146,7 +146,7 @@ def test_ecg_bytes_cuts_the_waveform_out_of_a_serialized_example(data_dir):
       streaming.ecg_bytes(broken)
 
 
-def test_share_cache_keeps_what_this_host_read(data_dir):
+def test_share_cache_keeps_what_this_host_read(data_dir, monkeypatch, caplog):
   source = stream(data_dir, "validation", host_cache="share")
   cached = pipeline.open_source(DATASET, "validation", data_dir)
   first = np.array([4, 9, 9, 30])
@@ -159,13 +159,21 @@ def test_share_cache_keeps_what_this_host_read(data_dir):
   fetch, source._fetch = source._fetch, no_shard_reads
   assert np.array_equal(source.read(np.array([30, 4])), cached.read(np.array([30, 4])))
   source._fetch = fetch
-  assert np.array_equal(source.read(np.arange(32)), cached.read(np.arange(32)))
-  path = source.share_cache.path
-  assert os.path.exists(path) and os.path.dirname(path) == os.path.join(
-    dataset_folder(data_dir), "ecg_cache"
-  )
-  source.share_cache.close()
-  assert not os.path.exists(path)
+  folder = os.path.join(dataset_folder(data_dir), "ecg_cache")
+  assert source.share_cache.folder == folder
+  assert not [
+    f for f in os.listdir(folder) if f.startswith("share-")
+  ]  # unlinked: nothing to leave behind
+
+  def disk_full(*args):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(os, "pwrite", disk_full)
+  assert np.array_equal(source.read(np.arange(32)), cached.read(np.arange(32)))  # still read right
+  assert not source.share_cache.growing and source.share_cache.held.sum() == 3
+  assert "stops growing at 3 records: [Errno 28] No space left on device" in caplog.text
+  source.close()
+  assert source.share_cache is None
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,12 @@ holds the fingerprint, the metadata columns and the skipped records, and is made
 decode (`cache.scan`, the cache's own rules) by process 0, or by `python -m ecg_contrastive.data.prepare`.
 It is small (no waveforms) and lives beside the dataset, on gs:// too.
 
-host_cache="share": records this host has read are kept in a local sparse int16 file (`ShareCache`),
-so a record is fetched from the shards once per host. With a global shuffle per epoch a host's share is
+host_cache="share": records this host has read are kept in a local sparse file (`ShareCache`), so a
+record is fetched from the shards once per host. With a global shuffle per epoch a host's share is
 a different 1/P of the split every epoch, so the cache fills towards the whole split: after E epochs it
 holds 1 - (1 - 1/P)^E of it (P = 16: 6% after one epoch, 96% after 50), and the disk holds that much.
 It pays when the shards are remote and a job runs many epochs on one set of hosts; it is not kept
-across runs (a fresh file per process start), so no stale rows survive a changed dataset.
+across runs (a fresh unlinked file per process), so no stale rows survive a changed dataset.
 """
 
 from __future__ import annotations
@@ -194,7 +194,10 @@ class StreamingSource:
     return out
 
   def close(self) -> None:
-    """Closes the shard readers and the thread pool (a later read reopens the readers)."""
+    """Closes the shard readers, the thread pool and the share cache (a later read reopens the readers)."""
+    if self.share_cache is not None:
+      self.share_cache.close()
+      self.share_cache = None
     if self._pool is not None:
       self._pool.shutdown(wait=True)
       self._pool = None
@@ -322,37 +325,58 @@ def ecg_bytes(serialized: bytes, key: bytes = b"ecg") -> memoryview:
 
 
 class ShareCache:
-  """Records this process has read, kept in a local sparse int16 file (n, 5000, 12) with a bitmap of the
-  rows it holds; deleted on close. Only rows read are written, so the file's disk use is what it holds."""
+  """Records this process has read, kept in a local sparse file of int16 (5000, 12) rows at row x 120 kB, with a
+  bitmap of the rows it holds. The file is unlinked as soon as it is opened: its disk space is what it holds and
+  returns to the disk when the process ends, however it ends. Plain reads and writes, not a memory map: a full
+  disk is an OSError (logged once; the cache stops growing), not a SIGBUS."""
 
   def __init__(self, folder: str, num_records: int, name: str):
     os.makedirs(folder, exist_ok=True)
-    self.path = os.path.join(folder, f"share-{os.getpid()}-{uuid.uuid4().hex[:8]}.ecg.npy")
-    self._ecg = np.lib.format.open_memmap(
-      self.path, mode="w+", dtype=np.int16, shape=(num_records, NUM_SAMPLES, NUM_LEADS)
-    )
+    path = os.path.join(folder, f"share-{os.getpid()}-{uuid.uuid4().hex[:8]}.ecg")
+    self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.unlink(path)
+    os.ftruncate(self._fd, num_records * ECG_BYTES)  # sparse: no block is written yet
     self.held = np.zeros(num_records, bool)
-    self._lock = threading.Lock()
-    log.info("%s: records read on this host are kept in %s (host_cache='share')", name, self.path)
+    self.folder, self.name, self.growing = folder, name, True
+    log.info(
+      "%s: records read on this host are kept in an unlinked sparse file in %s (host_cache='share')",
+      name,
+      folder,
+    )
 
   def take(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Fills out[i] for each rows[i] held; returns the positions i still to read."""
     held = self.held[rows]
-    hit = np.flatnonzero(held)
-    if len(hit):
-      out[hit] = self._ecg[rows[hit]]
+    for i in np.flatnonzero(held):
+      if os.preadv(self._fd, [out[i]], int(rows[i]) * ECG_BYTES) != ECG_BYTES:
+        raise DataError(
+          f"{self.name}: the share cache in {self.folder} read short; set data.host_cache='none'"
+        )
     return np.flatnonzero(~held)
 
   def put(self, rows: np.ndarray, ecg: np.ndarray) -> None:
-    with self._lock:
-      self._ecg[rows] = ecg
-      self.held[rows] = True
+    """Keeps ecg[i] as row rows[i] (ecg: int16 (len(rows), 5000, 12), C-contiguous rows)."""
+    if not self.growing:
+      return
+    try:
+      for row, waveform in zip(rows, ecg):
+        os.pwrite(self._fd, np.ascontiguousarray(waveform), int(row) * ECG_BYTES)
+        self.held[row] = True
+    except OSError as e:
+      self.growing = False
+      log.warning(
+        "%s: the share cache in %s stops growing at %d records: %s",
+        self.name,
+        self.folder,
+        int(self.held.sum()),
+        e,
+      )
 
   def close(self) -> None:
-    del self._ecg
-    if os.path.exists(self.path):
-      os.remove(self.path)
+    if self._fd >= 0:
+      os.close(self._fd)
+      self._fd = -1
 
   def __del__(self):
-    if hasattr(self, "_ecg"):
+    if hasattr(self, "_fd"):
       self.close()
