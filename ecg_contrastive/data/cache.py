@@ -9,6 +9,9 @@ are skipped, counted and listed with their reason (a warning names them). The re
 list the records they skipped while building in `<dataset dir>/skipped_records.json`; those come
 first in the skip list of their split (with "stage": "build" and no index, as they have no row).
 
+`scan` is the one decode of a split and its skip rules; the streamed source (streaming.py) indexes a split
+with it too, writing only the .meta.json.
+
 With several JAX processes, process 0 builds a missing cache while the others wait, then they open
 it (a process that cannot see process 0's file, e.g. a host-local folder on another host, builds its
 own copy); files are written under a unique temporary name and renamed, so a half-written cache is

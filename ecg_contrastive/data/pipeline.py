@@ -10,6 +10,10 @@ dataset (memory-mapped; validated against a fingerprint of the shards; rebuilt w
 batch is then one sorted fancy-index of the memmap, read in a background thread and placed on
 the mesh as a global jax.Array; int16 travels, the model scales to float on the device.
 
+host_read="stream" (config.data.host_read) reads each process's rows straight from the shards instead,
+with no full copy on any host (`streaming.StreamingSource`: same rows, bytes and batches as the cache).
+`python -m ecg_contrastive.data.prepare` builds a dataset and its cache or record index before a job.
+
 data_dir may be gs:// for a dataset prepared elsewhere and copied there (array_record writes
 local files only); its int16 cache is then on this host (`cache.cache_folder`). With several JAX
 processes, process 0 prepares the dataset and builds the cache while the others wait
