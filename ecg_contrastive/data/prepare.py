@@ -93,12 +93,16 @@ def prepare(
   splits: Sequence[str] = (),
   host_read: str = "cache",
 ) -> dict:
-  """Builds what is missing; returns what there is: {'dataset', 'version', 'folder', 'built' (the shards, by
-  this process), 'seconds', 'splits': [{'split', 'records', 'skipped' (list), 'shard_bytes', 'shards',
-  'file' (cache .npy or record index), 'file_bytes', 'built' (that file, now)}]}."""
+  """Builds what is missing; returns what there is: {'dataset', 'version', 'folder', 'built' (the shards were
+  missing: built now, by this process or process 0), 'seconds', 'splits': [{'split', 'records', 'skipped'
+  (list), 'shard_bytes', 'shards', 'file' (cache .npy or record index), 'file_bytes', 'built' (that file)}]}."""
+  import tensorflow_datasets as tfds
+
   _check_dataset(dataset, source_dir or "")
   start = time.perf_counter()
-  builder, built = pipeline.prepare_dataset(dataset, data_dir, source_dir)
+  root = os.fspath(paths.path(data_dir)) if data_dir else pipeline.data_dir_default()
+  missing = not tfds.builder(dataset, data_dir=root, file_format="array_record").is_prepared()
+  builder, _ = pipeline.prepare_dataset(dataset, data_dir, source_dir)
   have = sorted(builder.info.splits)
   unknown = [s for s in splits if s not in have]
   if unknown:
@@ -130,7 +134,7 @@ def prepare(
     "dataset": dataset,
     "version": str(builder.version),
     "folder": str(builder.data_dir),
-    "built": built,
+    "built": missing,
     "seconds": time.perf_counter() - start,
     "host_read": host_read,
     "splits": rows,
@@ -141,19 +145,20 @@ def _mb(n: int) -> str:
   return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.1f} kB"
 
 
-def report(done: dict) -> str:
-  """What prepare() built and found, as lines for a terminal."""
+def report(done: dict, process: int = 0) -> str:
+  """What prepare() built and found, as lines for a terminal (`process`: this JAX process's index)."""
+  built = "built" if process == 0 else "built by process 0"
   what = "int16 cache" if done["host_read"] == "cache" else "record index"
   lines = [
     f"{done['dataset']} {done['version']} in {done['folder']}: shards "
-    f"{'built' if done['built'] else 'already there'}; {what} per split "
+    f"{built if done['built'] else 'already there'}; {what} per split "
     f"(host_read={done['host_read']}); {done['seconds']:.1f} s",
     f"{'split':<12}{'records':>9}{'skipped':>9}{'shards':>8}{'shard bytes':>14}  {what}",
   ]
   for row in done["splits"]:
     lines.append(
       f"{row['split']:<12}{row['records']:>9,}{len(row['skipped']):>9,}{row['shards']:>8}"
-      f"{_mb(row['shard_bytes']):>14}  {'built' if row['built'] else 'already there'}, "
+      f"{_mb(row['shard_bytes']):>14}  {built if row['built'] else 'already there'}, "
       f"{_mb(row['file_bytes'])}: {row['file']}"
     )
   skips = [(row["split"], s) for row in done["splits"] for s in row["skipped"]]
@@ -194,7 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise
     print(f"error: {one_line(e)}", file=sys.stderr)
     return 2
-  print(report(done), flush=True)
+  import jax
+
+  print(report(done, jax.process_index()), flush=True)
   return 0
 
 
