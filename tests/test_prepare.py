@@ -38,7 +38,9 @@ def test_builds_the_dataset_and_its_cache_and_says_what(prepared):
   data_dir, out = prepared
   folder = dataset_folder(data_dir)
   lines = out.strip().splitlines()
-  lines = lines[[i for i, line in enumerate(lines) if line.startswith(DATASET)][0] :]  # after TFDS's
+  # the report follows TFDS's own lines
+  start = [i for i, line in enumerate(lines) if line.startswith(DATASET)][0]
+  lines = lines[start:]
   assert lines[0].startswith(f"{DATASET} 1.3.0 in {folder}: shards built; int16 cache per split")
   rows = {line.split()[0]: line.split() for line in lines[2:5]}
   assert {s: int(r[1]) for s, r in rows.items()} == {"test": 32, "train": 256, "validation": 32}
