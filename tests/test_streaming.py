@@ -126,6 +126,24 @@ def test_corrupt_record_is_skipped_counted_and_listed(data_dir, tmp_path):
   source.close()
 
 
+def test_a_shard_changed_after_indexing_is_a_data_error(data_dir, tmp_path):
+  copy = str(tmp_path / "copy")
+  shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("ecg_cache"))
+  source = stream(copy, "test")  # indexed while intact; no shard opened yet
+  copy_with_corrupt_record(copy, str(tmp_path / "scratch"), "test", 5)  # a corrupt shard to swap in
+  folder, scratch = dataset_folder(copy), dataset_folder(str(tmp_path / "scratch"))
+  for name in os.listdir(scratch):
+    if name.startswith("synthetic_ecg_ja-test."):
+      shutil.copy(os.path.join(scratch, name), os.path.join(folder, name))
+  assert source.read(np.array([4])).shape == (1, 5000, 12)
+  with pytest.raises(
+    DataError, match=r"record 5 \(.*\) does not read as int16 \(5000, 12\) \(wire type"
+  ):
+    source.read(np.array([5]))
+  source.close()
+  assert len(stream(copy, "test")) == 31  # opened again: the changed shard is re-indexed
+
+
 def test_ecg_bytes_cuts_the_waveform_out_of_a_serialized_example(data_dir):
   folder = dataset_folder(data_dir)
   (shard,) = [f for f in os.listdir(folder) if f.startswith("synthetic_ecg_ja-validation.")]

@@ -232,15 +232,14 @@ class StreamingSource:
       ):
         try:
           waveform = ecg_bytes(serialized)
+          if len(waveform) != ECG_BYTES:
+            raise ValueError(f"ecg is {len(waveform)} bytes, not {ECG_BYTES}")
         except ValueError as e:
-          waveform, problem = None, str(e)
-        if waveform is None or len(waveform) != ECG_BYTES:
-          problem = problem if waveform is None else f"ecg is {len(waveform)} bytes"
           raise DataError(
             f"{self.name}: record {record} ({self._paths[shard]}) does not read as int16 "
-            f"({NUM_SAMPLES}, {NUM_LEADS}) ({problem}), although the record index listed it as "
-            "good: the shards changed; delete the ecg_cache folder beside the dataset to re-index"
-          )
+            f"({NUM_SAMPLES}, {NUM_LEADS}) ({e}), although the record index listed it as good: "
+            "the shards changed; delete the ecg_cache folder beside the dataset to re-index"
+          ) from e
         out[slot] = np.frombuffer(waveform, np.int16).reshape(NUM_SAMPLES, NUM_LEADS)
 
   def _reader(self, shard: int):
