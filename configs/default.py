@@ -21,6 +21,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.source_dir = (
     ""  # folder of the raw records for ptbxl / mimic_iv_ecg / ecg_manifest (docs/data.md)
   )
+  # How a host reads the splits (docs/data.md): host_read "cache" = a full int16 copy of each split per host,
+  # memory-mapped; "stream" = each process reads its rows of every batch from the shards, reader_threads threads;
+  # host_cache "share" (with "stream") keeps the records this host read in a local file.
+  c.data = ml_collections.ConfigDict()
+  c.data.host_read = "cache"
+  c.data.reader_threads = 4
+  c.data.host_cache = "none"
   c.train_split = "train"
   c.eval_splits = ("validation", "test")
 
