@@ -115,6 +115,21 @@ RULES = (
   ),
   Rule("train_split", str, _choice(SPLITS), f"one of {SPLITS}"),
   Rule(
+    "data.host_read",
+    str,
+    _choice(pipeline.HOST_READS),
+    f"one of {pipeline.HOST_READS} ('stream': no full copy of the split on each host)",
+  ),
+  Rule(
+    "data.reader_threads", int, lambda v: v >= 1, "an integer >= 1 (shard reader threads), e.g. 4"
+  ),
+  Rule(
+    "data.host_cache",
+    str,
+    _choice(pipeline.HOST_CACHES),
+    f"one of {pipeline.HOST_CACHES} ('share' only with data.host_read='stream')",
+  ),
+  Rule(
     "data.placement",
     str,
     _choice(PLACEMENTS),
@@ -168,6 +183,9 @@ def retired_key_message(key: str) -> str | None:
 # configs/default.py; a config without one is reported (what to set), never filled in here with a second default.
 REQUIRED = (
   "microbatches",
+  "data.host_read",
+  "data.reader_threads",
+  "data.host_cache",
   "data.placement",
   "data.device_memory_share",
   "data.device_memory_bytes",
@@ -218,6 +236,12 @@ def check_values(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.{rule.key}={value!r}: not a finite number; use {rule.use}")
     if not rule.ok(value):
       raise ConfigError(f"config.{rule.key}={value!r}: out of range; use {rule.use}")
+  if _get(config, "data.host_cache") == "share" and _get(config, "data.host_read") != "stream":
+    raise ConfigError(
+      "config.data.host_cache='share' keeps streamed records; with "
+      f"config.data.host_read={_get(config, 'data.host_read')!r} the whole split is cached already: "
+      "set --config.data.host_read=stream or --config.data.host_cache=none"
+    )
   splits = _get(config, "eval_splits")
   if splits is not _MISSING:
     if isinstance(splits, str) or not isinstance(splits, (tuple, list)) or not splits:

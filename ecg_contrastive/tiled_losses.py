@@ -12,20 +12,22 @@ in chunks of T, so it holds one (T, T) logit tile at a time (Inf-CL, arXiv 2410.
 - top-1 accuracy: a running max and the global column index of the first maximum per row (ties go to the
   smaller column index, as jnp.argmax), and whether that column is a positive.
 
-A jax.custom_vjp keeps only per-row numbers (log-sum-exp, 1 / count) from the forward pass; the backward pass
-recomputes each tile's logits and turns them into d(loss)/d(logit) (softmax: p - target; sigmoid:
-sigmoid(logit) - label), then into the gradients of rows, columns, scale and bias. Both passes are loops
-(lax.scan / lax.map) so XLA keeps one tile alive at a time.
+A jax.custom_vjp keeps only per-row numbers (log-sum-exp, 1 / count) from the forward pass. The backward pass
+recomputes each tile's logits and turns them into D = d(loss)/d(logit): for softmax, the sum of both directions'
+(p - target) at that logit (the e->t row's, from the ECG's lse, and the t->e row's, from the text's lse, which
+travels with the column tile); for sigmoid, sigmoid(logit) - label. Each device computes the gradient of its own
+rows only, in two passes one after the other: its ECGs against all text tiles (d ECG = scale D texts, and d scale,
+d bias), then its texts against all ECG tiles (d text = scale D^T ECGs). Every logit is computed once in each
+pass, as the dense backward computes it for its two (b, B) blocks, and no gradient has to travel back.
 
-Columns reach a device in one of two ways (`ring`):
-- all-gather (ring=False): the other side's (B, E) embeddings are all-gathered; the column gradient (B, E)
-  goes back with a reduce-scatter (psum_scatter). Memory: O(B x E + T x T) per device.
-- ring (ring=True): each device's (b, E) column block travels around the 'data' axis with ppermute; after n
-  steps every device has seen every block. The backward pass sends the block round again with its gradient
-  accumulating beside it, so the gradient arrives home with the block. Memory: O(b x E + T x T) per device.
-
-With T >= B one tile would be the dense loss's whole (b, B) block, so the dense loss (losses.py) runs instead:
-configs/paper.py's T = 4096 leaves batches up to 4096 exactly as they were.
+Columns reach a device one tile at a time: tile k of every device's block (T columns) is in flight while the
+device's rows, in chunks of T, meet it; then tile k + 1. Two ways (`ring`):
+- all-gather (ring=False): the n devices' tile k are all-gathered, (n, T, E).
+- ring (ring=True): each device's tile k travels around the 'data' axis with ppermute; after n steps every
+  device has seen it (transfer of the next tile can overlap the current one's compute).
+Either way a device holds its own (b, E) rows and their (b, E) gradient plus O(n T E + T^2), never the (B, E)
+embeddings of the other side: XLA's plan for value-and-gradient at B = 2^20, E = 256 on 8 devices is ~0.6 GiB
+per device (BENCHMARKS.md), of which the inputs and their gradients are 0.5 GiB.
 
 Positives: with positive_ids, every column with the row's id (its own pair has it); without, the row's own pair
 only, i.e. ids = global row indices. Padding (T need not divide anything) is masked.
@@ -59,18 +61,69 @@ def _valid(n: int, size: int) -> jax.Array:
   return _chunks(jnp.ones((n,), bool), size, False)
 
 
-def _tile_logits(kind, r, c, scale, bias, r_ids, c_ids, c_valid):
-  """One (Tr, Tc) tile: raw dots z, logits (masked columns: -inf), positives (bool)."""
-  z = jnp.dot(r, c.T, preferred_element_type=jnp.float32)
-  logits = scale * z + (bias if kind == _SIGMOID else 0.0)
-  masked = jnp.where(c_valid[None, :], logits, -jnp.inf)
-  same = (r_ids[:, None] == c_ids[None, :]) & c_valid[None, :]
-  return z, masked, same
-
-
 def _full(shape, value, dtype=jnp.float32) -> jax.Array:
   """A constant as a per-device value (a loop carry inside shard_map must be typed varying over 'data')."""
   return _varying(jnp.full(shape, value, dtype))
+
+
+def _tile_logits(kind, r, col, scale, bias, r_ids):
+  """One (Tr, T) tile of rows r against column tile col: raw dots z, logits (padding columns: -inf),
+  positives (bool)."""
+  z = jnp.dot(r, col["c"].T, preferred_element_type=jnp.float32)
+  logits = scale * z + (bias if kind == _SIGMOID else 0.0)
+  masked = jnp.where(col["valid"][None, :], logits, -jnp.inf)
+  same = (r_ids[:, None] == col["id"][None, :]) & col["valid"][None, :]
+  return z, masked, same
+
+
+def _column_tiles(cols, ids, tile: int, **per_column) -> dict:
+  """This device's column block as tiles of min(`tile`, b) columns: (k, T, ...) arrays of the embeddings, ids,
+  offset in the block, validity (the last tile is padded) and any per-column numbers given."""
+  b = cols.shape[0]
+  tile = min(tile, b)
+  tiles = {
+    "c": _chunks(cols, tile),
+    "id": _chunks(ids, tile),
+    "off": _chunks(jnp.arange(b, dtype=jnp.int32), tile),
+    "valid": _valid(b, tile),
+  }
+  return tiles | {name: _chunks(x, tile) for name, x in per_column.items()}
+
+
+_SAME_ON_ALL = ("off", "valid")  # the column tiles' keys that do not depend on the device
+
+
+def _ring_perm():
+  n = jax.lax.axis_size(DATA_AXIS)
+  return [(i, (i + 1) % n) for i in range(n)]
+
+
+def _visit(ring: bool, local: dict, body, carry):
+  """carry = body(carry, col, owner) for every column tile col of every device's block (owner: that device).
+
+  Tile k of every block is in flight at a time: the ring passes it on with ppermute (n steps; each device holds
+  one tile and the one it receives), the all-gather fetches the n devices' tile k at once. Either way a device
+  holds O(T x E) of the other side, never the (B, E) embeddings."""
+  n, me = jax.lax.axis_size(DATA_AXIS), jax.lax.axis_index(DATA_AXIS)
+
+  def per_k(carry, col):
+    if ring:  # offsets and padding are the same in every block: only the rest travels
+      fixed = {k: col[k] for k in _SAME_ON_ALL}
+
+      def step(state, s):
+        carry, moving = state
+        carry = body(
+          carry, moving | fixed, (me - s) % n
+        )  # at step s the tile of device me - s is here
+        return (carry, jax.lax.ppermute(moving, DATA_AXIS, _ring_perm())), None
+
+      moving = {k: v for k, v in col.items() if k not in _SAME_ON_ALL}
+      return jax.lax.scan(step, (carry, moving), jnp.arange(n))[0][0], None
+    cols = jax.tree.map(lambda x: jax.lax.all_gather(x, DATA_AXIS), col)  # (n, T, ...)
+    step = lambda carry, s: (body(carry, jax.tree.map(lambda x: x[s], cols), s), None)
+    return jax.lax.scan(step, carry, jnp.arange(n))[0], None
+
+  return jax.lax.scan(per_k, carry, local)[0]
 
 
 def _init_state(kind, rows_shape):
@@ -84,26 +137,22 @@ def _init_state(kind, rows_shape):
   return state
 
 
-def _fold_block(kind, tile, state, rows, cols, scale, bias, row_ids, col_ids, col_pos):
-  """Updates the per-row state (chunks of rows, (nr, tr) arrays) with one column block (Bc, E)."""
-  rows_c, rid_c = rows  # (nr, tr, E), (nr, tr)
-  tc = min(tile, cols.shape[0])
-  c_t, cid_t, cpos_t, cval_t = (
-    _chunks(cols, tc),
-    _chunks(col_ids, tc),
-    _chunks(col_pos, tc),
-    _valid(cols.shape[0], tc),
-  )
+def _row_stats(kind, tile, ring, rows, cols, scale, bias, ids):
+  """One direction, per device: this device's rows against all B columns -> per-row (loss, top-1 hit, lse,
+  1 / count) as (nr, tr) chunks, and which entries are real rows."""
+  b = rows.shape[0]
+  tr = min(tile, b)
+  rows_c, rid_c, row_valid = _chunks(rows, tr), _chunks(ids, tr), _valid(b, tr)
 
-  def one_row_chunk(args):
-    r, rid, st = args
+  def fold(state, col, owner):
+    pos = owner * b + col["off"]  # global column index: ties go to the smaller one, as jnp.argmax
 
-    def step(st, col_tile):
-      c, cid, cpos, cval = col_tile
-      _, masked, same = _tile_logits(kind, r, c, scale, bias, rid, cid, cval)
+    def one_row_chunk(args):
+      r, rid, st = args
+      _, masked, same = _tile_logits(kind, r, col, scale, bias, rid)
       tmax = jnp.max(masked, axis=1)
       targ = jnp.argmax(masked, axis=1)
-      tcol = cpos[targ]
+      tcol = pos[targ]
       thit = jnp.take_along_axis(same, targ[:, None], axis=1)[:, 0].astype(jnp.float32)
       better = (tmax > st["best"]) | ((tmax == st["best"]) & (tcol < st["best_col"]))
       new = dict(st)
@@ -117,93 +166,13 @@ def _fold_block(kind, tile, state, rows, cols, scale, bias, row_ids, col_ids, co
         new["cnt"] = st["cnt"] + jnp.sum(same, axis=1, dtype=jnp.float32)
       else:
         sign = jnp.where(same, 1.0, -1.0)
-        pair = jnp.where(cval[None, :], -jax.nn.log_sigmoid(sign * masked), 0.0)
+        pair = jnp.where(col["valid"][None, :], -jax.nn.log_sigmoid(sign * masked), 0.0)
         new["pair"] = st["pair"] + jnp.sum(pair, axis=1)
-      return new, None
+      return new
 
-    return jax.lax.scan(step, st, (c_t, cid_t, cpos_t, cval_t))[0]
+    return jax.lax.map(one_row_chunk, (rows_c, rid_c, state))
 
-  return jax.lax.map(one_row_chunk, (rows_c, rid_c, state))
-
-
-def _grad_block(kind, tile, rows, cols, scale, bias, col_ids, lse, inv_cnt, row_valid, g, acc):
-  """Adds the gradients of g x (the loss over one column block (Bc, E)) to acc = (d rows (nr, tr, E), d cols
-  (Bc, E), d scale, d bias). The accumulators are loop carries updated in place: no stacked copies."""
-  rows_c, rid_c = rows
-  tc = min(tile, cols.shape[0])
-  c_t, cid_t, cval_t = _chunks(cols, tc), _chunks(col_ids, tc), _valid(cols.shape[0], tc)
-  nc = c_t.shape[0]
-  pad = nc * tc - cols.shape[0]
-  drows, dcols, dscale, dbias = acc
-  dcols = jnp.concatenate([dcols, _full((pad, cols.shape[1]), 0.0)]) if pad else dcols
-
-  def row_step(carry, i):
-    drows, dcols, dscale, dbias = carry
-    r, rid, lse_r, inv_r, rval = rows_c[i], rid_c[i], lse[i], inv_cnt[i], row_valid[i]
-
-    def col_step(carry, j):
-      dr, dcols, dscale, dbias = carry
-      c, cid, cval = c_t[j], cid_t[j], cval_t[j]
-      z, masked, same = _tile_logits(kind, r, c, scale, bias, rid, cid, cval)
-      if kind == _SOFTMAX:  # d/dlogit of lse - mean of positive logits: softmax - target
-        dlogit = jnp.exp(masked - lse_r[:, None]) - jnp.where(same, inv_r[:, None], 0.0)
-      else:  # d/dlogit of -log sigmoid(+-logit): sigmoid(logit) - label
-        dlogit = jnp.where(cval[None, :], jax.nn.sigmoid(masked) - same, 0.0)
-      dlogit = g * jnp.where(rval[:, None], dlogit, 0.0)
-      dr = dr + scale * jnp.dot(dlogit, c, preferred_element_type=jnp.float32)
-      dc = scale * jnp.dot(dlogit.T, r, preferred_element_type=jnp.float32)
-      dcols = jax.lax.dynamic_update_slice_in_dim(
-        dcols, jax.lax.dynamic_slice_in_dim(dcols, j * tc, tc) + dc, j * tc, 0
-      )
-      return (dr, dcols, dscale + jnp.sum(dlogit * z), dbias + jnp.sum(dlogit)), None
-
-    dr0 = _full(r.shape, 0.0)
-    (dr, dcols, dscale, dbias), _ = jax.lax.scan(
-      col_step, (dr0, dcols, dscale, dbias), jnp.arange(nc)
-    )
-    drows = jax.lax.dynamic_update_index_in_dim(drows, drows[i] + dr, i, 0)
-    return (drows, dcols, dscale, dbias), None
-
-  (drows, dcols, dscale, dbias), _ = jax.lax.scan(
-    row_step, (drows, dcols, dscale, dbias), jnp.arange(rows_c.shape[0])
-  )
-  return drows, dcols[: cols.shape[0]], dscale, dbias
-
-
-def _gathered(cols, col_ids):
-  """All columns on every device: (B, E), their ids and global positions."""
-  cols_all = jax.lax.all_gather(cols, DATA_AXIS, tiled=True)
-  ids_all = jax.lax.all_gather(col_ids, DATA_AXIS, tiled=True)
-  return cols_all, ids_all, jnp.arange(cols_all.shape[0], dtype=jnp.int32)
-
-
-def _ring_perm():
-  n = jax.lax.axis_size(DATA_AXIS)
-  return [(i, (i + 1) % n) for i in range(n)]
-
-
-def _forward(kind, tile, ring, rows, cols, scale, bias, row_ids, col_ids):
-  """Per-device pass -> (sum of row losses, hits, residuals for the backward)."""
-  b = rows.shape[0]
-  tr = min(tile, b)
-  rows_c = (_chunks(rows, tr), _chunks(row_ids, tr))
-  row_valid = _valid(b, tr)
-  state = _init_state(kind, row_valid.shape)
-  if not ring:
-    cols_all, ids_all, pos_all = _gathered(cols, col_ids)
-    state = _fold_block(kind, tile, state, rows_c, cols_all, scale, bias, row_ids, ids_all, pos_all)
-  else:
-    n, me, bc = jax.lax.axis_size(DATA_AXIS), jax.lax.axis_index(DATA_AXIS), cols.shape[0]
-
-    def visit(carry, k):
-      state, block, ids = carry
-      owner = (me - k) % n  # the block visiting at step k started on device me - k
-      pos = (owner * bc + jnp.arange(bc)).astype(jnp.int32)
-      state = _fold_block(kind, tile, state, rows_c, block, scale, bias, row_ids, ids, pos)
-      block, ids = jax.lax.ppermute((block, ids), DATA_AXIS, _ring_perm())
-      return (state, block, ids), None
-
-    state = jax.lax.scan(visit, (state, cols, col_ids), jnp.arange(n))[0][0]
+  state = _visit(ring, _column_tiles(cols, ids, tile), fold, _init_state(kind, row_valid.shape))
   if kind == _SOFTMAX:
     lse = state["best"] + jnp.log(state["l"])
     inv_cnt = 1.0 / state["cnt"]
@@ -211,66 +180,119 @@ def _forward(kind, tile, ring, rows, cols, scale, bias, row_ids, col_ids):
   else:
     lse = inv_cnt = jnp.zeros_like(state["best"])
     row_loss = state["pair"]
-  loss_sum = jnp.sum(jnp.where(row_valid, row_loss, 0.0))
-  hits = jnp.sum(jnp.where(row_valid, state["hit"], 0.0))
-  return loss_sum, hits, (lse, inv_cnt, row_valid)
+  return row_loss, state["hit"], lse, inv_cnt, row_valid
+
+
+def _row_grads(kind, tile, ring, rows, cols, ids, scale, bias, row_stats, col_stats, own_scale):
+  """d(loss)/d(this device's rows), and with own_scale d scale and d bias, by visiting all column tiles.
+
+  d(loss)/d(logit of row r, column c) = D is the sum of two terms: the row's own direction (softmax:
+  wr (p_rc - y_rc / cnt_r), p from the row's lse; sigmoid: wr (sigmoid - label)) and the column's direction,
+  the other side's loss, in which this logit belongs to row c (softmax: wc (p'_cr - y / cnt_c), p' from the
+  column's lse; sigmoid: the loss has one direction, the ECG rows': its term is in the pass whose rows are
+  ECGs, with their weight). w is the cotangent of the device whose loss that row is. d rows = scale D cols:
+  only this device's rows get a gradient, so no gradient travels; the other side's rows get theirs in the
+  pass where they are the rows, and d scale = sum D z, d bias = sum D in one pass only (own_scale), so that
+  each logit counts once. row_stats: (lse, 1 / count) per row, (nr, tr); col_stats: (lse, 1 / count, w) per
+  column, (b,), travelling with the column tiles."""
+  b = rows.shape[0]
+  tr = min(tile, b)
+  rows_c, rid_c, row_valid = _chunks(rows, tr), _chunks(ids, tr), _valid(b, tr)
+  lse_r, inv_r, w_r = row_stats
+  lse_c, inv_c, w_c = col_stats
+  sig_rows = own_scale  # sigmoid: the pass with d scale is the ECG rows' own
+
+  def grad(acc, col, _owner):
+    def row_step(acc, i):
+      drows, dscale, dbias = acc
+      r, rid, rval = rows_c[i], rid_c[i], row_valid[i]
+      z, masked, same = _tile_logits(kind, r, col, scale, bias, rid)
+      if kind == _SOFTMAX:  # softmax - target, in each direction (padding columns: exp(-inf) = 0)
+        own = jnp.exp(masked - lse_r[i][:, None]) - jnp.where(same, inv_r[i][:, None], 0.0)
+        other = jnp.exp(masked - col["lse"][None, :]) - jnp.where(same, col["inv"][None, :], 0.0)
+        dlogit = w_r * own + col["w"][None, :] * other
+      else:  # sigmoid - label
+        dlogit = jnp.where(col["valid"][None, :], jax.nn.sigmoid(masked) - same, 0.0)
+        dlogit = dlogit * (w_r if sig_rows else col["w"][None, :])
+      dlogit = jnp.where(rval[:, None], dlogit, 0.0)
+      dr = scale * jnp.dot(dlogit, col["c"], preferred_element_type=jnp.float32)
+      drows = jax.lax.dynamic_update_index_in_dim(drows, drows[i] + dr, i, 0)
+      if own_scale:
+        dscale, dbias = dscale + jnp.sum(dlogit * z), dbias + jnp.sum(dlogit)
+      return (drows, dscale, dbias), None
+
+    return jax.lax.scan(row_step, acc, jnp.arange(rows_c.shape[0]))[0]
+
+  local = _column_tiles(cols, ids, tile, lse=lse_c, inv=inv_c, w=w_c)
+  acc = (_full(rows_c.shape, 0.0), _full((), 0.0), _full((), 0.0))
+  drows, dscale, dbias = _visit(ring, local, grad, acc)
+  return drows.reshape(-1, rows.shape[1])[:b], dscale, dbias
+
+
+def _flat(x, b):
+  """(nr, tr) chunks of per-row numbers -> (b,)."""
+  return x.reshape(-1)[:b]
+
+
+def _after(x, *deps):
+  """x, once deps are computed: the second pass starts after the first, so their buffers can share memory."""
+  return jax.lax.optimization_barrier((x, *deps))[0]
+
+
+def _sym_fwd(kind, tile, ring, ecg, txt, scale, bias, ids):
+  """Per device: the loss summed over this device's rows (softmax: e->t rows and t->e rows; sigmoid: ECG rows
+  against all texts), the e->t top-1 hits, and the per-row numbers the backward pass needs."""
+  loss_e, hit_e, lse_e, inv_e, valid_e = _row_stats(kind, tile, ring, ecg, txt, scale, bias, ids)
+  loss_sum = jnp.sum(jnp.where(valid_e, loss_e, 0.0))
+  hits = jnp.sum(jnp.where(valid_e, hit_e, 0.0))
+  lse_t, inv_t = lse_e, inv_e  # sigmoid: unused
+  if kind == _SOFTMAX:  # t->e: the texts of this device against all ECGs, after the e->t pass
+    txt2, ecg2 = _after((txt, ecg), loss_sum)
+    loss_t, _, lse_t, inv_t, valid_t = _row_stats(kind, tile, ring, txt2, ecg2, scale, bias, ids)
+    loss_sum = loss_sum + jnp.sum(jnp.where(valid_t, loss_t, 0.0))
+  return (loss_sum, hits), (ecg, txt, scale, bias, ids, lse_e, inv_e, lse_t, inv_t)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _pass(kind, tile, ring, rows, cols, scale, bias, row_ids, col_ids):
-  """Per device: (sum over this device's rows of their loss against all B columns, their top-1 hits)."""
-  loss_sum, hits, _ = _forward(kind, tile, ring, rows, cols, scale, bias, row_ids, col_ids)
-  return loss_sum, hits
+def _sym(kind, tile, ring, ecg, txt, scale, bias, ids):
+  """Per device: (this device's share of the loss sum, its e->t top-1 hits); see _sym_fwd."""
+  return _sym_fwd(kind, tile, ring, ecg, txt, scale, bias, ids)[0]
 
 
-def _pass_fwd(kind, tile, ring, rows, cols, scale, bias, row_ids, col_ids):
-  loss_sum, hits, (lse, inv_cnt, _) = _forward(
-    kind, tile, ring, rows, cols, scale, bias, row_ids, col_ids
-  )
-  return (loss_sum, hits), (rows, cols, scale, bias, row_ids, col_ids, lse, inv_cnt)
-
-
-def _pass_bwd(kind, tile, ring, residuals, cotangents):
-  rows, cols, scale, bias, row_ids, col_ids, lse, inv_cnt = residuals
+def _sym_bwd(kind, tile, ring, residuals, cotangents):
+  ecg, txt, scale, bias, ids, lse_e, inv_e, lse_t, inv_t = residuals
   g = cotangents[0]  # the hits have no gradient
-  b = rows.shape[0]
-  tr = min(tile, b)
-  rows_c = (_chunks(rows, tr), _chunks(row_ids, tr))
-  row_valid = _valid(b, tr)
-  grad = functools.partial(_grad_block, kind, tile, rows_c)
-  zero = _full((), 0.0)
-  drows = _full(row_valid.shape + rows.shape[1:], 0.0)
-  if not ring:
-    cols_all, ids_all, _ = _gathered(cols, col_ids)
-    acc = (drows, _full(cols_all.shape, 0.0), zero, zero)
-    drows, dcols_all, dscale, dbias = grad(
-      cols_all, scale, bias, ids_all, lse, inv_cnt, row_valid, g, acc
-    )
-    dcols = jax.lax.psum_scatter(dcols_all, DATA_AXIS, scatter_dimension=0, tiled=True)
-  else:
-
-    def visit(carry, _):
-      drows, dscale, dbias, block, ids, dblock = carry
-      acc = (drows, dblock, dscale, dbias)
-      drows, dblock, dscale, dbias = grad(block, scale, bias, ids, lse, inv_cnt, row_valid, g, acc)
-      block, ids, dblock = jax.lax.ppermute((block, ids, dblock), DATA_AXIS, _ring_perm())
-      return (drows, dscale, dbias, block, ids, dblock), None
-
-    init = (drows, zero, zero, cols, col_ids, _full(cols.shape, 0.0))
-    n = jax.lax.axis_size(DATA_AXIS)
-    drows, dscale, dbias, _, _, dcols = jax.lax.scan(visit, init, None, length=n)[0]
-  drows = drows.reshape(-1, rows.shape[1])[:b].astype(rows.dtype)
+  b = ecg.shape[0]
+  w = (
+    _full((b,), 0.0) + g
+  )  # the cotangent of this device's loss, per row: travels with its rows as columns
+  grads = functools.partial(_row_grads, kind, tile, ring, ids=ids, scale=scale, bias=bias)
+  # the ECG rows first (with d scale, d bias), then the text rows: one pass's buffers live at a time
+  decg, dscale, dbias = grads(
+    ecg,
+    txt,
+    row_stats=(lse_e, inv_e, g),
+    col_stats=(_flat(lse_t, b), _flat(inv_t, b), w),
+    own_scale=True,
+  )
+  txt2, ecg2 = _after((txt, ecg), decg)
+  dtxt, _, _ = grads(
+    txt2,
+    ecg2,
+    row_stats=(lse_t, inv_t, g),
+    col_stats=(_flat(lse_e, b), _flat(inv_e, b), w),
+    own_scale=False,
+  )
   return (
-    drows,
-    dcols.astype(cols.dtype),
+    decg.astype(ecg.dtype),
+    dtxt.astype(txt.dtype),
     dscale.astype(scale.dtype),
     dbias.astype(bias.dtype),
     None,
-    None,
   )
 
 
-_pass.defvjp(_pass_fwd, _pass_bwd)
+_sym.defvjp(_sym_fwd, _sym_bwd)
 
 
 def _ids(ids, b: int) -> jax.Array:
@@ -285,22 +307,27 @@ def _varying(x):
   return jax.lax.pcast(x, DATA_AXIS, to="varying")
 
 
+def _psum(*xs):
+  """Sums over devices in one all-reduce (fewer collectives for the CPU runtime to match up across devices)."""
+  return tuple(jax.lax.psum(jnp.stack(xs), DATA_AXIS))
+
+
 def _local_softmax(tile, ring, ecg, txt, scale, ids):
   b = ecg.shape[0]
   ids = _ids(ids, b)
-  scale, zero = _varying(scale), _full((), 0.0)
-  e2t, hits = _pass(_SOFTMAX, tile, ring, ecg, txt, scale, zero, ids, ids)
-  t2e, _ = _pass(_SOFTMAX, tile, ring, txt, ecg, scale, zero, ids, ids)
+  loss, hits = _sym(_SOFTMAX, tile, ring, ecg, txt, _varying(scale), _full((), 0.0), ids)
+  loss, hits = _psum(loss, hits)
   B = b * jax.lax.axis_size(DATA_AXIS)
-  return jax.lax.psum(e2t + t2e, DATA_AXIS) / (2 * B), jax.lax.psum(hits, DATA_AXIS) / B
+  return loss / (2 * B), hits / B
 
 
 def _local_sigmoid(tile, ring, ecg, txt, scale, bias, ids):
   b = ecg.shape[0]
   ids = _ids(ids, b)
-  loss, hits = _pass(_SIGMOID, tile, ring, ecg, txt, _varying(scale), _varying(bias), ids, ids)
+  loss, hits = _sym(_SIGMOID, tile, ring, ecg, txt, _varying(scale), _varying(bias), ids)
+  loss, hits = _psum(loss, hits)
   B = b * jax.lax.axis_size(DATA_AXIS)
-  return jax.lax.psum(loss, DATA_AXIS) / B, jax.lax.psum(hits, DATA_AXIS) / B
+  return loss / B, hits / B
 
 
 def _check_tile(tile: int) -> None:

@@ -89,7 +89,13 @@ def _train_and_evaluate(
   splits = [config.train_split] + [s for s in config.eval_splits if s != config.train_split]
   sources = {
     s: pipeline.open_source(
-      config.dataset, s, config.data_dir or None, source_dir=config.get("source_dir") or None
+      config.dataset,
+      s,
+      config.data_dir or None,
+      source_dir=config.get("source_dir") or None,
+      host_read=config.data.host_read,
+      reader_threads=config.data.reader_threads,
+      host_cache=config.data.host_cache,
     )
     for s in splits
   }

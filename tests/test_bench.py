@@ -548,4 +548,31 @@ def test_memory_command_with_tiles_compares_dense_and_tiled_loss(tmp_path):
       assert "plan_mib" not in row and row["note"].startswith("not compiled")
     else:
       assert positive(row["plan_mib"]) and row["plan_mib"] >= row["temp_mib"]
+      assert 0 < row["loss_plan_mib"] <= row["plan_mib"]  # the L2 normalisation only adds
   assert all(positive(r["ms"]) for r in timed)
+
+
+def test_host_read_command_times_the_stream_and_the_cache(tmp_path, capsys):
+  prefix = str(tmp_path / "host_read")
+  args = ["host-read", "--dataset", "synthetic_ecg_ja/tiny", "--data-dir", str(tmp_path / "data")]
+  args += ["--batch-size", "32", "--batches", "4", "--threads", "1,2", "--out", prefix]
+  assert main(args) == 0
+  data = load(prefix)
+  assert [(r["read"], r["threads"], r["pass"]) for r in data["rows"]] == [
+    ("cache (memmap)", None, "cold"),
+    ("cache (memmap)", None, "warm"),
+    ("stream", 1, "cold"),
+    ("stream", 1, "warm"),
+    ("stream", 2, "cold"),
+    ("stream", 2, "warm"),
+  ]
+  for row in data["rows"]:
+    assert row["rows"] == 128 and positive(row["ecg_per_s"]) and positive(row["cpu_us_per_ecg"])
+    assert row["mb_per_s"] == pytest.approx(row["ecg_per_s"] * 0.12)
+    assert (row["shard_mb_per_s"] is None) == (row["read"] != "stream")
+  assert data["meta"]["workload"] == {
+    "dataset": "synthetic_ecg_ja/tiny",
+    "split": "train",
+    "batch": 32,
+  }
+  assert capsys.readouterr().out.strip().splitlines()[-1].startswith("|         stream |")

@@ -319,12 +319,13 @@ def test_bad_data_values_fail_in_one_line_naming_the_key(key, value, says):
   assert str(info.value).startswith(says) and "\n" not in str(info.value)
 
 
-def test_a_config_without_data_keys_is_told_what_to_set(tmp_path):
+@pytest.mark.parametrize("key", ["placement", "device_memory_share", "device_memory_bytes"])
+def test_a_config_without_placement_keys_is_told_what_to_set(tmp_path, key):
   config = default.get_config("tiny")
   config.data_dir = str(tmp_path / "tfds")
-  del config["data"]
+  del config.data[key]
   with pytest.raises(
-    ConfigError, match=r"^config.data.placement is missing: set it in the config file"
+    ConfigError, match=rf"^config.data.{key} is missing: set it in the config file"
   ):
     check_config(config)
   assert not os.path.exists(tmp_path / "tfds")

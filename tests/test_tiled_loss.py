@@ -19,7 +19,7 @@ import pytest
 
 from ecg_contrastive.config_check import ConfigError, check_values
 from ecg_contrastive.losses import sigmoid_loss, softmax_loss
-from ecg_contrastive.sharding import data_sharding, make_mesh
+from ecg_contrastive.sharding import data_sharding, make_mesh, replicated
 from ecg_contrastive.tiled_losses import tiled_sigmoid_loss, tiled_softmax_loss
 
 RTOL = 1e-5  # see the module docstring
@@ -142,6 +142,32 @@ def test_tiled_loss_holds_one_tile_of_logits_at_a_time():
     shapes = {s for group in shapes for s in group}
     assert shapes and all(max(s) <= max(T, E) for s in shapes), shapes
     assert (T, T) in shapes
+
+
+@pytest.mark.parametrize("kind", ["softmax", pytest.param("sigmoid", marks=pytest.mark.slow)])
+def test_memory_grows_as_this_devices_rows_only(kind):
+  """XLA's plan for value-and-gradient: from B to 4B its temporaries grow by about one (b, E) f32 buffer (the
+  gradient being accumulated), never by the other side's (B, E) embeddings (8x that on 8 devices) or the (b, B)
+  logit blocks; and at 4B they are that buffer plus O(n T E) of tiles in flight. Both column paths."""
+  mesh = make_mesh()
+  n, E, T = mesh.devices.size, 64, 64
+  scale = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated(mesh))
+
+  def temp_bytes(B, ring):
+    spec = jax.ShapeDtypeStruct((B, E), jnp.float32, sharding=data_sharding(mesh))
+    if kind == "softmax":
+      loss = lambda e, t, s: tiled_softmax_loss(e, t, s, mesh, tile=T, ring=ring)[0]
+    else:
+      loss = lambda e, t, s: tiled_sigmoid_loss(e, t, s, -s, mesh, tile=T, ring=ring)[0]
+    fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    return fn.lower(spec, spec, scale).compile().memory_analysis().temp_size_in_bytes
+
+  rows_bytes = lambda B: (B // n) * E * 4  # one (b, E) f32 buffer
+  for ring in (False, True):
+    small, large = temp_bytes(2048, ring), temp_bytes(8192, ring)
+    growth = (large - small) / (rows_bytes(8192) - rows_bytes(2048))
+    assert growth < 1.5, (ring, small, large, growth)
+    assert large < 1.5 * rows_bytes(8192) + 8 * n * T * E * 4, (ring, large)
 
 
 def test_a_tile_of_all_columns_is_the_dense_loss():
