@@ -145,6 +145,19 @@ def test_split_is_placed_once_padded_and_sharded(source, mesh, resident):
   assert source.reads == reads  # batches never read the host source
 
 
+def test_device_placement_of_a_streamed_split_gives_the_host_batches(mesh, tmp_path):
+  """The split placed from the ArrayRecord shards (host_read='stream': no int16 cache on the host)."""
+  from ecg_contrastive.data import pipeline
+
+  streamed = pipeline.open_source(
+    "synthetic_ecg_ja/tiny", "train", str(tmp_path / "tfds"), host_read="stream"
+  )
+  kwargs = dict(global_batch_size=64, mesh=mesh, seed=5, num_epochs=2, drop_remainder=False)
+  host, device = BatchIterator(streamed, **kwargs), DeviceBatchIterator(streamed, **kwargs)
+  for x, y in zip(host, device, strict=True):
+    assert_same(x, y)
+
+
 def test_batch_gather_moves_only_the_rows_of_other_shards(mesh, resident, source):
   """The gather's collectives: the (B,) index all-gathered, and per route one ppermute of its rows and their
   positions; never the split, never the whole batch. Any routes give the same rows."""
