@@ -225,6 +225,26 @@ def test_pipeline_command_feeds_our_step_through_the_input_pipeline(tmp_path, ca
   )
 
 
+def test_placement_command_times_host_and_device_placement_side_by_side(tmp_path, capsys):
+  prefix = str(tmp_path / "placement")
+  args = ["placement", "--batch-size", "8", "--dataset", "synthetic_ecg_ja/tiny"]
+  args += ["--data-dir", str(tmp_path / "data"), *TINY_TIMING, "--out", prefix]
+  assert main(args) == 0
+  data = load(prefix)
+  host, device = data["rows"]
+  assert [host["impl"], device["impl"]] == [
+    "host placement, input alone",
+    "device placement, input alone",
+  ]
+  for row in data["rows"]:
+    assert row["batch"] == 8 and row["records"] == 256 and row["windows"] == 2
+    for key in ("ecg_per_s", "gb_per_s", "step_ms", "vs_host", "load_average_start"):
+      assert positive(row[key]), (row["impl"], key, row[key])
+  assert host["vs_host"] == 1.0 and host["place_s"] is None and positive(device["place_s"])
+  assert device["vs_host"] == pytest.approx(device["ecg_per_s"] / host["ecg_per_s"])
+  assert capsys.readouterr().out.strip().splitlines()[-1].startswith("| device placement, input")
+
+
 @pytest.mark.slow
 def test_memory_command_shows_per_device_loss_memory_below_full_batch(tmp_path):
   prefix = str(tmp_path / "memory")

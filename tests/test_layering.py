@@ -72,7 +72,7 @@ LAYERS = (
   ),
   Rule(
     "data",
-    ("data", "data.batches", "data.pipeline", "data.prepare"),
+    ("data", "data.batches", "data.pipeline", "data.prepare", "data.resident", "data.placement"),
     _DATA_BASE + ("data.synthetic", "data.cache", "data.streaming", "data.builders"),
   ),
   Rule("step", ("step",), ("models", "ecg", "losses", "sharding", "errors")),
