@@ -48,16 +48,19 @@ except ImportError:
 # slowest files on the 2-core VM, slowest first (`pytest --durations=0`, summed per file); a file not listed runs
 # after these, in the usual order. Only under xdist: a serial run keeps pytest's own order.
 HEAVY_FILES_FIRST = (
-  "test_preemption.py",
   "test_train.py",
   "test_sweep.py",
   "test_bench.py",
+  "test_tiled_loss.py",
+  "test_grad_cache.py",
   "test_text_precompute.py",
+  "test_preemption.py",
+  "test_paths.py",
+  "test_batch_norm.py",
+  "test_losses.py",
+  "test_real_data.py",
   "test_export.py",
   "test_multiprocess.py",
-  "test_paths.py",
-  "test_real_data.py",
-  "test_tiled_loss.py",
 )
 
 
