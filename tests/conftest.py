@@ -44,23 +44,23 @@ except ImportError:
 
 # `make test` runs two xdist workers with --dist loadfile --no-loadscope-reorder: each worker takes the next whole
 # file in collection order when it runs low. The heaviest files go first (longest first), so that the two workers
-# finish close together instead of one running a long file alone at the end. The names: whole-file times of the
-# slowest files on the 2-core VM, slowest first (`pytest --durations=0`, summed per file); a file not listed runs
-# after these, in the usual order. Only under xdist: a serial run keeps pytest's own order.
+# finish close together instead of one running a long file alone at the end. The names: the slowest files by CPU
+# seconds per file in a full run with the session compilation cache (2026-12-02), slowest first; a file not listed
+# runs after these, in the usual order. Only under xdist: a serial run keeps pytest's own order.
 HEAVY_FILES_FIRST = (
-  "test_train.py",
-  "test_sweep.py",
-  "test_bench.py",
-  "test_tiled_loss.py",
-  "test_grad_cache.py",
-  "test_text_precompute.py",
   "test_preemption.py",
-  "test_paths.py",
+  "test_grad_cache.py",
+  "test_train.py",
+  "test_multiprocess.py",
+  "test_tiled_loss.py",
+  "test_bench.py",
+  "test_sweep.py",
   "test_batch_norm.py",
+  "test_text_precompute.py",
   "test_losses.py",
   "test_real_data.py",
   "test_export.py",
-  "test_multiprocess.py",
+  "test_paths.py",
 )
 
 
