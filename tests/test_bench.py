@@ -17,20 +17,6 @@ from bench.workload import PRESETS
 TINY_TIMING = ["--warmup", "1", "--windows", "2", "--steps", "1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """step and pipeline compile the same tiny step: the second one reads it from this on-disk cache."""
-  saved = {
-    k: getattr(jax.config, k)
-    for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  }
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  yield
-  for k, v in saved.items():
-    jax.config.update(k, v)
-
-
 def positive(value) -> bool:
   return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 

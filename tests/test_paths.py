@@ -168,28 +168,29 @@ class Interrupt(Exception):
 
 @pytest.mark.slow
 def test_gs_workdir_resumes(data_dirs, bucket, tmp_path, monkeypatch, caplog):
-  """A run on gs:// that dies after its step-3 checkpoint resumes from it; replayed metric rows are not doubled."""
+  """A run on gs:// that dies after its step-2 checkpoint resumes from it; replayed metric rows are not doubled.
+  The same 4 steps as test_gs_workdir_end_to_end: one train step program for both."""
   caplog.set_level(logging.INFO, logger="ecg_contrastive")
-  config = tiny_config(data_dirs, num_steps=6, log_every=1, checkpoint_every=3)
+  config = tiny_config(data_dirs, num_steps=4, log_every=1, checkpoint_every=2)
   real_write = MetricWriter.write
 
   def write_then_die(self, step, metrics):
-    if step == 5 and "loss" in metrics:
-      raise Interrupt()  # preempted at step 5: rows 1-4 are on the bucket, the checkpoint is step 3
+    if step == 4 and "loss" in metrics:
+      raise Interrupt()  # preempted at step 4: rows 1-3 are on the bucket, the checkpoint is step 2
     real_write(self, step, metrics)
 
   monkeypatch.setattr(MetricWriter, "write", write_then_die)
   with pytest.raises(Interrupt):
     train.train_and_evaluate(config, "gs://bucket/run")
   run = bucket / "run"
-  assert sorted(os.listdir(run / "checkpoints")) == ["3"]
-  assert [r["step"] for r in rows(run / "metrics.jsonl")] == [1, 2, 3, 4]
+  assert sorted(os.listdir(run / "checkpoints")) == ["2"]
+  assert [r["step"] for r in rows(run / "metrics.jsonl")] == [1, 2, 3]
   monkeypatch.setattr(MetricWriter, "write", real_write)
   train.train_and_evaluate(config, "gs://bucket/run")
-  assert "resumed from step 3" in caplog.text
-  assert sorted(os.listdir(run / "checkpoints")) == ["3", "6"]
-  assert [r["step"] for r in rows(run / "metrics.jsonl") if "loss" in r] == [1, 2, 3, 4, 5, 6]
-  assert json.loads((run / "eval" / "validation.json").read_text())["step"] == 6
+  assert "resumed from step 2" in caplog.text
+  assert sorted(os.listdir(run / "checkpoints")) == ["2", "4"]
+  assert [r["step"] for r in rows(run / "metrics.jsonl") if "loss" in r] == [1, 2, 3, 4]
+  assert json.loads((run / "eval" / "validation.json").read_text())["step"] == 4
   assert no_local_gs_paths(tmp_path) == []
 
 

@@ -26,7 +26,6 @@ def dirs(tmp_path_factory):
   return {
     "data_dir": str(root / "tfds"),
     "cache_dir": str(root / "text"),
-    "jit_cache": str(root / "jit"),
   }
 
 
@@ -46,9 +45,7 @@ def start_main(workdir, dirs, num_steps=NUM_STEPS):
     **os.environ,
     "JAX_PLATFORMS": "cpu",
     "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-    "JAX_COMPILATION_CACHE_DIR": dirs["jit_cache"],
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-  }
+  }  # compiles: the session's JAX compilation cache (conftest.py), so each rerun reads the step back
   return subprocess.Popen(
     [sys.executable, "-m", "ecg_contrastive.main", *args],
     cwd=REPO,

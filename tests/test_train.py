@@ -4,6 +4,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -81,26 +82,35 @@ class Interrupt(Exception):
   pass
 
 
-@pytest.mark.slow
-def test_resume_continues_bitwise(data_dirs, tmp_path, monkeypatch):
-  config = tiny_config(data_dirs, num_steps=6, checkpoint_every=3, log_every=3)
+@pytest.fixture(scope="module")
+def four_steps(data_dirs, tmp_path_factory):
+  """(config, workdir) of one uninterrupted 4-step run, checkpoints at steps 2 and 4: the reference that the
+  resume tests compare with. Tests read it; one that changes it works on a copy."""
+  config = tiny_config(data_dirs, num_steps=4, checkpoint_every=2, log_every=2)
   config.eval_splits = ("validation",)
-  straight = tmp_path / "straight"
-  train.train_and_evaluate(config, str(straight))
+  workdir = tmp_path_factory.mktemp("four_steps") / "run"
+  train.train_and_evaluate(config, str(workdir))
+  return config, workdir
 
+
+@pytest.mark.slow
+def test_resume_continues_bitwise(four_steps, tmp_path, monkeypatch):
+  """Killed after its step-2 checkpoint and rerun: the last two steps (the end of the warm-up and the cosine
+  decay) continue from the saved parameters, optimizer and input-pipeline state, bitwise."""
+  config, straight = four_steps
   interrupted = tmp_path / "interrupted"
   real_save = checkpoints.save
 
   def save_then_die(manager, step, state, data_state):
     real_save(manager, step, state, data_state)
-    if step == 3:
+    if step == 2:
       raise Interrupt()
 
   monkeypatch.setattr(train.checkpoints, "save", save_then_die)
   with pytest.raises(Interrupt):
     train.train_and_evaluate(config, str(interrupted))
   monkeypatch.setattr(train.checkpoints, "save", real_save)
-  assert checkpoints.make_manager(str(interrupted)).all_steps() == [3]
+  assert checkpoints.make_manager(str(interrupted)).all_steps() == [2]
   train.train_and_evaluate(config, str(interrupted))
 
   a = checkpoints.restore_inference(str(straight)).variables
@@ -110,7 +120,9 @@ def test_resume_continues_bitwise(data_dirs, tmp_path, monkeypatch):
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(x, y)
   steps = [m["step"] for m in read_metrics(interrupted) if "loss" in m]
-  assert steps == [3, 6]
+  assert steps == [2, 4]
+  losses = [m["loss"] for m in read_metrics(interrupted) if "loss" in m]
+  assert losses == [m["loss"] for m in read_metrics(straight) if "loss" in m]
 
 
 @pytest.mark.parametrize(
@@ -147,13 +159,12 @@ def test_bad_config_fails_before_training(data_dirs, tmp_path, key, value, messa
 
 
 @pytest.mark.slow
-def test_resume_skips_a_damaged_checkpoint_and_moves_it_aside(data_dirs, tmp_path, caplog):
+def test_resume_skips_a_damaged_checkpoint_and_moves_it_aside(four_steps, tmp_path, caplog):
   """The newest checkpoint is truncated: the run resumes from the one before, keeps the damaged one in
   damaged_checkpoints/ and ends bitwise where the undamaged run ended."""
-  config = tiny_config(data_dirs, num_steps=4, checkpoint_every=2, log_every=2)
-  config.eval_splits = ("validation",)
+  config, undamaged_run = four_steps
   workdir = tmp_path / "run"
-  train.train_and_evaluate(config, str(workdir))
+  shutil.copytree(undamaged_run, workdir)  # the run as it ended, in this test's own folder
   undamaged = checkpoints.restore_inference(str(workdir)).variables
   data_file = max(
     (os.path.join(r, f) for r, _, fs in os.walk(workdir / "checkpoints" / "4") for f in fs),
