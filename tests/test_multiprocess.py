@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # subprocesses: JAX start-up and compiles in each
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_main(workdir, data_dirs, env_extra, processes):
+def run_main(workdir, data_dirs, env_extra, processes, extra_args=()):
   args = [
     "--config",
     "configs/default.py:tiny",
@@ -28,6 +28,7 @@ def run_main(workdir, data_dirs, env_extra, processes):
     "--config.log_every=1",
     "--config.checkpoint_every=4",
     "--config.eval_splits=('validation',)",
+    *extra_args,
   ]
   env = {**os.environ, "JAX_PLATFORMS": "cpu", **env_extra}
   env.pop("XLA_FLAGS", None)
@@ -52,14 +53,22 @@ def data_dirs(tmp_path_factory):
   return {"data_dir": str(root / "tfds"), "cache_dir": str(root / "text")}
 
 
-def test_two_processes_build_the_data_once_and_match_one_process(tmp_path, data_dirs):
+@pytest.fixture(scope="module")
+def two_process_run(data_dirs, tmp_path_factory):
+  """(metrics, workdir) of 4 steps on 2 processes x 2 CPU devices, started on an empty data dir and text cache."""
+  workdir = tmp_path_factory.mktemp("multi") / "run"
+  multi, _ = run_main(workdir, data_dirs, {"PORT": str(23000 + os.getpid() % 1000)}, processes=2)
+  return multi, workdir
+
+
+def test_two_processes_build_the_data_once_and_match_one_process(
+  tmp_path, data_dirs, two_process_run
+):
   """Two processes start on an empty data dir and text cache: process 0 builds the dataset, its int16 cache and
   the text embeddings while process 1 waits and reads them (one writer per file, no temporary left over); then
   one process with the same 4 devices trains the same steps to the same losses."""
-  multi, out = run_main(
-    tmp_path / "multi", data_dirs, {"PORT": str(23000 + os.getpid() % 1000)}, processes=2
-  )
-  log0, log1 = (open(tmp_path / "multi" / f"process_{i}.log").read() for i in (0, 1))
+  multi, multi_dir = two_process_run
+  log0, log1 = (open(multi_dir / f"process_{i}.log").read() for i in (0, 1))
   assert (
     "decoding synthetic_ecg_ja/train" in log0 and "decoding synthetic_ecg_ja/validation" in log0
   )
@@ -90,10 +99,33 @@ def test_two_processes_build_the_data_once_and_match_one_process(tmp_path, data_
   entries = sorted(n for n in os.listdir(cache_dir) if not n.startswith("standin_"))
   assert len(entries) == 4 and {n.rsplit(".", 1)[1] for n in entries} == {"npy", "json"}
   assert "2 process(es) x 16" in log0 and "4 device(s) x 8" in log0
-  assert os.path.exists(tmp_path / "multi" / "checkpoints" / "4")
+  assert os.path.exists(multi_dir / "checkpoints" / "4")
 
   single, _ = run_main(tmp_path / "single", data_dirs, {}, processes=1)
   loss_single = [m["loss"] for m in single if "loss" in m]
   loss_multi = [m["loss"] for m in multi if "loss" in m]
   assert len(loss_single) == len(loss_multi) == 4
   np.testing.assert_allclose(loss_multi, loss_single, rtol=2e-4)
+
+
+def test_two_processes_with_device_resident_data_train_as_the_host_pipeline(
+  tmp_path, data_dirs, two_process_run
+):
+  """config.data.placement=device on 2 processes x 2 CPU devices (gloo): each process places only its devices'
+  shards of the split, batches are gathered across processes, and the losses are bitwise those of the host
+  pipeline on the same processes (the fixture's run)."""
+  host, _ = two_process_run
+  device, _ = run_main(
+    tmp_path / "device",
+    data_dirs,
+    {"PORT": str(23500 + os.getpid() % 1000)},
+    processes=2,
+    extra_args=["--config.data.placement=device"],
+  )
+  log1 = open(tmp_path / "device" / "process_1.log").read()
+  assert "placement: device (config.data.placement='device')" in log1
+  losses = {
+    name: [m["loss"] for m in run if "loss" in m]
+    for name, run in (("host", host), ("device", device))
+  }
+  assert len(losses["host"]) == 4 and losses["device"] == losses["host"]

@@ -94,6 +94,21 @@ def four_steps(data_dirs, tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_device_resident_data_trains_to_the_host_losses(four_steps, tmp_path):
+  """placement=device (CPU devices told they have 1 GB each): the plan is logged and the run ends in exactly the
+  losses and evaluation of the host pipeline's run (four_steps)."""
+  config, host_dir = four_steps
+  config = config.copy_and_resolve_references()
+  config.data.update(placement="device", device_memory_bytes=1e9)
+  train.train_and_evaluate(config, str(tmp_path / "device"))
+  host, device = read_metrics(host_dir), read_metrics(tmp_path / "device")
+  losses = lambda rows: [m["loss"] for m in rows if "loss" in m]
+  assert len(losses(host)) == 2 and losses(device) == losses(host)
+  evals = lambda rows: [m for m in rows if any(k.startswith("eval/validation/") for k in m)]
+  assert evals(host) and evals(device) == evals(host)
+
+
+@pytest.mark.slow
 def test_resume_continues_bitwise(four_steps, tmp_path, monkeypatch):
   """Killed after its step-2 checkpoint and rerun: the last two steps (the end of the warm-up and the cosine
   decay) continue from the saved parameters, optimizer and input-pipeline state, bitwise."""
