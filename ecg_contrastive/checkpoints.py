@@ -258,19 +258,17 @@ def _read_json(path: str, what_to_do: str) -> Any:
     raise CheckpointError(f"{path} is damaged (not JSON: {e}); {what_to_do}") from e
 
 
-def restore_inference(workdir: str, step: int | None = None) -> Inference:
-  """Loads params + BatchNorm statistics of `step` (default: latest) from a training workdir."""
-  config = read_config(workdir)
-  manager = make_manager(workdir)
-  directory = checkpoint_dir(workdir)
+def _restore_chosen(
+  manager: ocp.CheckpointManager, step: int | None, restore_fn
+) -> tuple[int, Any]:
+  """(step, restore_fn(step)) of `step`, or of the newest intact checkpoint when None; one-line errors when
+  there is none, no such step, or it is damaged."""
+  directory = manager.directory
   steps = manager.all_steps()
   if not steps:
     raise FileNotFoundError(
       f"no checkpoint in {directory}: train first, or pass the workdir of a run that saved one"
     )
-  restore_fn = lambda s: manager.restore(
-    s, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-  )["state"]
   if step is None:
     step, state, _ = restore_newest_intact(
       manager,
@@ -292,6 +290,17 @@ def restore_inference(workdir: str, step: int | None = None) -> Inference:
         f"checkpoint {directory / str(step)} is damaged ({problem}); pass another --step of "
         f"{sorted(steps)} or omit --step to use the newest intact one"
       )
+  return int(step), state
+
+
+def restore_inference(workdir: str, step: int | None = None) -> Inference:
+  """Loads params + BatchNorm statistics of `step` (default: latest) from a training workdir."""
+  config = read_config(workdir)
+  manager = make_manager(workdir)
+  restore_fn = lambda s: manager.restore(
+    s, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+  )["state"]
+  step, state = _restore_chosen(manager, step, restore_fn)
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   variables = {k: _to_numpy(v) for k, v in variables.items()}
   rewrite = (
@@ -307,6 +316,25 @@ def restore_inference(workdir: str, step: int | None = None) -> Inference:
       f"{len(labels)} labels in labels.json; {rewrite}"
     )
   return Inference(two_tower.from_config(config), variables, config, int(step), labels, label_emb)
+
+
+def restore_variables(
+  workdir: str, abstract_variables: dict, step: int | None = None
+) -> tuple[int, dict]:
+  """(step, {"params", "batch_stats"}) of `step` (default: the newest intact one), placed with the shardings of
+  `abstract_variables` (jax.ShapeDtypeStruct leaves, any mesh): the optimizer state and the data iterator state
+  of the checkpoint are not read, so any dataset and mesh size can use it."""
+  manager = make_manager(workdir)
+  wanted = {k: abstract_variables[k] for k in ("params", "batch_stats")}
+  restore_args = ocp.checkpoint_utils.construct_restore_args(wanted)
+
+  def restore_fn(s: int) -> dict:
+    return ocp.PyTreeCheckpointer().restore(
+      manager.directory / str(s) / "state",
+      args=ocp.args.PyTreeRestore(wanted, restore_args=restore_args, partial_restore=True),
+    )
+
+  return _restore_chosen(manager, step, restore_fn)
 
 
 def _run_file(workdir: str, name: str, what_to_do: str) -> Any:

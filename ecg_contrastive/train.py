@@ -30,7 +30,7 @@ from ecg_contrastive import step as step_lib
 from ecg_contrastive.config_check import ConfigError, check_config
 from ecg_contrastive.data import pipeline
 from ecg_contrastive.errors import UserError
-from ecg_contrastive.evals.evaluate import evaluate
+from ecg_contrastive.evals.evaluate import Encoders, evaluate, prepare_label_sets
 from ecg_contrastive.metric_writer import MetricWriter
 from ecg_contrastive.sharding import batch_sizes, make_mesh, replicated
 from ecg_contrastive.text.setup import embed_texts
@@ -115,6 +115,7 @@ def _train_and_evaluate(
   )
   if jax.process_index() == 0:
     _write_run_files(workdir, config, labels, label_emb)
+  label_sets = prepare_label_sets(config, label_emb)
   report_rows = table.rows(train_source.meta.reports)
   table_on_device = jax.device_put(jnp.asarray(table.embeddings), replicated(mesh))
 
@@ -154,10 +155,11 @@ def _train_and_evaluate(
     model=model,
     sources=sources,
     table=table,
-    label_emb=label_emb,
-    labels=labels,
+    label_sets=label_sets,
     mesh=mesh,
-    workdir=workdir,
+    out_dir=paths.join(workdir, "eval"),
+    results_csv=paths.join(workdir, "eval", "results.csv"),
+    encoders=Encoders(model, mesh),  # compiled once for every evaluation of the run
   )
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=first_step)
   bar = tqdm.tqdm(
@@ -196,7 +198,7 @@ def _train_and_evaluate(
     if saved:
       checkpoints.save(manager, step, state, batches.get_state())
     if config.eval_every and step % config.eval_every == 0 and step != num_steps:
-      writer.write(step, _headline(evaluate_now(state=state)))
+      writer.write(step, _headline(_first_label_set(evaluate_now(state=state))))
     if stop.stop_requested(step):
       if not saved:
         checkpoints.save(manager, step, state, batches.get_state())
@@ -209,7 +211,7 @@ def _train_and_evaluate(
   stop.armed = False
 
   # 7. evaluation
-  results = evaluate_now(state=state)
+  results = _first_label_set(evaluate_now(state=state))
   writer.write(num_steps, _headline(results))
   writer.close()
   return results
@@ -238,9 +240,16 @@ def _warn_of_deletions(
     )
 
 
+def _first_label_set(results: dict[str, dict[str, dict]]) -> dict[str, dict]:
+  """{split: {label set: metrics}} -> {split: metrics of the first label set of config.eval.label_set}."""
+  return {split: next(iter(by_set.values())) for split, by_set in results.items()}
+
+
 def _headline(results: dict[str, dict]) -> dict[str, float]:
   keys = ("top1", "top5", "superset_top1", "macro_auroc", "ecg_to_report_r@1")
-  return {f"eval/{split}/{k}": m[k] for split, m in results.items() for k in keys}
+  return {
+    f"eval/{split}/{k}": m[k] for split, m in results.items() for k in keys if m.get(k) is not None
+  }
 
 
 def _write_run_files(workdir: str, config, labels: list[terms.Term], label_emb: np.ndarray) -> None:
