@@ -31,6 +31,7 @@ from ecg_contrastive.config_check import ConfigError, check_config
 from ecg_contrastive.data import pipeline
 from ecg_contrastive.errors import UserError
 from ecg_contrastive.evals.evaluate import Encoders, evaluate, prepare_label_sets
+from ecg_contrastive.evals.label_sets import load_label_sets
 from ecg_contrastive.metric_writer import MetricWriter
 from ecg_contrastive.sharding import batch_sizes, make_mesh, replicated
 from ecg_contrastive.text.setup import embed_texts
@@ -60,6 +61,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Preempted (with .step) when SIGTERM/SIGINT stopped it after saving a checkpoint."""
   # 1. config; the workdir lock (fails fast when another run holds the workdir)
   check_config(config)
+  load_label_sets(
+    config.get("eval", {}).get("label_set", "")
+  )  # a bad label-set file fails now, not after data
   if jax.process_index() == 0:
     paths.makedirs(workdir)  # gs://... stays remote: never made absolute against the cwd
   sync_every = min(config.log_every, preemption.SYNC_EVERY)  # log steps sync the host anyway
@@ -161,6 +165,12 @@ def _train_and_evaluate(
     results_csv=paths.join(workdir, "eval", "results.csv"),
     encoders=Encoders(model, mesh),  # compiled once for every evaluation of the run
   )
+  keep_best = functools.partial(
+    _keep_best,
+    config,
+    workdir,
+    lambda best_dir: _write_run_files(best_dir, config, labels, label_emb),
+  )
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=first_step)
   bar = tqdm.tqdm(
     total=num_steps,
@@ -198,7 +208,9 @@ def _train_and_evaluate(
     if saved:
       checkpoints.save(manager, step, state, batches.get_state())
     if config.eval_every and step % config.eval_every == 0 and step != num_steps:
-      writer.write(step, _headline(_first_label_set(evaluate_now(state=state))))
+      results = _first_label_set(evaluate_now(state=state))
+      writer.write(step, _headline(results))
+      keep_best(results, state, batches.get_state())
     if stop.stop_requested(step):
       if not saved:
         checkpoints.save(manager, step, state, batches.get_state())
@@ -213,6 +225,7 @@ def _train_and_evaluate(
   # 7. evaluation
   results = _first_label_set(evaluate_now(state=state))
   writer.write(num_steps, _headline(results))
+  keep_best(results, state, batches.get_state())
   writer.close()
   return results
 
@@ -238,6 +251,51 @@ def _warn_of_deletions(
       ", ".join(map(str, doomed)),
       manager.directory,
     )
+
+
+BEST_DIR = (
+  "best"  # WORKDIR/best: the best checkpoint by config.eval.best_metric, a workdir of its own
+)
+
+
+def read_best(workdir: str) -> dict | None:
+  """WORKDIR/best/best.json ({metric, split, label_set, value, step}) or None when no best was kept."""
+  path = paths.join(workdir, BEST_DIR, "best.json")
+  return json.loads(paths.read_text(path)) if paths.exists(path) else None
+
+
+def _keep_best(
+  config, workdir: str, write_run_files, results: dict[str, dict], state, data_state
+) -> None:
+  """With config.eval.best_metric set: when this evaluation's value of it on the first eval split beats the
+  kept one (WORKDIR/best/best.json, which a resumed run reads back), saves the state as WORKDIR/best, a workdir
+  of its own (checkpoints/<step>, config.json, labels.json, label_text_embeddings.npy: --mode eval / export
+  --workdir WORKDIR/best use it). The newest keep_checkpoints checkpoints are unaffected."""
+  metric = config.get("eval", {}).get("best_metric", "")
+  if not metric:
+    return
+  split = config.eval_splits[0]
+  value = results[split].get(metric)
+  if value is None or not np.isfinite(value):
+    log.warning("best checkpoint: %s of %s is %s; not compared", metric, split, value)
+    return
+  best, step = read_best(workdir), int(state["step"])
+  if best is not None and best["metric"] == metric and best["value"] >= value:
+    return
+  best_dir = paths.join(workdir, BEST_DIR)
+  manager = checkpoints.make_manager(best_dir, keep=1)
+  checkpoints.save(manager, step, state, data_state)
+  if jax.process_index() == 0:
+    write_run_files(best_dir)
+    record = {
+      "metric": metric,
+      "split": split,
+      "label_set": results[split].get("label_set"),
+      "value": float(value),
+      "step": step,
+    }
+    paths.write_text(paths.join(best_dir, "best.json"), json.dumps(record, indent=1))
+  log.info("best checkpoint: step %d, %s %s = %.4f, in %s", step, split, metric, value, best_dir)
 
 
 def _first_label_set(results: dict[str, dict[str, dict]]) -> dict[str, dict]:

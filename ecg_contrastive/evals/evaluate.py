@@ -3,6 +3,7 @@
 Writes, into `out_dir` (training: WORKDIR/eval; `--mode eval`: WORKDIR/eval/<dataset>):
   <split>.json, <split>_per_label.png                     the default label set (the 98 terms)
   <split>.<label set>.json, <split>.<label set>_per_label.png   any other label set
+  <split>[.<label set>].scores.npz                        record_id, labels, scores (N, L): the cosine similarities
 and appends one row per (dataset, split, label set, step) to WORKDIR/eval/results.csv (RESULTS_COLUMNS).
 Process 0 writes; every process computes.
 """
@@ -58,14 +59,11 @@ RESULTS_COLUMNS = (
 def make_ecg_encoder(model: TwoTower, mesh):
   """jit(variables, ecg, index, mask) -> (embeddings, index, mask), replicated so that every process
   holds the whole batch's embeddings and record indices. Compiled once, used for every split."""
-  return jax.jit(
-    lambda v, ecg, index, mask: (
-      model.apply(v, step_lib.ecg_millivolts(ecg), method=TwoTower.encode_ecg),
-      index,
-      mask,
-    ),
-    out_shardings=replicated(mesh),
-  )
+
+  def encode_ecg_batch(v, ecg, index, mask):
+    return model.apply(v, step_lib.ecg_millivolts(ecg), method=TwoTower.encode_ecg), index, mask
+
+  return jax.jit(encode_ecg_batch, out_shardings=replicated(mesh))
 
 
 class Encoders:
@@ -75,7 +73,11 @@ class Encoders:
   def __init__(self, model: TwoTower, mesh):
     self.model, self.mesh = model, mesh
     self.ecg = make_ecg_encoder(model, mesh)
-    self.text = jax.jit(lambda p, x: model.apply({"params": p}, x, method=TwoTower.encode_text))
+
+    def project_text(params, text_emb):
+      return model.apply({"params": params}, text_emb, method=TwoTower.encode_text)
+
+    self.text = jax.jit(project_text)
 
 
 @dataclasses.dataclass
@@ -201,6 +203,7 @@ def evaluate(
       results[split][ls.name] = metrics
       if writer:
         _write(metrics, out_dir, results_csv, mode, config.dataset)
+        _write_scores(out_dir, metrics, meta.record_id, z_ecg @ z_labels.T, ls)
   return results
 
 
@@ -218,6 +221,20 @@ def _write(metrics: dict, out_dir: str, results_csv: str | None, mode: str, data
   print(plots.format_summary(f"{metrics['split']} / {metrics['label_set']}", metrics), flush=True)
   if results_csv:
     append_result(results_csv, {**metrics, "mode": mode})
+
+
+def _write_scores(out_dir: str, metrics: dict, record_id, scores: np.ndarray, ls: LabelSet) -> None:
+  """<stem>.scores.npz: record_id (N,), labels (L,), scores float32 (N, L) cosine similarities, for one's own
+  statistics (bootstrap intervals, other metrics)."""
+  buffer = io.BytesIO()
+  np.savez_compressed(
+    buffer,
+    record_id=np.array(record_id),
+    labels=np.array(ls.labels),
+    scores=scores.astype(np.float32),
+  )
+  stem = file_stem(metrics["split"], metrics["label_set"])
+  paths.write_bytes(paths.join(out_dir, f"{stem}.scores.npz"), buffer.getvalue())
 
 
 def append_result(path: str, metrics: dict) -> None:
