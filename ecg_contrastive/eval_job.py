@@ -13,6 +13,7 @@ WORKDIR/eval/<dataset>/<split>[.<label set>].json + PNG and appends to WORKDIR/e
 
 from __future__ import annotations
 
+import json
 import logging
 
 import jax
@@ -47,7 +48,7 @@ def eval_config(
     if key == "text":
       theirs = {**theirs, "cache_dir": config.text.cache_dir}
     mine = out[key].to_dict() if hasattr(out[key], "to_dict") else out[key]
-    if mine != theirs:
+    if json.loads(json.dumps(mine)) != json.loads(json.dumps(theirs)):  # tuples and lists alike
       log.info("config.%s: the run's own (%s), not the command line's", key, theirs)
     out[key] = theirs
   return out
