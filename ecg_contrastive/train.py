@@ -165,11 +165,8 @@ def _train_and_evaluate(
     results_csv=paths.join(workdir, "eval", "results.csv"),
     encoders=Encoders(model, mesh),  # compiled once for every evaluation of the run
   )
-  keep_best = functools.partial(
-    _keep_best,
-    config,
-    workdir,
-    lambda best_dir: _write_run_files(best_dir, config, labels, label_emb),
+  keep_best = _BestKeeper(
+    config, workdir, lambda best_dir: _write_run_files(best_dir, config, labels, label_emb)
   )
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=first_step)
   bar = tqdm.tqdm(
@@ -264,38 +261,60 @@ def read_best(workdir: str) -> dict | None:
   return json.loads(paths.read_text(path)) if paths.exists(path) else None
 
 
-def _keep_best(
-  config, workdir: str, write_run_files, results: dict[str, dict], state, data_state
-) -> None:
-  """With config.eval.best_metric set: when this evaluation's value of it on the first eval split beats the
-  kept one (WORKDIR/best/best.json, which a resumed run reads back), saves the state as WORKDIR/best, a workdir
-  of its own (checkpoints/<step>, config.json, labels.json, label_text_embeddings.npy: --mode eval / export
-  --workdir WORKDIR/best use it). The newest keep_checkpoints checkpoints are unaffected."""
-  metric = config.get("eval", {}).get("best_metric", "")
-  if not metric:
-    return
-  split = config.eval_splits[0]
-  value = results[split].get(metric)
-  if value is None or not np.isfinite(value):
-    log.warning("best checkpoint: %s of %s is %s; not compared", metric, split, value)
-    return
-  best, step = read_best(workdir), int(state["step"])
-  if best is not None and best["metric"] == metric and best["value"] >= value:
-    return
-  best_dir = paths.join(workdir, BEST_DIR)
-  manager = checkpoints.make_manager(best_dir, keep=1)
-  checkpoints.save(manager, step, state, data_state)
-  if jax.process_index() == 0:
-    write_run_files(best_dir)
-    record = {
-      "metric": metric,
-      "split": split,
-      "label_set": results[split].get("label_set"),
-      "value": float(value),
-      "step": step,
-    }
-    paths.write_text(paths.join(best_dir, "best.json"), json.dumps(record, indent=1))
-  log.info("best checkpoint: step %d, %s %s = %.4f, in %s", step, split, metric, value, best_dir)
+def _kept_value(workdir: str, metric: str) -> float:
+  """The value of `metric` of the kept best checkpoint (-inf: none, or kept by another metric), the same on
+  every process: process 0 reads best.json and tells the others (their disks may not hold it)."""
+  best = read_best(workdir) if jax.process_index() == 0 else None
+  value = float(best["value"]) if best and best.get("metric") == metric else -np.inf
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    value = float(multihost_utils.broadcast_one_to_all(np.float64(value)))
+  return value
+
+
+class _BestKeeper:
+  """With config.eval.best_metric set: when an evaluation's value of it on the first eval split beats the kept
+  one (WORKDIR/best/best.json, which a resumed run reads back), saves the state as WORKDIR/best, a workdir of
+  its own (checkpoints/<step>, config.json, labels.json, label_text_embeddings.npy: --mode eval / export
+  --workdir WORKDIR/best use it). The newest keep_checkpoints checkpoints are unaffected. Every process decides
+  alike (the metrics are computed on all of them) and saves together."""
+
+  def __init__(self, config, workdir: str, write_run_files):
+    self.metric = config.get("eval", {}).get("best_metric", "")
+    self.split, self.workdir, self.write_run_files = config.eval_splits[0], workdir, write_run_files
+    self.value = _kept_value(workdir, self.metric) if self.metric else -np.inf
+
+  def __call__(self, results: dict[str, dict], state, data_state) -> None:
+    if not self.metric:
+      return
+    value = results[self.split].get(self.metric)
+    if value is None or not np.isfinite(value):
+      log.warning("best checkpoint: %s of %s is %s; not compared", self.metric, self.split, value)
+      return
+    if value <= self.value:
+      return
+    step, best_dir = int(state["step"]), paths.join(self.workdir, BEST_DIR)
+    checkpoints.save(checkpoints.make_manager(best_dir, keep=1), step, state, data_state)
+    if jax.process_index() == 0:
+      self.write_run_files(best_dir)
+      record = {
+        "metric": self.metric,
+        "split": self.split,
+        "label_set": results[self.split].get("label_set"),
+        "value": float(value),
+        "step": step,
+      }
+      paths.write_text(paths.join(best_dir, "best.json"), json.dumps(record, indent=1))
+    self.value = value
+    log.info(
+      "best checkpoint: step %d, %s %s = %.4f, in %s",
+      step,
+      self.split,
+      self.metric,
+      value,
+      best_dir,
+    )
 
 
 def _first_label_set(results: dict[str, dict[str, dict]]) -> dict[str, dict]:

@@ -8,6 +8,7 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,8 +18,6 @@ from ecg_contrastive.data import pipeline
 from ecg_contrastive.data.synthetic import fake_folders
 from ecg_contrastive.evals.label_sets import load_label_set
 from ecg_contrastive.sharding import make_mesh
-
-pytestmark = pytest.mark.slow  # one tiny training run (2 steps, 2 evaluations) for the module
 
 FIVE = (
   "label\tprompt\tgroup\ten\tterms\n"
@@ -75,6 +74,7 @@ def _numbers(metrics: dict) -> dict:
   return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
 
+@pytest.mark.slow  # the module's one tiny training run (2 steps, 2 evaluations)
 def test_periodic_evaluation_compiles_once_and_keeps_the_best(trained):
   _, workdir, _, compiles = trained
   rows = list(csv.DictReader(open(os.path.join(workdir, "eval", "results.csv"))))
@@ -94,6 +94,7 @@ def test_periodic_evaluation_compiles_once_and_keeps_the_best(trained):
   assert train.read_best(workdir) == best
 
 
+@pytest.mark.slow  # the module's one tiny training run (2 steps, 2 evaluations)
 @pytest.mark.parametrize("devices", [2, 1])
 def test_eval_mode_on_fewer_devices_equals_the_end_of_training(trained, devices):
   _, workdir, results, _ = trained
@@ -107,6 +108,7 @@ def test_eval_mode_on_fewer_devices_equals_the_end_of_training(trained, devices)
   assert on_disk["macro_auroc"] == pytest.approx(want["macro_auroc"], abs=1e-5)
 
 
+@pytest.mark.slow  # the module's one tiny training run (2 steps, 2 evaluations)
 def test_eval_mode_on_a_fake_ptbxl_folder_with_label_sets(trained, tmp_path, monkeypatch):
   _, workdir, _, _ = trained
   fake_folders.write_ptbxl(str(tmp_path / "ptb-xl"), n_records=40)
@@ -163,3 +165,34 @@ def test_eval_mode_on_a_fake_ptbxl_folder_with_label_sets(trained, tmp_path, mon
   assert rows[-1]["macro_auroc"] and float(rows[-1]["macro_auroc"]) == pytest.approx(
     m["macro_auroc"]
   )
+
+
+def test_the_best_checkpoint_survives_a_resume_and_only_a_better_value_replaces_it(tmp_path):
+  config = tiny_config(eval_splits=("validation",))
+  config.eval.best_metric = "top1"
+  written = []
+  state = lambda step: {
+    "step": jnp.asarray(step, jnp.int32),
+    "params": {"w": jnp.full((3,), step, jnp.float32)},
+  }
+  top1 = lambda v: {"validation": {"top1": v, "label_set": "terms98"}}
+  keep = train._BestKeeper(config, str(tmp_path), written.append)
+  keep(top1(0.5), state(1), {})
+  keep(top1(0.4), state(2), {})
+  assert train.read_best(str(tmp_path))["step"] == 1 and len(written) == 1
+  resumed = train._BestKeeper(
+    config, str(tmp_path), written.append
+  )  # a new run on the same workdir
+  assert resumed.value == 0.5
+  resumed(top1(0.45), state(3), {})
+  assert train.read_best(str(tmp_path)) == {
+    "metric": "top1",
+    "split": "validation",
+    "label_set": "terms98",
+    "value": 0.5,
+    "step": 1,
+  }
+  resumed(top1(0.6), state(4), {})
+  assert train.read_best(str(tmp_path))["step"] == 4
+  assert os.listdir(tmp_path / "best" / "checkpoints") == ["4"]
+  assert not (tmp_path / "checkpoints").exists()  # the newest-checkpoints folder is another one
