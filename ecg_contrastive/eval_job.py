@@ -24,7 +24,7 @@ from ecg_contrastive import checkpoints, paths
 from ecg_contrastive.config_check import ConfigError, check_config
 from ecg_contrastive.data import pipeline
 from ecg_contrastive.ecg.signal import NUM_LEADS, NUM_SAMPLES
-from ecg_contrastive.evals.evaluate import evaluate, prepare_label_sets
+from ecg_contrastive.evals.evaluate import Encoders, evaluate, label_embeddings, prepare_label_sets
 from ecg_contrastive.evals.label_sets import load_label_sets
 from ecg_contrastive.models import two_tower
 from ecg_contrastive.sharding import batch_sizes, make_mesh, replicated
@@ -52,6 +52,72 @@ def eval_config(
       log.info("config.%s: the run's own (%s), not the command line's", key, theirs)
     out[key] = theirs
   return out
+
+
+def _restore(config, workdir: str, step: int | None, text_dim: int, mesh, model=None):
+  """(step, {"params", "batch_stats"}) of the checkpoint, replicated on `mesh`."""
+  model = model or two_tower.from_config(config)
+  shapes = jax.eval_shape(
+    lambda rng: model.init(
+      rng,
+      jnp.zeros((2, NUM_SAMPLES, NUM_LEADS), jnp.float32),
+      jnp.zeros((2, text_dim), jnp.float32),
+      train=False,
+    ),
+    jax.random.PRNGKey(0),
+  )
+  abstract = jax.tree_util.tree_map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), dict(shapes)
+  )
+  return checkpoints.restore_variables(workdir, abstract, step)
+
+
+def write_label_sets(
+  config: ml_collections.ConfigDict, workdir: str, folder: str, step: int | None = None
+) -> list[str]:
+  """Writes each label set of config.eval.label_set into the export folder `folder` as
+  label_sets/<name>.json ([{"ja", "en", "group_ja", "group_en"}]) and label_sets/<name>.safetensors
+  (`label_embeddings` float32 (L, E), unit-norm, as the export's own), computed in float32 from the run's text
+  tower and the checkpoint's text projection: a PyTorch user then scores them without JAX
+  (modeling_ecg.load(folder, label_set=name), export.predict --label-set). Returns the files written."""
+  import json as json_lib
+
+  import numpy as np
+  from safetensors.numpy import save_file
+
+  if not paths.exists(paths.join(folder, "modeling_ecg.py")):
+    raise FileNotFoundError(
+      f"{folder!r} is not an export folder (no modeling_ecg.py); write one first with "
+      f"`python -m ecg_contrastive.main --mode export --workdir {workdir} --export_dir {folder}`"
+    )
+  config = eval_config(config, checkpoints.read_config(workdir))
+  load_label_sets(config.eval.label_set)
+  mesh = make_mesh(jax.local_devices()[:1])
+  prepared = prepare_label_sets(config)
+  model = two_tower.from_config(config).clone(dtype=jnp.float32)  # the export computes in float32
+  step, variables = _restore(config, workdir, step, prepared[0].prompt_emb.shape[1], mesh, model)
+  encoders, written = Encoders(model, mesh), []
+  out = paths.join(folder, "label_sets")
+  paths.makedirs(out)
+  for p in prepared:
+    ls = p.label_set
+    emb = label_embeddings(encoders, variables["params"], p)
+    labels = [
+      {"ja": name, "en": en, "group_ja": group, "group_en": ""}
+      for name, en, group in zip(ls.labels, ls.en, ls.groups or [""] * len(ls))
+    ]
+    paths.write_text(
+      paths.join(out, f"{ls.name}.json"), json_lib.dumps(labels, ensure_ascii=False, indent=1)
+    )
+    local = paths.join(out, f"{ls.name}.safetensors")
+    save_file(
+      {"label_embeddings": np.ascontiguousarray(emb, np.float32)},
+      local,
+      metadata={"source_step": str(step), "label_set": ls.name},
+    )
+    written += [paths.join(out, f"{ls.name}.json"), local]
+    log.info("label set %s (%d labels) -> %s", ls.name, len(ls), local)
+  return written
 
 
 def evaluate_checkpoint(
@@ -85,20 +151,7 @@ def evaluate_checkpoint(
   )
   label_sets = prepare_label_sets(config, label_emb)
   model = two_tower.from_config(config)
-  text_dim = table.embeddings.shape[1]
-  shapes = jax.eval_shape(
-    lambda rng: model.init(
-      rng,
-      jnp.zeros((2, NUM_SAMPLES, NUM_LEADS), jnp.float32),
-      jnp.zeros((2, text_dim), jnp.float32),
-      train=False,
-    ),
-    jax.random.PRNGKey(0),
-  )
-  abstract = jax.tree_util.tree_map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), dict(shapes)
-  )
-  step, variables = checkpoints.restore_variables(workdir, abstract, step)
+  step, variables = _restore(config, workdir, step, table.embeddings.shape[1], mesh, model)
   log.info("restored the parameters and BatchNorm statistics of step %d", step)
   return evaluate(
     config=config,

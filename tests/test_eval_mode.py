@@ -196,3 +196,32 @@ def test_the_best_checkpoint_survives_a_resume_and_only_a_better_value_replaces_
   assert train.read_best(str(tmp_path))["step"] == 4
   assert os.listdir(tmp_path / "best" / "checkpoints") == ["4"]
   assert not (tmp_path / "checkpoints").exists()  # the newest-checkpoints folder is another one
+
+
+@pytest.mark.slow  # the module's one tiny training run
+def test_a_label_set_written_into_the_export_folder_scores_without_jax(trained, tmp_path):
+  from safetensors.numpy import load_file
+
+  from ecg_contrastive.export.to_torch import export, load_exported
+
+  _, workdir, _, _ = trained
+  folder = export(workdir, str(tmp_path / "torch"), verify=False)
+  five = tmp_path / "five.tsv"
+  five.write_text(FIVE, encoding="utf-8")
+  config = tiny_config()
+  config.eval.label_set = f"terms98,{five}"
+  eval_job.write_label_sets(config, workdir, folder)
+  own = load_file(os.path.join(folder, "label_embeddings.safetensors"))["label_embeddings"]
+  again = load_file(os.path.join(folder, "label_sets", "terms98.safetensors"))["label_embeddings"]
+  np.testing.assert_allclose(
+    again, own, atol=1e-6
+  )  # the same text tower and projection as the export
+  model = load_exported(folder, "five")
+  assert [l["ja"] for l in model.labels] == ["NORM", "AFIB", "CRBBB", "BLOCK", "VF"]
+  import torch
+
+  ecg = torch.zeros(2, 12, 5000)
+  expected = model.scale() * model(ecg) @ model.label_embeddings.T
+  assert model.scores(ecg).shape == (2, 5) and torch.allclose(model.scores(ecg), expected)
+  with pytest.raises(FileNotFoundError, match="no label set 'nine'.*five"):
+    load_exported(folder, "nine")
