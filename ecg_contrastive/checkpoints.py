@@ -297,12 +297,20 @@ def restore_inference(workdir: str, step: int | None = None) -> Inference:
   """Loads params + BatchNorm statistics of `step` (default: latest) from a training workdir."""
   config = read_config(workdir)
   manager = make_manager(workdir)
-  restore_fn = lambda s: manager.restore(
-    s, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-  )["state"]
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def restore_fn(s: int) -> dict:  # onto this host, whatever the mesh it was saved from
+    saved = ocp.PyTreeCheckpointHandler().metadata(manager.directory / str(s) / "state")
+    wanted = {
+      k: jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved[k]
+      )
+      for k in ("params", "batch_stats")
+    }
+    return _restore_variables(manager, s, wanted)
+
   step, state = _restore_chosen(manager, step, restore_fn)
-  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  variables = {k: _to_numpy(v) for k, v in variables.items()}
+  variables = {k: _to_numpy(v) for k, v in state.items()}
   rewrite = (
     "rerun training with this --workdir (it rewrites the file and resumes from the last checkpoint)"
   )
@@ -326,15 +334,20 @@ def restore_variables(
   of the checkpoint are not read, so any dataset and mesh size can use it."""
   manager = make_manager(workdir)
   wanted = {k: abstract_variables[k] for k in ("params", "batch_stats")}
-  restore_args = ocp.checkpoint_utils.construct_restore_args(wanted)
+  return _restore_chosen(manager, step, lambda s: _restore_variables(manager, s, wanted))
 
-  def restore_fn(s: int) -> dict:
-    return ocp.PyTreeCheckpointer().restore(
-      manager.directory / str(s) / "state",
-      args=ocp.args.PyTreeRestore(wanted, restore_args=restore_args, partial_restore=True),
-    )
 
-  return _restore_chosen(manager, step, restore_fn)
+def _restore_variables(manager: ocp.CheckpointManager, step: int, wanted: dict) -> dict:
+  """The subtrees of `wanted` (params, batch_stats) of the state of `step`, with its shardings (a partial
+  restore: the optimizer state is not read)."""
+  return ocp.PyTreeCheckpointer().restore(
+    manager.directory / str(step) / "state",
+    args=ocp.args.PyTreeRestore(
+      wanted,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+      partial_restore=True,
+    ),
+  )
 
 
 def _run_file(workdir: str, name: str, what_to_do: str) -> Any:
