@@ -116,7 +116,9 @@ def test_eval_mode_on_a_fake_ptbxl_folder_with_label_sets(trained, tmp_path, mon
   five.write_text(FIVE, encoding="utf-8")
   config = tiny_config(dataset="ptbxl", source_dir=str(tmp_path / "ptb-xl"), eval_splits=("train",))
   config.data_dir = str(tmp_path / "tfds")
-  config.eval.label_set = f"ptbxl_superclass,{five}"
+  vf_only = tmp_path / "vf_only.tsv"  # no PTB-XL record can carry it: retrieval metrics only
+  vf_only.write_text("label\tprompt\n心室細動\t心室細動\n", encoding="utf-8")
+  config.eval.label_set = f"ptbxl_superclass,{five},{vf_only}"
   made = []
   real = pipeline.BatchIterator
 
@@ -137,10 +139,15 @@ def test_eval_mode_on_a_fake_ptbxl_folder_with_label_sets(trained, tmp_path, mon
     assert os.path.exists(os.path.join(folder, f"{stem}.json"))
     assert os.path.exists(os.path.join(folder, f"{stem}_per_label.png"))
   rows = list(csv.DictReader(open(os.path.join(workdir, "eval", "results.csv"))))
-  assert [(r["mode"], r["dataset"], r["split"], r["label_set"]) for r in rows[-2:]] == [
+  assert [(r["mode"], r["dataset"], r["split"], r["label_set"]) for r in rows[-3:]] == [
     ("eval", "ptbxl", "train", "ptbxl_superclass"),
     ("eval", "ptbxl", "train", "five"),
+    ("eval", "ptbxl", "train", "vf_only"),
   ]
+  none = json.load(open(os.path.join(folder, "train.vf_only.json")))
+  assert none["zero_shot"] is None and "retrieval metrics only" in none["note"]
+  assert "ecg_to_report_r@1" in none and "macro_auroc" not in none and rows[-1]["macro_auroc"] == ""
+  rows = rows[:-1]
 
   # the five-label set: macro AUROC from the written scores and the records' findings, by pairwise counting
   m = json.load(open(os.path.join(folder, "train.five.json")))
