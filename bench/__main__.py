@@ -5,6 +5,8 @@ its table last and writes PREFIX.json + PREFIX.csv; results and how to reproduce
   python -m bench pipeline --model paper --batch-size 1024 --dataset synthetic_ecg_ja/demo
   python -m bench memory --cpu-devices 8 --batch-sizes 256,512,1024,2048,4096
   python -m bench memory --cpu-devices 8 --tiles 4096 --batch-sizes 16384,65536,1048576 --time-batch 4096
+  python -m bench host-read --dataset synthetic_ecg_ja/demo --batch-size 256 --threads 1,2,4
+  python -m bench placement --cpu-devices 8 --batch-size 256 --dataset synthetic_ecg_ja/demo
   python -m bench show bench_out/step.json bench_out/pipeline.json
 
   step      the project's training step (ECG/s, step time, TFLOP/s, peak memory) against the PyTorch
@@ -15,6 +17,10 @@ its table last and writes PREFIX.json + PREFIX.csv; results and how to reproduce
   memory    per-device memory of the contrastive loss across the mesh against global batch size,
             next to a naive full-batch (B x B) loss; with --tiles, the dense loss against the
             tiled one (all-gather and ring): plans per device and value+grad time
+  host-read the host's read rate of a split's rows: ArrayRecord shards streamed with N reader threads
+            against the int16 cache's memory map, cold-ish and warm (config.data.host_read)
+  placement the input path with the split on the host (BatchIterator) against the split resident on
+            the devices (DeviceBatchIterator), side by side in one run; --step adds the step fed by each
   show      print the tables of earlier results files again (and issue 6's targets when a step
             file is among them)
 CPU smoke run: `step --model tiny --batch-sizes 8 --torch eager --windows 2 --steps 2`. One GPU run of
@@ -175,6 +181,48 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   )
   p.add_argument("--out", default="bench_out/memory", help="writes OUT.json and OUT.csv")
 
+  p = sub.add_parser(
+    "host-read", help="ECG/s of reading rows: shards streamed with N threads vs the int16 cache"
+  )
+  p.add_argument(
+    "--dataset", default="synthetic_ecg_ja/demo", help="TFDS name/config, built on first use"
+  )
+  p.add_argument("--split", default="train")
+  p.add_argument("--data-dir", default="", help="'' -> the pipeline's default data directory")
+  p.add_argument("--batch-size", type=int, default=256, help="rows per read (one process's batch)")
+  p.add_argument("--batches", type=int, default=20, help="batches per pass (random rows, sorted)")
+  p.add_argument(
+    "--threads", type=_ints, default=[1, 2, 4], help="reader thread counts, comma-separated"
+  )
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default="bench_out/host_read", help="writes OUT.json and OUT.csv")
+
+  p = sub.add_parser(
+    "placement", help="input path: split on the host vs resident on the devices, one run"
+  )
+  p.add_argument("--batch-size", type=int, default=256, help="global batch size")
+  p.add_argument(
+    "--dataset", default="synthetic_ecg_ja/demo", help="TFDS name/config, built on first use"
+  )
+  p.add_argument("--split", default="train")
+  p.add_argument("--data-dir", default="", help="'' -> the pipeline's default data directory")
+  p.add_argument("--prefetch", type=int, default=2, help="batches each iterator prepares ahead")
+  p.add_argument(
+    "--cpu-devices",
+    type=int,
+    default=0,
+    help="on CPU, run with this many virtual devices (sets XLA_FLAGS before JAX starts)",
+  )
+  p.add_argument(
+    "--step",
+    choices=["paper", "tiny"],
+    help="also time the project's step (this workload preset) fed by each placement",
+  )
+  p.add_argument("--dtype", choices=["bfloat16", "float32"], help="with --step: compute dtype")
+  p.add_argument("--seed", type=int, default=0)
+  _timing_args(p, warmup=3, windows=5, steps=20)
+  p.add_argument("--out", default="bench_out/placement", help="writes OUT.json and OUT.csv")
+
   p = sub.add_parser("show", help="print the tables of results files (PREFIX.json) again")
   p.add_argument("files", nargs="+", help="PREFIX.json files written by step, pipeline or memory")
   return parser.parse_args(argv)
@@ -254,6 +302,29 @@ def _pipeline(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict
   return rows, input_path.COLUMNS
 
 
+def _placement(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
+  from bench import placement
+
+  workload = None
+  if args.step:
+    args.model = args.step
+    workload = _workload(args)
+  meta.update(dataset=args.dataset, split=args.split, step=workload and workload.name)
+  rows = placement.run(
+    args.batch_size,
+    args.dataset,
+    args.split,
+    args.data_dir or None,
+    prefetch=args.prefetch,
+    warmup=args.warmup,
+    windows=args.windows,
+    steps=args.steps,
+    seed=args.seed,
+    workload=workload,
+  )
+  return rows, placement.COLUMNS
+
+
 def _memory(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
   from bench import loss_memory
 
@@ -265,19 +336,40 @@ def _memory(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[s
   return loss_memory.run(args.batch_sizes, args.embed_dim), loss_memory.COLUMNS
 
 
+def _host_read(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
+  from bench import host_read
+
+  meta.update(workload=dict(dataset=args.dataset, split=args.split, batch=args.batch_size))
+  rows = host_read.run(
+    args.dataset,
+    args.split,
+    args.data_dir or None,
+    args.batch_size,
+    args.batches,
+    args.threads,
+    seed=args.seed,
+  )
+  return rows, host_read.COLUMNS
+
+
 def run_command(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]], list]:
-  """Runs step, pipeline or memory; returns (meta, rows, columns). Imports lazily: JAX must start after
-  XLA_FLAGS is set, and each subcommand loads only its own stack."""
-  if args.command == "memory" and args.cpu_devices:
+  """Runs step, pipeline, memory, host-read or placement; returns (meta, rows, columns). Imports lazily:
+  JAX must start after XLA_FLAGS is set, and each subcommand loads only its own stack."""
+  if args.command in ("memory", "placement") and args.cpu_devices:
     _force_cpu_devices(args.cpu_devices)
   import jax
 
   from bench import results
 
   meta = dict(results.environment(jax.devices()), subcommand=args.command)
-  rows, columns = {"step": _step, "pipeline": _pipeline, "memory": _memory}[args.command](
-    args, meta
-  )
+  commands = {
+    "step": _step,
+    "pipeline": _pipeline,
+    "memory": _memory,
+    "host-read": _host_read,
+    "placement": _placement,
+  }
+  rows, columns = commands[args.command](args, meta)
   return meta, rows, columns
 
 

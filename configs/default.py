@@ -21,6 +21,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.source_dir = (
     ""  # folder of the raw records for ptbxl / mimic_iv_ecg / ecg_manifest (docs/data.md)
   )
+  # How a host reads the splits (docs/data.md): host_read "cache" = a full int16 copy of each split per host,
+  # memory-mapped; "stream" = each process reads its rows of every batch from the shards, reader_threads threads;
+  # host_cache "share" (with "stream") keeps the records this host read in a local file.
+  c.data = ml_collections.ConfigDict()
+  c.data.host_read = "cache"
+  c.data.reader_threads = 4
+  c.data.host_cache = "none"
+  # placement: where the training split's waveforms live while training (docs/data.md, "Placement"):
+  # "host" (read by the host each batch), "device" (resident on the mesh, batches gathered there) or "auto"
+  # (device when it fits in device_memory_share of each device's memory); the same batches either way
+  c.data.placement = "auto"
+  c.data.device_memory_share = 0.3
+  # device_memory_bytes: per device, e.g. 16e9 (0: the backend's bytes_limit; CPUs report none);
+  # expected_ecg_per_s: the global rate the log plans input bandwidth for (0: the measured one)
+  c.data.device_memory_bytes = 0.0
+  c.data.expected_ecg_per_s = 0.0
   c.train_split = "train"
   c.eval_splits = ("validation", "test")
 

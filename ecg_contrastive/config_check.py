@@ -11,6 +11,7 @@ from typing import Any
 import ml_collections
 
 from ecg_contrastive.data import pipeline
+from ecg_contrastive.data.placement import PLACEMENTS
 from ecg_contrastive.ecg import signal
 from ecg_contrastive.errors import UserError
 from ecg_contrastive.models.batch_norm import BACKWARDS
@@ -129,6 +130,45 @@ RULES = (
     _choice(("",) + BEST_METRICS),
     f"'' (keep no best checkpoint) or one of {BEST_METRICS}",
   ),
+  Rule(
+    "data.host_read",
+    str,
+    _choice(pipeline.HOST_READS),
+    f"one of {pipeline.HOST_READS} ('stream': no full copy of the split on each host)",
+  ),
+  Rule(
+    "data.reader_threads", int, lambda v: v >= 1, "an integer >= 1 (shard reader threads), e.g. 4"
+  ),
+  Rule(
+    "data.host_cache",
+    str,
+    _choice(pipeline.HOST_CACHES),
+    f"one of {pipeline.HOST_CACHES} ('share' only with data.host_read='stream')",
+  ),
+  Rule(
+    "data.placement",
+    str,
+    _choice(PLACEMENTS),
+    f"one of {PLACEMENTS} ('auto': on the devices when the split fits in data.device_memory_share)",
+  ),
+  Rule(
+    "data.device_memory_share",
+    float,
+    lambda v: 0 < v <= 1,
+    "a number in (0, 1] (the share of each device's memory the split may take), e.g. 0.3",
+  ),
+  Rule(
+    "data.device_memory_bytes",
+    float,
+    lambda v: v >= 0 and v == int(v),
+    "a whole number of bytes >= 0 per device (0: as the backend reports; none on CPU), e.g. 16e9",
+  ),
+  Rule(
+    "data.expected_ecg_per_s",
+    float,
+    lambda v: v >= 0,
+    "a number >= 0 (global ECG/s the log plans input bandwidth for; 0: measured), e.g. 24000",
+  ),
 )
 
 # Keys that were settings once and are fixed now: key -> (the one value an older config may still hold, why).
@@ -157,7 +197,16 @@ def retired_key_message(key: str) -> str | None:
 
 # Keys the trainer reads that a config file written before they existed may lack. Their defaults have one home,
 # configs/default.py; a config without one is reported (what to set), never filled in here with a second default.
-REQUIRED = ("microbatches",)
+REQUIRED = (
+  "microbatches",
+  "data.host_read",
+  "data.reader_threads",
+  "data.host_cache",
+  "data.placement",
+  "data.device_memory_share",
+  "data.device_memory_bytes",
+  "data.expected_ecg_per_s",
+)
 
 _KIND = {int: "an integer", float: "a number", str: "a string"}
 _MISSING = object()
@@ -203,6 +252,12 @@ def check_values(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.{rule.key}={value!r}: not a finite number; use {rule.use}")
     if not rule.ok(value):
       raise ConfigError(f"config.{rule.key}={value!r}: out of range; use {rule.use}")
+  if _get(config, "data.host_cache") == "share" and _get(config, "data.host_read") != "stream":
+    raise ConfigError(
+      "config.data.host_cache='share' keeps streamed records; with "
+      f"config.data.host_read={_get(config, 'data.host_read')!r} the whole split is cached already: "
+      "set --config.data.host_read=stream or --config.data.host_cache=none"
+    )
   splits = _get(config, "eval_splits")
   if splits is not _MISSING:
     if isinstance(splits, str) or not isinstance(splits, (tuple, list)) or not splits:

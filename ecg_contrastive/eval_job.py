@@ -133,9 +133,14 @@ def evaluate_checkpoint(
     batch_sizes(config.eval_batch_size, mesh)
   except ValueError as e:
     raise ConfigError(f"config.eval_batch_size={config.eval_batch_size}: {e}") from e
+  data = config.get("data", {})
   sources = {
     s: pipeline.open_source(
-      config.dataset, s, config.data_dir or None, source_dir=config.get("source_dir") or None
+      config.dataset,
+      s,
+      config.data_dir or None,
+      source_dir=config.get("source_dir") or None,
+      **{k: config.data[k] for k in ("host_read", "reader_threads", "host_cache") if k in data},
     )
     for s in config.eval_splits
   }

@@ -158,23 +158,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(_explain_parse_error(argv, e))
 
 
-def init_distributed() -> None:
-  """jax.distributed.initialize(); cluster environments (TPU pods, SLURM) are detected by JAX.
-  Elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID
-  (launch/local_multiprocess.sh does). CPU processes talk through gloo."""
-  import jax
-
-  if os.environ.get("JAX_PLATFORMS", "") == "cpu":
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  kw = {}
-  if "JAX_NUM_PROCESSES" in os.environ:
-    kw = dict(
-      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-      process_id=int(os.environ["JAX_PROCESS_ID"]),
-    )
-  jax.distributed.initialize(**kw)
-
-
 def main(argv):
   try:
     run(argv)
@@ -206,6 +189,8 @@ def run(argv):
     level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
   )
   if FLAGS.distributed:
+    from ecg_contrastive.sharding import init_distributed
+
     init_distributed()
   if FLAGS.mode == "export":
     from ecg_contrastive.export.to_torch import export

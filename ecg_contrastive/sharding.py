@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import jax
 import numpy as np
@@ -16,6 +17,21 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
+
+
+def init_distributed() -> None:
+  """jax.distributed.initialize() (the training command's and the prepare command's --distributed); cluster
+  environments (TPU pods, SLURM) are detected by JAX. Elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
+  and JAX_PROCESS_ID (launch/local_multiprocess.sh does). CPU processes talk through gloo."""
+  if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kw = {}
+  if "JAX_NUM_PROCESSES" in os.environ:
+    kw = dict(
+      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+      process_id=int(os.environ["JAX_PROCESS_ID"]),
+    )
+  jax.distributed.initialize(**kw)
 
 
 def make_mesh(devices: list | None = None) -> Mesh:

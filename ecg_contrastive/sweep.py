@@ -218,6 +218,7 @@ def train_size(config) -> int:
     config.train_split,
     config.data_dir or None,
     source_dir=config.get("source_dir") or None,
+    host_read=config.data.host_read,  # 'stream': the record index only, no int16 cache to count rows
   )
   return len(source)
 

@@ -28,7 +28,7 @@ import tqdm
 from ecg_contrastive import checkpoints, paths, preemption, workdir_lock
 from ecg_contrastive import step as step_lib
 from ecg_contrastive.config_check import ConfigError, check_config
-from ecg_contrastive.data import pipeline
+from ecg_contrastive.data import pipeline, placement
 from ecg_contrastive.errors import UserError
 from ecg_contrastive.evals.evaluate import Encoders, evaluate, prepare_label_sets
 from ecg_contrastive.evals.label_sets import load_label_sets
@@ -93,7 +93,13 @@ def _train_and_evaluate(
   splits = [config.train_split] + [s for s in config.eval_splits if s != config.train_split]
   sources = {
     s: pipeline.open_source(
-      config.dataset, s, config.data_dir or None, source_dir=config.get("source_dir") or None
+      config.dataset,
+      s,
+      config.data_dir or None,
+      source_dir=config.get("source_dir") or None,
+      host_read=config.data.host_read,
+      reader_threads=config.data.reader_threads,
+      host_cache=config.data.host_cache,
     )
     for s in splits
   }
@@ -112,6 +118,8 @@ def _train_and_evaluate(
     num_steps,
     num_steps / steps_per_epoch,
   )
+  plan = placement.plan_for(train_source, config, mesh)  # host or device: logged before any placing
+  log.info("%s", plan.describe())
 
   # 4. text
   table, label_emb = embed_texts(
@@ -127,13 +135,8 @@ def _train_and_evaluate(
   model = step_lib.make_model(config)
   tx, schedule = step_lib.make_optimizer(config, num_steps)
   state = step_lib.init_state(config, model, tx, table.embeddings.shape[1], mesh)
-  batches = pipeline.BatchIterator(
-    train_source,
-    global_batch_size=config.batch_size,
-    mesh=mesh,
-    seed=config.seed,
-    columns={"report_row": report_rows},
-    prefetch=config.prefetch,
+  batches = placement.make_iterator(
+    train_source, config, mesh, columns={"report_row": report_rows}, plan=plan
   )
   manager = checkpoints.make_manager(workdir, keep=config.keep_checkpoints)
   found = checkpoints.restore_newest_intact(
@@ -176,7 +179,7 @@ def _train_and_evaluate(
     disable=jax.process_index() != 0,
     dynamic_ncols=True,
   )
-  window_start, window_steps = time.perf_counter(), 0
+  window_start, window_steps, windows = time.perf_counter(), 0, 0
   stop.armed = True
   for step in range(first_step + 1, num_steps + 1):
     state, metrics = train_step(state, next(batches), table_on_device)
@@ -198,6 +201,9 @@ def _train_and_evaluate(
       if memory and "peak_bytes_in_use" in memory:
         metrics["peak_bytes_in_use"] = float(memory["peak_bytes_in_use"])
       writer.write(step, metrics)
+      windows += 1
+      if windows == 2:  # the first window without compilation: the bandwidth its rate needs
+        log.info("%s", plan.at_rate(metrics["ecg_per_s"]))
       bar.set_postfix(loss=f"{metrics['loss']:.3f}", ecg_s=f"{metrics['ecg_per_s']:.0f}")
       window_start, window_steps = time.perf_counter(), 0
     bar.update(1)

@@ -225,6 +225,26 @@ def test_pipeline_command_feeds_our_step_through_the_input_pipeline(tmp_path, ca
   )
 
 
+def test_placement_command_times_host_and_device_placement_side_by_side(tmp_path, capsys):
+  prefix = str(tmp_path / "placement")
+  args = ["placement", "--batch-size", "8", "--dataset", "synthetic_ecg_ja/tiny"]
+  args += ["--data-dir", str(tmp_path / "data"), *TINY_TIMING, "--out", prefix]
+  assert main(args) == 0
+  data = load(prefix)
+  host, device = data["rows"]
+  assert [host["impl"], device["impl"]] == [
+    "host placement, input alone",
+    "device placement, input alone",
+  ]
+  for row in data["rows"]:
+    assert row["batch"] == 8 and row["records"] == 256 and row["windows"] == 2
+    for key in ("ecg_per_s", "gb_per_s", "step_ms", "vs_host", "load_average_start"):
+      assert positive(row[key]), (row["impl"], key, row[key])
+  assert host["vs_host"] == 1.0 and host["place_s"] is None and positive(device["place_s"])
+  assert device["vs_host"] == pytest.approx(device["ecg_per_s"] / host["ecg_per_s"])
+  assert capsys.readouterr().out.strip().splitlines()[-1].startswith("| device placement, input")
+
+
 @pytest.mark.slow
 def test_memory_command_shows_per_device_loss_memory_below_full_batch(tmp_path):
   prefix = str(tmp_path / "memory")
@@ -530,3 +550,29 @@ def test_memory_command_with_tiles_compares_dense_and_tiled_loss(tmp_path):
       assert positive(row["plan_mib"]) and row["plan_mib"] >= row["temp_mib"]
       assert 0 < row["loss_plan_mib"] <= row["plan_mib"]  # the L2 normalisation only adds
   assert all(positive(r["ms"]) for r in timed)
+
+
+def test_host_read_command_times_the_stream_and_the_cache(tmp_path, capsys):
+  prefix = str(tmp_path / "host_read")
+  args = ["host-read", "--dataset", "synthetic_ecg_ja/tiny", "--data-dir", str(tmp_path / "data")]
+  args += ["--batch-size", "32", "--batches", "4", "--threads", "1,2", "--out", prefix]
+  assert main(args) == 0
+  data = load(prefix)
+  assert [(r["read"], r["threads"], r["pass"]) for r in data["rows"]] == [
+    ("cache (memmap)", None, "cold"),
+    ("cache (memmap)", None, "warm"),
+    ("stream", 1, "cold"),
+    ("stream", 1, "warm"),
+    ("stream", 2, "cold"),
+    ("stream", 2, "warm"),
+  ]
+  for row in data["rows"]:
+    assert row["rows"] == 128 and positive(row["ecg_per_s"]) and positive(row["cpu_us_per_ecg"])
+    assert row["mb_per_s"] == pytest.approx(row["ecg_per_s"] * 0.12)
+    assert (row["shard_mb_per_s"] is None) == (row["read"] != "stream")
+  assert data["meta"]["workload"] == {
+    "dataset": "synthetic_ecg_ja/tiny",
+    "split": "train",
+    "batch": 32,
+  }
+  assert capsys.readouterr().out.strip().splitlines()[-1].startswith("|         stream |")

@@ -60,9 +60,11 @@ LAYERS = (
   Rule("losses", ("losses", "tiled_losses"), ("sharding",)),
   Rule("text", ("text", "text.*"), ("errors", "paths", "sharding", "models", "vocab")),
   # data: the simulator and the int16 cache import nothing else of data; the TFDS builders may use both; the
-  # pipeline and the batch iterator sit on top of all three.
+  # streamed source sits on the cache; the pipeline, the batch iterator and the prepare command on top of all.
   Rule("data.synthetic", ("data.synthetic", "data.synthetic.*"), _DATA_BASE),
   Rule("data.cache", ("data.cache",), _DATA_BASE),
+  # shards read as batches need them (host_read="stream"), indexed by the cache's own scan
+  Rule("data.streaming", ("data.streaming",), _DATA_BASE + ("data.cache",)),
   Rule(
     "data.builders",
     ("data.builders", "data.builders.*"),
@@ -70,8 +72,8 @@ LAYERS = (
   ),
   Rule(
     "data",
-    ("data", "data.batches", "data.pipeline"),
-    _DATA_BASE + ("data.synthetic", "data.cache", "data.builders"),
+    ("data", "data.batches", "data.pipeline", "data.prepare", "data.resident", "data.placement"),
+    _DATA_BASE + ("data.synthetic", "data.cache", "data.streaming", "data.builders"),
   ),
   Rule("step", ("step",), ("models", "ecg", "losses", "sharding", "errors")),
   Rule("checkpoints", ("checkpoints",), ("models", "paths", "errors", "vocab")),

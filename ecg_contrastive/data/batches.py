@@ -170,10 +170,7 @@ class BatchIterator:
     return (epoch + 1, 0) if batch + 1 >= len(self) else (epoch, batch + 1)
 
   def _order(self, epoch: int) -> np.ndarray:
-    n = len(self.source)
-    return (
-      np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-    )
+    return epoch_order(self.seed, epoch, len(self.source), self.shuffle)
 
   def _start(self) -> None:
     self._queue: queue.Queue = queue.Queue(maxsize=self.prefetch)
@@ -216,22 +213,31 @@ class BatchIterator:
     local = index[self._rows]
     valid = int((local >= 0).sum())  # padding (-1) sits at the end
     local[:valid] = np.sort(local[:valid])
-    ecg = self._host_ecg(len(local))
-    self.source.read(local[:valid], out=ecg[:valid])
-    ecg[valid:] = 0
-    arrays = {"ecg": ecg, "index": local.astype(np.int32)}
+    arrays = {"index": local.astype(np.int32)}
     for name, column in self.columns.items():
       values = np.zeros((len(local),) + column.shape[1:], column.dtype)
       values[:valid] = column[local[:valid]]
       arrays[name] = values
     if not self.drop_remainder:
       arrays["mask"] = np.arange(len(local)) < valid
-    batch = {
-      k: jax.make_array_from_process_local_data(self.sharding, v, (self.batch_size,) + v.shape[1:])
-      for k, v in arrays.items()
-    }
-    self._release_host_ecg(batch["ecg"])
-    return batch
+    batch = {k: self._global(v) for k, v in arrays.items()}
+    return {"ecg": self._ecg(local[:valid], batch["index"]), **batch}
+
+  def _global(self, local: np.ndarray) -> jax.Array:
+    """The global (B, ...) array of which `local` holds this process's rows."""
+    return jax.make_array_from_process_local_data(
+      self.sharding, local, (self.batch_size,) + local.shape[1:]
+    )
+
+  def _ecg(self, rows: np.ndarray, index: jax.Array) -> jax.Array:
+    """int16 (B, 5000, 12) of the batch: this process's valid `rows` (ascending; the padded rest is zeros)
+    read from the source on the host and copied to the devices. `index`: the batch's global 'index'."""
+    ecg = self._host_ecg(self._rows.stop - self._rows.start)
+    self.source.read(rows, out=ecg[: len(rows)])
+    ecg[len(rows) :] = 0
+    placed = self._global(ecg)
+    self._release_host_ecg(placed)
+    return placed
 
   def _host_ecg(self, rows: int) -> np.ndarray:
     """A host buffer for the next batch's ECG rows, from a ring of two: the one whose device copy (two
@@ -253,6 +259,12 @@ class BatchIterator:
     low, high = buffer.ctypes.data, buffer.ctypes.data + buffer.nbytes
     if any(low <= s.data.unsafe_buffer_pointer() < high for s in ecg.addressable_shards):
       self._reuse_host = False
+
+
+def epoch_order(seed: int, epoch: int, n: int, shuffle: bool = True) -> np.ndarray:
+  """The record rows of epoch `epoch` in the order batches take them: a permutation seeded by (seed, epoch),
+  or 0..n-1 without shuffle. Every process and every placement (host or device) uses this one order."""
+  return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
 
 
 def _copied_buffer(shape: tuple[int, ...]) -> np.ndarray:

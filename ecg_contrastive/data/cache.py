@@ -9,6 +9,9 @@ are skipped, counted and listed with their reason (a warning names them). The re
 list the records they skipped while building in `<dataset dir>/skipped_records.json`; those come
 first in the skip list of their split (with "stage": "build" and no index, as they have no row).
 
+`scan` is the one decode of a split and its skip rules; the streamed source (streaming.py) indexes a split
+with it too, writing only the .meta.json.
+
 With several JAX processes, process 0 builds a missing cache while the others wait, then they open
 it (a process that cannot see process 0's file, e.g. a host-local folder on another host, builds its
 own copy); files are written under a unique temporary name and renamed, so a half-written cache is
@@ -63,18 +66,27 @@ def cache_folder(dataset_dir: str) -> str:
   return folder
 
 
-def _paths(builder, split: str) -> tuple[str, str]:
+def cache_files(builder, split: str) -> tuple[str, str]:
+  """(int16 .npy, .meta.json) of the cache of `split` (local files)."""
   folder = cache_folder(str(builder.data_dir))
   return os.path.join(folder, f"{split}.ecg.npy"), os.path.join(folder, f"{split}.meta.json")
 
 
+def load_meta(meta_path: str, expected: dict) -> dict | None:
+  """The metadata file of a split (local or gs://) when it matches `expected`; None when absent, stale or damaged."""
+  try:
+    meta = json.loads(paths.read_text(meta_path))
+  except (OSError, ValueError):
+    return None
+  return meta if isinstance(meta, dict) and meta.get("fingerprint") == expected else None
+
+
 def _load(ecg_path: str, meta_path: str, expected: dict):
   """(memmap, meta) of a valid cache, or None when absent, stale or damaged."""
+  meta = load_meta(meta_path, expected)
+  if meta is None:
+    return None
   try:
-    with open(meta_path, encoding="utf-8") as f:
-      meta = json.load(f)
-    if meta.get("fingerprint") != expected:
-      return None
     ecg = np.load(ecg_path, mmap_mode="r")  # raises if the file is shorter than its header says
   except (OSError, ValueError):
     return None
@@ -83,9 +95,14 @@ def _load(ecg_path: str, meta_path: str, expected: dict):
   return ecg, meta
 
 
+def is_built(builder, split: str) -> bool:
+  """Whether the cache of `split` is there and matches the dataset (nothing to build)."""
+  return _load(*cache_files(builder, split), fingerprint(builder, split)) is not None
+
+
 def load_or_build(builder, split: str) -> tuple[np.ndarray, dict[str, list], list[dict]]:
   """(int16 memmap (n, 5000, 12), metadata columns, skipped records) of `split`, building the cache if needed."""
-  ecg_path, meta_path = _paths(builder, split)
+  ecg_path, meta_path = cache_files(builder, split)
   expected = fingerprint(builder, split)
 
   def decode() -> None:
@@ -162,13 +179,12 @@ def _read(source, indices: list[int]) -> list:
     return out
 
 
-def build(source, ecg_path: str, meta_path: str, expected: dict) -> None:
-  """Decodes every record of `source` (a TFDS data source) into the cache files (local), atomically:
-  unique temporary names, then renames, the .meta.json last."""
-  os.makedirs(os.path.dirname(ecg_path), exist_ok=True)
+def scan(source, ecg: np.ndarray | None = None) -> tuple[dict[str, list], list[dict]]:
+  """Decodes every record of `source` (a TFDS data source): (metadata columns of the kept records, skipped
+  records {'index', 'record_id', 'reason'}). With `ecg` (int16 (len(source), 5000, 12), writable), kept
+  record k's waveform goes to ecg[k]. Row k of a split is its k-th kept record, here and in the streamed
+  source (streaming.StreamingSource)."""
   n = len(source)
-  tmp = f"{ecg_path}.tmp-{uuid.uuid4().hex}.npy"
-  ecg = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=(n, NUM_SAMPLES, NUM_LEADS))
   columns = {k: [] for k in META_COLUMNS}
   skipped = []
   for start in range(0, n, READ_BATCH):
@@ -181,11 +197,41 @@ def build(source, ecg_path: str, meta_path: str, expected: dict) -> None:
           {"index": i, "record_id": record_id.decode("utf-8", "replace"), "reason": reason}
         )
         continue
-      ecg[len(columns["record_id"])] = example["ecg"]
+      if ecg is not None:
+        ecg[len(columns["record_id"])] = example["ecg"]
       columns["reports"].append(example["report"].decode("utf-8"))
       columns["labels"].append([label.decode("utf-8") for label in example["labels"]])
       for key in ("primary_label", "record_id", "patient_id"):
         columns[key].append(example[key].decode("utf-8"))
+  return columns, skipped
+
+
+def write_meta(
+  meta_path: str, expected: dict, columns: dict[str, list], skipped: list[dict]
+) -> None:
+  """The split's metadata file (local or gs://, written whole): fingerprint, record count, skips, columns."""
+  paths.write_text(
+    meta_path,
+    json.dumps(
+      {
+        "fingerprint": expected,
+        "num_records": len(columns["record_id"]),
+        "skipped": skipped,
+        **columns,
+      },
+      ensure_ascii=False,
+    ),
+  )
+
+
+def build(source, ecg_path: str, meta_path: str, expected: dict) -> None:
+  """Decodes every record of `source` (a TFDS data source) into the cache files (local), atomically:
+  unique temporary names, then renames, the .meta.json last."""
+  os.makedirs(os.path.dirname(ecg_path), exist_ok=True)
+  n = len(source)
+  tmp = f"{ecg_path}.tmp-{uuid.uuid4().hex}.npy"
+  ecg = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=(n, NUM_SAMPLES, NUM_LEADS))
+  columns, skipped = scan(source, ecg)
   kept = len(columns["record_id"])
   ecg.flush()
   if kept < n:  # drop the rows of skipped records
@@ -198,10 +244,4 @@ def build(source, ecg_path: str, meta_path: str, expected: dict) -> None:
     os.replace(tmp + ".compact.npy", tmp)
   del ecg
   os.replace(tmp, ecg_path)
-  paths.write_text(
-    meta_path,
-    json.dumps(
-      {"fingerprint": expected, "num_records": kept, "skipped": skipped, **columns},
-      ensure_ascii=False,
-    ),
-  )
+  write_meta(meta_path, expected, columns, skipped)

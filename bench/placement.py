@@ -1,0 +1,169 @@
+"""`placement`: the training input in host placement against device placement, side by side in one run.
+
+Same split, batch size, seed and record order for both (they give the same batches, tests/test_device_resident.py):
+  host placement     data.batches.BatchIterator: the reader thread reads the batch's rows from the int16 memmap and
+                     copies them to the devices (what the trainer uses when the split does not fit the devices)
+  device placement   data.resident.DeviceBatchIterator: the split placed on the mesh once (the time it took is
+                     reported); per batch the host sends a (B,) index and the devices gather the rows
+Timed: next(batches) + block_until_ready of the whole batch, as fast as it goes (the input path only). Windows
+of the two alternate (host, device, host, ...) so a change of load on a shared machine hits both. With --step,
+the project's step fed by each iterator is timed the same way (one compiled step for both). On CPU devices the
+"device" memory is host memory too: device placement there shows the cost of the gather against the cost of the
+host read and copy, standing in for HBM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from bench.results import Column
+from bench.timing import Timing, time_windows
+from bench.workload import Workload, random_batches, random_table
+
+log = logging.getLogger("bench")
+STEP_KEYS = ("ecg", "report_row")  # what the step reads
+
+COLUMNS: list[Column] = [
+  ("impl", "path", ""),
+  ("batch", "global batch", "d"),
+  ("ecg_per_s", "ECG/s", ",.0f"),
+  ("gb_per_s", "GB/s of int16", ".2f"),
+  ("step_ms", "ms per batch (median)", ".2f"),
+  ("step_ms_min", "min", ".2f"),
+  ("step_ms_max", "max", ".2f"),
+  ("vs_host", "x host", ".2f"),
+  ("place_s", "placing the split (s)", ".1f"),
+]
+
+
+def run(
+  batch_size: int,
+  dataset: str,
+  split: str,
+  data_dir: str | None,
+  *,
+  prefetch: int,
+  warmup: int,
+  windows: int,
+  steps: int,
+  seed: int,
+  workload: Workload | None = None,
+) -> list[dict[str, Any]]:
+  """Rows: each placement's input path alone, then (with a workload) the step fed by each."""
+  from ecg_contrastive.data import pipeline
+  from ecg_contrastive.data.batches import BatchIterator
+  from ecg_contrastive.data.resident import DeviceBatchIterator, place_split
+  from ecg_contrastive.sharding import make_mesh
+
+  source = pipeline.open_source(dataset, split, data_dir)
+  mesh = make_mesh()
+  table_rows = workload.table_rows if workload else 1
+  report_rows = np.random.default_rng(seed).integers(0, table_rows, len(source), dtype=np.int32)
+  start = time.perf_counter()
+  placed = jax.block_until_ready(place_split(source, mesh))
+  place_s = time.perf_counter() - start
+  log.info(
+    "placed %s (%d records) on %d devices in %.1f s", source.name, len(source), mesh.size, place_s
+  )
+  kwargs = dict(
+    global_batch_size=batch_size,
+    mesh=mesh,
+    seed=seed,
+    columns={"report_row": report_rows},
+    prefetch=prefetch,
+  )
+  iterators = {
+    "host placement": BatchIterator(source, **kwargs),
+    "device placement": DeviceBatchIterator(source, placed=placed, **kwargs),
+  }
+  start = time.perf_counter()
+  gathers = iterators["device placement"].precompile(epochs=1)
+  log.info(
+    "compiled the %d gathers of the first epoch in %.1f s", gathers, time.perf_counter() - start
+  )
+  load = [os.getloadavg()[0]]
+  timings = _alternating(
+    {name: _input_only(batches) for name, batches in iterators.items()},
+    lambda: None,
+    warmup=max(warmup, prefetch + 2),
+    windows=windows,
+    steps=steps,
+    drain=prefetch + 1,
+  )
+  rows = [_row(f"{name}, input alone", batch_size, t) for name, t in timings.items()]
+  if workload is not None:
+    from bench.jax_step import ProjectStep
+
+    example = random_batches(workload, batch_size, 1, seed)[0]
+    step = ProjectStep(workload, batch_size, random_table(workload, seed), example)
+    take = lambda batches: {k: v for k, v in next(batches).items() if k in STEP_KEYS}
+    fed = _alternating(
+      {name: (lambda i, b=batches: step(take(b))) for name, batches in iterators.items()},
+      step.sync,
+      warmup=max(warmup, prefetch + 2),
+      windows=windows,
+      steps=steps,
+      drain=prefetch + 1,
+    )
+    rows += [
+      dict(_row(f"jax (ours) step, {name}", batch_size, t), loss=step.loss(), model=workload.name)
+      for name, t in fed.items()
+    ]
+  for batches in iterators.values():
+    batches.close()
+  load.append(os.getloadavg()[0])
+  for row in rows:
+    host = next(r for r in rows if r["impl"] == row["impl"].replace("device", "host"))
+    row.update(
+      vs_host=row["ecg_per_s"] / host["ecg_per_s"],
+      place_s=place_s if "device" in row["impl"] else None,
+      gathers_compiled=gathers,
+      records=len(source),
+      dataset=dataset,
+      split=split,
+      prefetch=prefetch,
+      load_average_start=load[0],
+      load_average_end=load[1],
+    )
+  return rows
+
+
+def _input_only(batches):
+  """One timed step of the input path alone: the next batch, fully on the devices."""
+  return lambda i: jax.block_until_ready(next(batches))
+
+
+def _alternating(
+  runs: dict, sync, *, warmup: int, windows: int, steps: int, drain: int
+) -> dict[str, Timing]:
+  """time_windows of each run, one window at a time in turn. Each window first takes `drain` untimed steps: what
+  an iterator's reader thread prepared while the other one was timed does not count."""
+  for run in runs.values():
+    time_windows(run, sync, warmup=warmup, windows=1, steps=1)
+  times: dict[str, list[float]] = {name: [] for name in runs}
+  for _ in range(windows):
+    for name, run in runs.items():
+      timing = time_windows(run, sync, warmup=drain, windows=1, steps=steps)
+      times[name].extend(timing.window_s)
+  return {name: Timing(tuple(t), steps) for name, t in times.items()}
+
+
+def _row(impl: str, batch_size: int, timing: Timing) -> dict[str, Any]:
+  rate = timing.per_second(batch_size)
+  return {
+    "impl": impl,
+    "batch": batch_size,
+    "ecg_per_s": rate,
+    "gb_per_s": rate * 120_000 / 1e9,
+    "step_ms": 1e3 * timing.step_s,
+    "step_ms_min": 1e3 * timing.min_step_s,
+    "step_ms_max": 1e3 * timing.max_step_s,
+    "windows": len(timing.window_s),
+    "steps_per_window": timing.steps,
+  }

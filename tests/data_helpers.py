@@ -1,0 +1,37 @@
+"""Small helpers of the data tests: a tiny dataset folder and a record broken on purpose."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import tensorflow_datasets as tfds
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+
+import ecg_contrastive.data.builders  # noqa: F401  (registers the builders with TFDS)
+
+DATASET = "synthetic_ecg_ja/tiny"
+
+
+def dataset_folder(data_dir: str) -> str:
+  """<data_dir>/synthetic_ecg_ja/tiny/<version>."""
+  return str(tfds.builder(DATASET, data_dir=data_dir).data_dir)
+
+
+def copy_with_corrupt_record(data_dir: str, to: str, split: str = "test", index: int = 5) -> str:
+  """A copy of the tiny dataset (without its caches) whose record `index` of `split` is not a tf.Example."""
+  shutil.copytree(data_dir, to, ignore=shutil.ignore_patterns("ecg_cache"))
+  folder = dataset_folder(to)
+  (shard,) = [
+    f for f in os.listdir(folder) if f.startswith(f"synthetic_ecg_ja-{split}.array_record")
+  ]
+  shard = os.path.join(folder, shard)
+  reader = ArrayRecordReader(shard)
+  records, options = reader.read_all(), reader.writer_options_string()
+  reader.close()
+  records[index] = b"\x0a\x03not a tf.Example"
+  writer = ArrayRecordWriter(shard, options)
+  for record in records:
+    writer.write(record)
+  writer.close()
+  return to
