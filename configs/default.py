@@ -88,6 +88,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.log_every = 20
   c.eval_every = 0  # 0 -> evaluate at the end only
+  c.eval = ml_collections.ConfigDict()
+  # zero-shot label set(s): "terms98" (the 98 terms), "ptbxl_superclass", "ptbxl_rhythm", "ptbxl_form", or a
+  # TSV file (evals/label_sets.py); several separated by commas
+  c.eval.label_set = "terms98"
+  # "" or a metric of the first eval split (config_check.BEST_METRICS): its best checkpoint is kept in
+  # WORKDIR/best/ beside the newest keep_checkpoints ones
+  c.eval.best_metric = ""
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
 

@@ -258,19 +258,17 @@ def _read_json(path: str, what_to_do: str) -> Any:
     raise CheckpointError(f"{path} is damaged (not JSON: {e}); {what_to_do}") from e
 
 
-def restore_inference(workdir: str, step: int | None = None) -> Inference:
-  """Loads params + BatchNorm statistics of `step` (default: latest) from a training workdir."""
-  config = read_config(workdir)
-  manager = make_manager(workdir)
-  directory = checkpoint_dir(workdir)
+def _restore_chosen(
+  manager: ocp.CheckpointManager, step: int | None, restore_fn
+) -> tuple[int, Any]:
+  """(step, restore_fn(step)) of `step`, or of the newest intact checkpoint when None; one-line errors when
+  there is none, no such step, or it is damaged."""
+  directory = manager.directory
   steps = manager.all_steps()
   if not steps:
     raise FileNotFoundError(
       f"no checkpoint in {directory}: train first, or pass the workdir of a run that saved one"
     )
-  restore_fn = lambda s: manager.restore(
-    s, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-  )["state"]
   if step is None:
     step, state, _ = restore_newest_intact(
       manager,
@@ -292,8 +290,27 @@ def restore_inference(workdir: str, step: int | None = None) -> Inference:
         f"checkpoint {directory / str(step)} is damaged ({problem}); pass another --step of "
         f"{sorted(steps)} or omit --step to use the newest intact one"
       )
-  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  variables = {k: _to_numpy(v) for k, v in variables.items()}
+  return int(step), state
+
+
+def restore_inference(workdir: str, step: int | None = None) -> Inference:
+  """Loads params + BatchNorm statistics of `step` (default: latest) from a training workdir."""
+  config = read_config(workdir)
+  manager = make_manager(workdir)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def restore_fn(s: int) -> dict:  # onto this host, whatever the mesh it was saved from
+    saved = ocp.PyTreeCheckpointHandler().metadata(manager.directory / str(s) / "state")
+    wanted = {
+      k: jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved[k]
+      )
+      for k in ("params", "batch_stats")
+    }
+    return _restore_variables(manager, s, wanted)
+
+  step, state = _restore_chosen(manager, step, restore_fn)
+  variables = {k: _to_numpy(v) for k, v in state.items()}
   rewrite = (
     "rerun training with this --workdir (it rewrites the file and resumes from the last checkpoint)"
   )
@@ -307,6 +324,30 @@ def restore_inference(workdir: str, step: int | None = None) -> Inference:
       f"{len(labels)} labels in labels.json; {rewrite}"
     )
   return Inference(two_tower.from_config(config), variables, config, int(step), labels, label_emb)
+
+
+def restore_variables(
+  workdir: str, abstract_variables: dict, step: int | None = None
+) -> tuple[int, dict]:
+  """(step, {"params", "batch_stats"}) of `step` (default: the newest intact one), placed with the shardings of
+  `abstract_variables` (jax.ShapeDtypeStruct leaves, any mesh): the optimizer state and the data iterator state
+  of the checkpoint are not read, so any dataset and mesh size can use it."""
+  manager = make_manager(workdir)
+  wanted = {k: abstract_variables[k] for k in ("params", "batch_stats")}
+  return _restore_chosen(manager, step, lambda s: _restore_variables(manager, s, wanted))
+
+
+def _restore_variables(manager: ocp.CheckpointManager, step: int, wanted: dict) -> dict:
+  """The subtrees of `wanted` (params, batch_stats) of the state of `step`, with its shardings (a partial
+  restore: the optimizer state is not read)."""
+  return ocp.PyTreeCheckpointer().restore(
+    manager.directory / str(step) / "state",
+    args=ocp.args.PyTreeRestore(
+      wanted,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+      partial_restore=True,
+    ),
+  )
 
 
 def _run_file(workdir: str, name: str, what_to_do: str) -> Any:

@@ -20,6 +20,15 @@ from ecg_contrastive.models.resnet1d import stage_sizes
 from ecg_contrastive.models.two_tower import split_config
 
 LOSSES = ("softmax", "sigmoid")
+# config.eval.best_metric: metrics of the first eval split that can pick the best checkpoint (higher is better)
+BEST_METRICS = (
+  "top1",
+  "top5",
+  "superset_top1",
+  "macro_auroc",
+  "ecg_to_report_r@1",
+  "report_to_ecg_r@1",
+)
 DTYPES = ("float32", "bfloat16")
 SPLITS = (
   "train",
@@ -114,6 +123,13 @@ RULES = (
     "a positive integer (texts per embedding batch), e.g. 256",
   ),
   Rule("train_split", str, _choice(SPLITS), f"one of {SPLITS}"),
+  Rule("eval.label_set", str, lambda v: True, "a built-in label set name or a TSV file path"),
+  Rule(
+    "eval.best_metric",
+    str,
+    _choice(("",) + BEST_METRICS),
+    f"'' (keep no best checkpoint) or one of {BEST_METRICS}",
+  ),
   Rule(
     "data.host_read",
     str,

@@ -1,8 +1,12 @@
-r"""Command line: train + evaluate (default), or export to PyTorch.
+r"""Command line: train + evaluate (default), evaluate a checkpoint, or export to PyTorch.
 
   python -m ecg_contrastive.main --config configs/default.py --workdir runs/demo
+  python -m ecg_contrastive.main --mode eval --workdir runs/demo --config configs/default.py \
+      --config.dataset=ptbxl --config.source_dir=/data/ptb-xl-1.0.3 --config.eval.label_set=ptbxl_superclass
   python -m ecg_contrastive.main --config configs/default.py --workdir runs/demo --config.batch_size=128
   python -m ecg_contrastive.main --workdir runs/demo --mode export --export_dir runs/demo/torch
+  python -m ecg_contrastive.main --workdir runs/demo --mode label_set --export_dir runs/demo/torch \
+      --config configs/default.py --config.eval.label_set=ptbxl_superclass
 
 A user's mistake (errors.UserError: a bad config value or key, a missing or damaged file) is printed as one
 line `error: ...` on stderr with exit code 2; so is a full disk, a read-only or forbidden folder (the file and
@@ -40,12 +44,14 @@ flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl,
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "export"],
-  "train: train and evaluate (resumes if the workdir has a "
-  "checkpoint). export: write a PyTorch folder from the workdir's checkpoint.",
+  ["train", "eval", "export", "label_set"],
+  "train: train and evaluate (resumes if the workdir has a checkpoint). eval: evaluate the workdir's "
+  "checkpoint (--step, default newest) on the config's dataset, eval_splits and eval.label_set. "
+  "export: write a PyTorch folder from the workdir's checkpoint. label_set: write the label set(s) of "
+  "--config.eval.label_set into that folder (--export_dir, default WORKDIR/torch) for PyTorch-only scoring.",
 )
 flags.DEFINE_string("export_dir", None, "Output folder for --mode export (default WORKDIR/torch).")
-flags.DEFINE_integer("step", None, "Checkpoint step to export (default: latest).")
+flags.DEFINE_integer("step", None, "Checkpoint step to export or evaluate (default: latest).")
 flags.DEFINE_bool(
   "distributed",
   False,
@@ -195,7 +201,9 @@ def run(argv):
     print(f"exported to {out}")
     return
   if FLAGS.config is None:
-    fail("--config is required for training, e.g. --config configs/default.py (or --mode export)")
+    fail(
+      f"--config is required for --mode {FLAGS.mode}, e.g. --config configs/default.py (or --mode export)"
+    )
   if os.path.isfile(FLAGS.workdir):
     fail(
       f"--workdir {FLAGS.workdir}: is a file; give a directory (created if absent) for the run's checkpoints"
@@ -203,6 +211,18 @@ def run(argv):
   from ecg_contrastive.config_check import check_config
 
   check_config(FLAGS.config)  # before JAX starts: a bad value fails in seconds
+  if FLAGS.mode == "eval":
+    from ecg_contrastive.eval_job import evaluate_checkpoint
+
+    evaluate_checkpoint(FLAGS.config, FLAGS.workdir, step=FLAGS.step)
+    return
+  if FLAGS.mode == "label_set":
+    from ecg_contrastive.eval_job import write_label_sets
+
+    folder = FLAGS.export_dir or paths.join(FLAGS.workdir, "torch")
+    for written in write_label_sets(FLAGS.config, FLAGS.workdir, folder, step=FLAGS.step):
+      print(f"wrote {written}")
+    return
   from ecg_contrastive.train import train_and_evaluate
 
   train_and_evaluate(FLAGS.config, FLAGS.workdir)

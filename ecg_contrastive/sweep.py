@@ -54,6 +54,11 @@ COLUMNS = (
   + tuple(f"val_{m}" for m in METRICS)
   + tuple(f"test_{m}" for m in METRICS)
   + ("wall_s",)
+  + (
+    "best_metric",
+    "best_value",
+    "best_step",
+  )  # WORKDIR/best/best.json (config.eval.best_metric), if kept
 )
 POINT_FILE = (
   "sweep_point.json"  # the sweep's own record of a point: its command, launch and wall time
@@ -376,6 +381,12 @@ def collect(point: Point) -> dict:
   for split, prefix in (("validation", "val"), ("test", "test")):
     for m in METRICS:
       row[f"{prefix}_{m}"] = evals[split].get(m, "")
+  best = _read_json(paths.join(point.workdir, "best", "best.json")) or {}
+  row.update(
+    best_metric=best.get("metric", ""),
+    best_value=best.get("value", ""),
+    best_step=best.get("step", ""),
+  )
   return row
 
 

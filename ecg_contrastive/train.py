@@ -30,7 +30,8 @@ from ecg_contrastive import step as step_lib
 from ecg_contrastive.config_check import ConfigError, check_config
 from ecg_contrastive.data import pipeline, placement
 from ecg_contrastive.errors import UserError
-from ecg_contrastive.evals.evaluate import evaluate
+from ecg_contrastive.evals.evaluate import Encoders, evaluate, prepare_label_sets
+from ecg_contrastive.evals.label_sets import load_label_sets
 from ecg_contrastive.metric_writer import MetricWriter
 from ecg_contrastive.sharding import batch_sizes, make_mesh, replicated
 from ecg_contrastive.text.setup import embed_texts
@@ -60,6 +61,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Preempted (with .step) when SIGTERM/SIGINT stopped it after saving a checkpoint."""
   # 1. config; the workdir lock (fails fast when another run holds the workdir)
   check_config(config)
+  load_label_sets(
+    config.get("eval", {}).get("label_set", "")
+  )  # a bad label-set file fails now, not after data
   if jax.process_index() == 0:
     paths.makedirs(workdir)  # gs://... stays remote: never made absolute against the cwd
   sync_every = min(config.log_every, preemption.SYNC_EVERY)  # log steps sync the host anyway
@@ -123,6 +127,7 @@ def _train_and_evaluate(
   )
   if jax.process_index() == 0:
     _write_run_files(workdir, config, labels, label_emb)
+  label_sets = prepare_label_sets(config, label_emb)
   report_rows = table.rows(train_source.meta.reports)
   table_on_device = jax.device_put(jnp.asarray(table.embeddings), replicated(mesh))
 
@@ -157,10 +162,14 @@ def _train_and_evaluate(
     model=model,
     sources=sources,
     table=table,
-    label_emb=label_emb,
-    labels=labels,
+    label_sets=label_sets,
     mesh=mesh,
-    workdir=workdir,
+    out_dir=paths.join(workdir, "eval"),
+    results_csv=paths.join(workdir, "eval", "results.csv"),
+    encoders=Encoders(model, mesh),  # compiled once for every evaluation of the run
+  )
+  keep_best = _BestKeeper(
+    config, workdir, lambda best_dir: _write_run_files(best_dir, config, labels, label_emb)
   )
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=first_step)
   bar = tqdm.tqdm(
@@ -202,7 +211,9 @@ def _train_and_evaluate(
     if saved:
       checkpoints.save(manager, step, state, batches.get_state())
     if config.eval_every and step % config.eval_every == 0 and step != num_steps:
-      writer.write(step, _headline(evaluate_now(state=state)))
+      results = _first_label_set(evaluate_now(state=state))
+      writer.write(step, _headline(results))
+      keep_best(results, state, batches.get_state())
     if stop.stop_requested(step):
       if not saved:
         checkpoints.save(manager, step, state, batches.get_state())
@@ -215,8 +226,9 @@ def _train_and_evaluate(
   stop.armed = False
 
   # 7. evaluation
-  results = evaluate_now(state=state)
+  results = _first_label_set(evaluate_now(state=state))
   writer.write(num_steps, _headline(results))
+  keep_best(results, state, batches.get_state())
   writer.close()
   return results
 
@@ -244,9 +256,83 @@ def _warn_of_deletions(
     )
 
 
+BEST_DIR = (
+  "best"  # WORKDIR/best: the best checkpoint by config.eval.best_metric, a workdir of its own
+)
+
+
+def read_best(workdir: str) -> dict | None:
+  """WORKDIR/best/best.json ({metric, split, label_set, value, step}) or None when no best was kept."""
+  path = paths.join(workdir, BEST_DIR, "best.json")
+  return json.loads(paths.read_text(path)) if paths.exists(path) else None
+
+
+def _kept_value(workdir: str, metric: str) -> float:
+  """The value of `metric` of the kept best checkpoint (-inf: none, or kept by another metric), the same on
+  every process: process 0 reads best.json and tells the others (their disks may not hold it)."""
+  best = read_best(workdir) if jax.process_index() == 0 else None
+  value = float(best["value"]) if best and best.get("metric") == metric else -np.inf
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    value = float(multihost_utils.broadcast_one_to_all(np.float64(value)))
+  return value
+
+
+class _BestKeeper:
+  """With config.eval.best_metric set: when an evaluation's value of it on the first eval split beats the kept
+  one (WORKDIR/best/best.json, which a resumed run reads back), saves the state as WORKDIR/best, a workdir of
+  its own (checkpoints/<step>, config.json, labels.json, label_text_embeddings.npy: --mode eval / export
+  --workdir WORKDIR/best use it). The newest keep_checkpoints checkpoints are unaffected. Every process decides
+  alike (the metrics are computed on all of them) and saves together."""
+
+  def __init__(self, config, workdir: str, write_run_files):
+    self.metric = config.get("eval", {}).get("best_metric", "")
+    self.split, self.workdir, self.write_run_files = config.eval_splits[0], workdir, write_run_files
+    self.value = _kept_value(workdir, self.metric) if self.metric else -np.inf
+
+  def __call__(self, results: dict[str, dict], state, data_state) -> None:
+    if not self.metric:
+      return
+    value = results[self.split].get(self.metric)
+    if value is None or not np.isfinite(value):
+      log.warning("best checkpoint: %s of %s is %s; not compared", self.metric, self.split, value)
+      return
+    if value <= self.value:
+      return
+    step, best_dir = int(state["step"]), paths.join(self.workdir, BEST_DIR)
+    checkpoints.save(checkpoints.make_manager(best_dir, keep=1), step, state, data_state)
+    if jax.process_index() == 0:
+      self.write_run_files(best_dir)
+      record = {
+        "metric": self.metric,
+        "split": self.split,
+        "label_set": results[self.split].get("label_set"),
+        "value": float(value),
+        "step": step,
+      }
+      paths.write_text(paths.join(best_dir, "best.json"), json.dumps(record, indent=1))
+    self.value = value
+    log.info(
+      "best checkpoint: step %d, %s %s = %.4f, in %s",
+      step,
+      self.split,
+      self.metric,
+      value,
+      best_dir,
+    )
+
+
+def _first_label_set(results: dict[str, dict[str, dict]]) -> dict[str, dict]:
+  """{split: {label set: metrics}} -> {split: metrics of the first label set of config.eval.label_set}."""
+  return {split: next(iter(by_set.values())) for split, by_set in results.items()}
+
+
 def _headline(results: dict[str, dict]) -> dict[str, float]:
   keys = ("top1", "top5", "superset_top1", "macro_auroc", "ecg_to_report_r@1")
-  return {f"eval/{split}/{k}": m[k] for split, m in results.items() for k in keys}
+  return {
+    f"eval/{split}/{k}": m[k] for split, m in results.items() for k in keys if m.get(k) is not None
+  }
 
 
 def _write_run_files(workdir: str, config, labels: list[terms.Term], label_emb: np.ndarray) -> None:

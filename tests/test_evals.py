@@ -102,10 +102,12 @@ def test_evaluation_lives_in_evals_with_keyword_only_arguments():
     "state",
     "sources",
     "table",
-    "label_emb",
-    "labels",
+    "label_sets",
     "mesh",
-    "workdir",
+    "out_dir",
+    "results_csv",
+    "mode",
+    "encoders",
   ]
   assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params)
   for name in ("evaluate", "embed_split", "make_ecg_encoder", "text_model_dir"):

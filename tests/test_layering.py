@@ -87,6 +87,7 @@ LAYERS = (
   ),
   Rule("config_check", ("config_check",), AnyExcept(("train", "main", "evals", "export"))),
   Rule("train", ("train",), AnyExcept(("main", "export"))),
+  Rule("eval_job", ("eval_job",), AnyExcept(("main", "export", "train", "sweep"))),
   Rule("sweep", ("sweep",), AnyExcept(("export",))),
   Rule("main", ("main",), AnyExcept()),
 )

@@ -5,12 +5,15 @@ Needs only torch and safetensors (plus the standard library); this file is copie
   label_embeddings.safetensors  `label_embeddings` float32 (num_labels, embed_dim), unit-norm
   labels.json                   [{"ja", "en", "group_ja", "group_en"}, ...] in embedding row order
   config.json                   architecture and input contract
+  label_sets/<name>.json, .safetensors   optional further label sets (same formats), written by
+                                `python -m ecg_contrastive.main --mode label_set`; load(folder, label_set=name)
 
 Usage:
   import importlib.util, sys
   spec = importlib.util.spec_from_file_location("modeling_ecg", "EXPORT/modeling_ecg.py")
   modeling_ecg = importlib.util.module_from_spec(spec); spec.loader.exec_module(modeling_ecg)
   model = modeling_ecg.load("EXPORT")            # eval mode, float32
+  model = modeling_ecg.load("EXPORT", label_set="ptbxl_superclass")   # scores another label set
   emb = model(ecg)                               # ecg: float32 (B, 12, 5000) mV -> (B, embed_dim)
   top = model.zero_shot(ecg, k=5)                # per record: [{"ja", "en", ..., "score", "probability"}]
 
@@ -151,18 +154,32 @@ class ECGEncoder(nn.Module):
     ]
 
 
-def load(folder: str) -> ECGEncoder:
-  """Loads an export folder into an ECGEncoder in eval mode (BatchNorm uses running statistics)."""
+def load(folder: str, label_set: str | None = None) -> ECGEncoder:
+  """Loads an export folder into an ECGEncoder in eval mode (BatchNorm uses running statistics); label_set:
+  the name of one of its label_sets/ (default: the labels of labels.json)."""
   with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
     config = json.load(f)
-  with open(os.path.join(folder, "labels.json"), encoding="utf-8") as f:
+  stem = os.path.join("label_sets", label_set) if label_set else None
+  names = (
+    (stem + ".json", stem + ".safetensors")
+    if stem
+    else ("labels.json", "label_embeddings.safetensors")
+  )
+  if stem and not os.path.isfile(os.path.join(folder, names[0])):
+    found = (
+      sorted(f[:-5] for f in os.listdir(os.path.join(folder, "label_sets")) if f.endswith(".json"))
+      if os.path.isdir(os.path.join(folder, "label_sets"))
+      else []
+    )
+    raise FileNotFoundError(f"{folder}: no label set {label_set!r} in label_sets/ (it has {found})")
+  with open(os.path.join(folder, names[0]), encoding="utf-8") as f:
     labels = json.load(f)
   model = ECGEncoder(config, labels)
   model.load_state_dict(load_file(os.path.join(folder, "model.safetensors")), strict=True)
-  label_emb = load_file(os.path.join(folder, "label_embeddings.safetensors"))["label_embeddings"]
+  label_emb = load_file(os.path.join(folder, names[1]))["label_embeddings"]
   if label_emb.shape != model.label_embeddings.shape:
     raise ValueError(
-      f"label_embeddings.safetensors has shape {tuple(label_emb.shape)}; labels.json and "
+      f"{names[1]} has shape {tuple(label_emb.shape)}; {names[0]} and "
       f"config.json expect {tuple(model.label_embeddings.shape)}"
     )
   model.label_embeddings.copy_(label_emb)

@@ -2,6 +2,10 @@
 
   python -m ecg_contrastive.export.predict --workdir runs/demo [--step N] RECORD ...
   python -m ecg_contrastive.export.predict --exported exports/demo RECORD ...
+  python -m ecg_contrastive.export.predict --exported exports/demo --label-set ptbxl_superclass RECORD ...
+
+--label-set scores one of the export folder's label_sets/ (written by `python -m ecg_contrastive.main --mode
+label_set`), with PyTorch only: the label embeddings were computed by the text tower beforehand.
 
 RECORD is a WFDB record (`path/rec`, `rec.hea` or `rec.dat`) or a `.npy` array; for `.npy` give
 --fs and --units (and --leads if not I,II,III,aVR,aVL,aVF,V1..V6). Every record goes through the
@@ -40,13 +44,13 @@ class Scorer(Protocol):
 class TorchScorer:
   """An export folder, loaded with its own modeling_ecg.py, behind the FlaxScorer interface."""
 
-  def __init__(self, folder: str):
+  def __init__(self, folder: str, label_set: str | None = None):
     if not os.path.isfile(os.path.join(folder, "modeling_ecg.py")):
       raise FileNotFoundError(
         f"{folder!r} is not an export folder (no modeling_ecg.py); write one with "
         "`python -m ecg_contrastive.main --mode export --workdir RUN --export_dir FOLDER`"
       )
-    self.module = load_exported(folder)
+    self.module = load_exported(folder, label_set)
     self.labels = self.module.labels
 
   def scores(self, ecg_mv: np.ndarray) -> np.ndarray:
@@ -59,15 +63,27 @@ class TorchScorer:
 
 
 def open_scorer(
-  workdir: str | None = None, exported: str | None = None, step: int | None = None
+  workdir: str | None = None,
+  exported: str | None = None,
+  step: int | None = None,
+  label_set: str | None = None,
 ) -> tuple[Scorer, str]:
-  """(scorer, description) for a training workdir (JAX) or an export folder (PyTorch)."""
+  """(scorer, description) for a training workdir (JAX) or an export folder (PyTorch; label_set: one of its
+  label_sets/)."""
   if (workdir is None) == (exported is None):
     raise ValueError("give exactly one of a training workdir or an export folder")
+  if label_set and workdir is not None:
+    raise ValueError(
+      "--label-set works with --exported: write the label set into the export folder with "
+      "`python -m ecg_contrastive.main --mode label_set --workdir RUN --export_dir FOLDER --config CONFIG "
+      "--config.eval.label_set=NAME`"
+    )
   if workdir is not None:
     inference = restore_inference(workdir, step)
     return FlaxScorer(inference), f"JAX checkpoint {workdir} step {inference.step}"
-  return TorchScorer(exported), f"PyTorch export {exported}"
+  return TorchScorer(exported, label_set), f"PyTorch export {exported}" + (
+    f", label set {label_set}" if label_set else ""
+  )
 
 
 def top_k(scores: np.ndarray, labels: list[dict], k: int) -> list[list[dict]]:
@@ -117,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     "--leads", default=None, help=".npy only: comma-separated lead names in column order"
   )
   parser.add_argument("--top-k", type=int, default=5)
+  parser.add_argument(
+    "--label-set", default=None, help="with --exported: a label set of the folder's label_sets/"
+  )
   parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
   parser.add_argument("records", nargs="+", help="WFDB record paths or .npy files")
   args = parser.parse_args(argv)
@@ -132,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
           "findings of a short record are less reliable",
           file=sys.stderr,
         )
-    scorer, description = open_scorer(args.workdir, args.exported, args.step)
+    scorer, description = open_scorer(args.workdir, args.exported, args.step, args.label_set)
   except (UserError, FileNotFoundError, ValueError) as e:
     if args.verbose or want_traceback():
       raise

@@ -214,8 +214,8 @@ def export_config(tower: TwoTower, num_labels: int, workdir: str, step: int) -> 
   }
 
 
-def load_exported(folder: str) -> Any:
-  """Loads `folder` with its own modeling_ecg.py (not the package's): modeling_ecg.load(folder)."""
+def load_exported(folder: str, label_set: str | None = None) -> Any:
+  """Loads `folder` with its own modeling_ecg.py (not the package's): modeling_ecg.load(folder[, label_set])."""
   if not torch_available():
     raise ExportError(
       f"{folder} is a PyTorch folder and PyTorch is not installed: pip install torch (see README, "
@@ -226,7 +226,7 @@ def load_exported(folder: str) -> Any:
   )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.load(folder)
+  return module.load(folder, label_set=label_set) if label_set else module.load(folder)
 
 
 def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:

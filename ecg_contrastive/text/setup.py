@@ -49,8 +49,22 @@ def embed_texts(config, reports: Iterable[str], labels: list[terms.Term]):
 
   Returns (TextTable of reports, (num_labels, text_dim) label prompt embeddings).
   """
-  model_dir = text_model_dir(config)
-  kw = dict(
+  model_dir, kw = text_model_dir(config), _options(config)
+  reports = sorted(set(reports))
+  table = precompute.embed_texts(reports, model_dir, **kw)
+  log.info("report table: %s", json.dumps(table.summary, ensure_ascii=False))
+  return table, embed_prompts(config, [t.ja for t in labels])
+
+
+def embed_prompts(config, prompts: list[str]):
+  """(len(prompts), text_dim) embeddings of label prompts, each averaged over config.text.templates."""
+  return precompute.embed_label_prompts(
+    prompts, list(config.text.templates), text_model_dir(config), **_options(config)
+  )
+
+
+def _options(config) -> dict:
+  return dict(
     pooling=config.text.pooling,
     max_length=config.text.max_length,
     batch_size=config.text.batch_size,
@@ -58,10 +72,3 @@ def embed_texts(config, reports: Iterable[str], labels: list[terms.Term]):
     cache_dir=config.text.cache_dir or None,
     progress=jax.process_index() == 0,
   )
-  reports = sorted(set(reports))
-  table = precompute.embed_texts(reports, model_dir, **kw)
-  log.info("report table: %s", json.dumps(table.summary, ensure_ascii=False))
-  label_emb = precompute.embed_label_prompts(
-    [t.ja for t in labels], list(config.text.templates), model_dir, **kw
-  )
-  return table, label_emb
