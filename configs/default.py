@@ -68,6 +68,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )  # name: "softmax" (InfoNCE) | "sigmoid" (SigLIP); tile T > 0: (T, T) logit tiles, same results in
   # O(B x E + T x T) memory per device (0: dense (b, B) blocks); ring: columns travel by ppermute (O(B/n x E))
 
+  # Training-time augmentation on the device (ecg_contrastive/ecg/augment.py), each drawn per record with
+  # probability p; never at evaluation. All off: the paper has none, and on the demo it did not help (README).
+  c.augment = ml_collections.ConfigDict()
+  c.augment.shift = dict(p=0.0, max_s=0.5)  # time shift, zero fill, |s| <= max_s seconds
+  c.augment.gain = dict(p=0.0, low=0.7, high=1.4)  # whole record x factor, log-uniform
+  c.augment.lead_gain = dict(p=0.0, low=0.85, high=1.15)  # each lead x its own factor
+  c.augment.wander = dict(p=0.0, mv=0.5, max_hz=0.5, components=3)  # baseline wander < max_hz
+  c.augment.mains = dict(p=0.0, mv=0.05)  # 50 or 60 Hz sinusoid of amplitude mv
+  c.augment.noise = dict(p=0.0, mv=0.02)  # white Gaussian noise, standard deviation mv
+  c.augment.lead_dropout = dict(p=0.0, lead_p=0.5)  # each lead zeroed with lead_p, one kept
+
   c.batch_size = 256
   c.microbatches = (
     1  # k > 1: exact gradient of the batch's loss with activations of batch_size / k ECGs at a time
