@@ -69,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # O(B x E + T x T) memory per device (0: dense (b, B) blocks); ring: columns travel by ppermute (O(B/n x E))
 
   # Training-time augmentation on the device (ecg_contrastive/ecg/augment.py), each drawn per record with
-  # probability p; never at evaluation. All off: the paper has none, and on the demo it did not help (README).
+  # probability p; never at evaluation. All off: the paper has none, and its effect on the demo is unmeasured.
   c.augment = ml_collections.ConfigDict()
   c.augment.shift = dict(p=0.0, max_s=0.5)  # time shift, zero fill, |s| <= max_s seconds
   c.augment.gain = dict(p=0.0, low=0.7, high=1.4)  # whole record x factor, log-uniform
