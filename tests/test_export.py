@@ -567,7 +567,7 @@ def test_predictor_gives_the_same_findings_from_both_model_forms(exported, capsy
       [line.split("  score")[0] for line in lines[1:]]
     )  # record lines and label names
   assert findings[0] == findings[1]
-  assert findings[0][1].startswith("  1. ") and " / " in findings[0][1]
+  assert findings[0][2].startswith("  1. ") and " / " in findings[0][2]
 
   ecgs = np.stack(
     [

@@ -140,3 +140,28 @@ def test_predictor_prints_leads_and_warns_naming_them(generated, tmp_path, capsy
   )
   assert err.splitlines() == [f"warning: {path}: {w}" for w in record.leads.warnings()]
   assert "flat lead(s) V1, V2, V3, V4, V5, V6" in err
+
+
+def test_exported_module_checks_leads_as_the_predictor_does(generated):
+  """modeling_ecg.check_leads (torch, in every export folder) flags the same leads as quality.check."""
+  torch = pytest.importorskip("torch")
+  from ecg_contrastive.export import modeling_ecg
+
+  cases = [generated[0].copy() for _ in range(4)]
+  cases[0][:, [2, 7]] = 0.0
+  cases[1][:, 6] = np.minimum(cases[1][:, 6], np.quantile(cases[1][:, 6], 0.97))
+  cases[2][:, 9] += np.random.default_rng(0).normal(0, 0.3, 5000)
+  cases[3][:, 4] *= 20 / np.ptp(cases[3][:, 4])
+  cases = [np.round(c * 1000) / 1000 for c in cases]  # on the int16 grid, as every model input is
+  got = modeling_ecg.check_leads(torch.from_numpy(np.stack(cases).transpose(0, 2, 1).copy()))
+  for ecg, found in zip(cases, got):
+    want = quality.check(ecg)
+    assert (
+      found["flat"] == want.flat
+      and found["clipped"] == want.clipped
+      and found["present"] == want.present
+    )
+    assert list(found["noisy"]) == list(want.noisy) and list(found["implausible"]) == list(
+      want.implausible
+    )
+    assert len(found["warnings"]) == len(want.warnings()) == 1
