@@ -225,11 +225,12 @@ def step_setup():
   return config, mesh, model, tx, schedule, state, jax.device_put(batch, data_sharding(mesh)), table
 
 
-def _step(step_setup, **on):
+def _step(step_setup, microbatches=1, **on):
   """The train step of step_setup's config with the augmentations `on` (name=p), as a function of nothing."""
   config, mesh, model, tx, schedule, state, batch, table = step_setup
   config = config.copy_and_resolve_references()
   config.optimizer.warmup_steps = 0  # the first step moves the parameters
+  config.microbatches = microbatches
   for name, p in on.items():
     config.augment[name].p = p
   tx, schedule = step_lib.make_optimizer(config, 10)
@@ -252,6 +253,15 @@ def test_train_step_with_augmentation_runs_differs_and_repeats(step_setup):
   assert loss == loss_again  # keyed by (seed, step): a resumed run draws the same
   assert all(np.array_equal(a, b) for a, b in zip(params, params_again))
   assert not any(np.array_equal(a, b) for a, b in zip(params, plain) if a.ndim > 1)
+
+
+@pytest.mark.slow  # a compile of the cached-gradient step
+def test_gradient_caching_with_augmentation_runs_and_repeats(step_setup):
+  """config.microbatches > 1: the batch is augmented whole, then cut into micro-batches (float chunks)."""
+  augmented = _step(step_setup, 2, noise=1.0, gain=1.0)
+  (loss, params), (loss_again, params_again) = augmented(), augmented()
+  assert np.isfinite(loss) and loss == loss_again
+  assert all(np.array_equal(a, b) for a, b in zip(params, params_again))
 
 
 @pytest.mark.slow  # the model's state and an encoder compile

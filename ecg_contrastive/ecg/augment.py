@@ -93,10 +93,14 @@ def shift(ecg: jax.Array, samples: jax.Array) -> jax.Array:
 
 
 def sinusoids(length: int, freq_hz: jax.Array, phase: jax.Array, amplitude: jax.Array) -> jax.Array:
-  """Sum over axis 1 of amplitude * sin(2 pi f t + phase); freq, phase, amplitude (B, K, C) -> (B, T, C)."""
-  t = jnp.arange(length, dtype=jnp.float32) / SAMPLE_RATE
-  angle = 2 * jnp.pi * freq_hz[:, :, None, :] * t[None, None, :, None] + phase[:, :, None, :]
-  return jnp.sum(amplitude[:, :, None, :] * jnp.sin(angle), axis=1)
+  """Sum over axis 1 of amplitude * sin(2 pi f t + phase); freq, phase, amplitude (B, K, C) -> (B, T, C).
+  A loop over the K (few) components: no (B, K, T, C) array, whatever XLA fuses."""
+  t = (jnp.arange(length, dtype=jnp.float32) / SAMPLE_RATE)[None, :, None]
+  out = jnp.zeros((freq_hz.shape[0], length, freq_hz.shape[2]), jnp.float32)
+  for k in range(freq_hz.shape[1]):
+    f, p, a = (x[:, k : k + 1, :] for x in (freq_hz, phase, amplitude))  # (B, 1, C)
+    out = out + a * jnp.sin(2 * jnp.pi * f * t + p)
+  return out
 
 
 def augment(key: jax.Array, ecg: jax.Array, config: Augment | None) -> tuple[jax.Array, jax.Array]:
