@@ -52,9 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.text.cache_dir = ""  # "" -> $ECG_CONTRASTIVE_CACHE or ~/.cache/ecg_contrastive/text
   c.text.templates = ("{}", "{}を認める。", "所見：{}。")
 
-  c.model = dict(
-    depth=18, width=16, downsample=5, embed_dim=128
-  )  # the architecture: all that an export rebuilds
+  # the architecture: all that an export rebuilds; lead_mask: the tower also sees which leads are all zero
+  # (12 presence channels beside the leads; pair it with config.augment.lead_dropout)
+  c.model = dict(depth=18, width=16, downsample=5, embed_dim=128, lead_mask=False)
   c.train = dict(
     temperature=0.07,
     dtype="float32",  # initial (fixed unless learn_temperature) tau; compute dtype

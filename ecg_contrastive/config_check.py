@@ -280,6 +280,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     stage_sizes(m.depth)
   except ValueError as e:
     raise ConfigError(f"config.model.depth={m.depth}: {e}") from e
+  if not isinstance(m.get("lead_mask", False), bool):
+    raise ConfigError(
+      f"config.model.lead_mask={m.get('lead_mask')!r}: use True (the tower also sees which leads are all "
+      "zero; pair it with config.augment.lead_dropout) or False"
+    )
   if training.get("bn_backward", "lean") not in BACKWARDS:
     raise ConfigError(
       f"config.train.bn_backward={training['bn_backward']!r}: use one of {BACKWARDS} (the same math; "

@@ -17,7 +17,9 @@ Usage:
 
 Input contract: 12 leads in the order of config.json "input.lead_order", 500 Hz, 10 s, millivolts,
 channels-first. The network is ResNet1d (MERL): optional average-pool of the input in time, stem
-Conv1d(k=7, stride 2, pad 3, no bias) + BatchNorm + ReLU, BasicBlock stages, global average pool.
+Conv1d(k=7, stride 2, pad 3, no bias) + BatchNorm + ReLU, BasicBlock stages, global average pool. With
+config.json "architecture.lead_mask" true, 12 presence channels (1.0 where a lead has a non-zero sample, 0.0 for an
+all-zero lead) are appended to the leads before the stem: 24 input channels.
 """
 
 from __future__ import annotations
@@ -84,10 +86,12 @@ class ResNet1d(nn.Module):
   """(B, 12, T) mV -> (B, 8 * width) time-averaged features; stage_sizes: BasicBlocks per stage (config.json's
   architecture.stage_sizes, e.g. [2, 2, 2, 2] for ResNet1d-18)."""
 
-  def __init__(self, stage_sizes: list[int], width: int, downsample: int):
+  def __init__(
+    self, stage_sizes: list[int], width: int, downsample: int, in_channels: int = NUM_LEADS
+  ):
     super().__init__()
     self.pool = nn.AvgPool1d(downsample, stride=downsample) if downsample > 1 else nn.Identity()
-    self.stem_conv = _conv(NUM_LEADS, width, 7, 2)
+    self.stem_conv = _conv(in_channels, width, 7, 2)
     self.stem_bn = nn.BatchNorm1d(width, eps=BN_EPS)
     self.block_names = []
     in_ch = width
@@ -114,7 +118,13 @@ class ECGEncoder(nn.Module):
     arch = config["architecture"]
     self.config = config
     self.labels = labels
-    self.ecg = ResNet1d(arch["stage_sizes"], arch["width"], arch["downsample"])
+    self.lead_mask = bool(arch.get("lead_mask", False))  # 12 presence channels beside the leads
+    self.ecg = ResNet1d(
+      arch["stage_sizes"],
+      arch["width"],
+      arch["downsample"],
+      NUM_LEADS * (2 if self.lead_mask else 1),
+    )
     self.ecg_head = nn.Linear(8 * arch["width"], arch["embed_dim"])
     self.logit_scale = nn.Parameter(torch.zeros(()))
     self.register_buffer(
@@ -137,7 +147,11 @@ class ECGEncoder(nn.Module):
       raise ValueError(
         f"expected float millivolts, got dtype {ecg.dtype} (int16 microvolts: divide by 1000)"
       )
-    features = self.ecg(ecg.to(torch.float32))
+    ecg = ecg.to(torch.float32)
+    if self.lead_mask:  # 1.0 where a lead has a non-zero sample, 0.0 for an all-zero (absent) lead
+      present = (ecg != 0).any(dim=2, keepdim=True).to(ecg.dtype)
+      ecg = torch.cat([ecg, present.expand_as(ecg)], dim=1)
+    features = self.ecg(ecg)
     return F.normalize(self.ecg_head(features), dim=-1, eps=L2_EPS)
 
   def scale(self) -> torch.Tensor:
