@@ -65,3 +65,52 @@ def test_export_with_lead_mask_keeps_parity_and_sees_missing_leads(tmp_path):
   jax_scores = predict.open_scorer(workdir=workdir)[0].scores(ecg)
   torch_scores = predict.open_scorer(exported=out)[0].scores(ecg)
   np.testing.assert_allclose(torch_scores, jax_scores, rtol=1e-4, atol=1e-4)
+
+
+def test_reduced_lead_sets_zero_the_other_leads():
+  from ecg_contrastive.evals.reduced_leads import LEAD_SETS, keep_mask
+
+  assert list(LEAD_SETS) == ["12", "6 (limb)", "3 (I, II, V2)", "2 (I, II)", "1 (II)"]
+  np.testing.assert_array_equal(keep_mask(LEAD_SETS["1 (II)"]), np.eye(12, dtype=np.float32)[1])
+  assert keep_mask(LEAD_SETS["6 (limb)"]).tolist() == [1.0] * 6 + [0.0] * 6
+
+
+@pytest.mark.slow  # builds the tiny dataset's test split
+def test_reduced_lead_table_of_a_workdir(tmp_path, capsys):
+  from ecg_contrastive.checkpoints import restore_inference
+  from ecg_contrastive.ecg import signal
+  from ecg_contrastive.evals import reduced_leads
+  from ecg_contrastive.evals.zeroshot import zero_shot_metrics
+  from ecg_contrastive.export.flax_scorer import FlaxScorer
+
+  workdir = make_workdir(str(tmp_path / "workdir"), model=dict(TINY_MODEL, lead_mask=True))
+  with open(f"{workdir}/config.json", encoding="utf-8") as f:
+    config = json.load(f)
+  config.update(dataset="synthetic_ecg_ja/tiny", data_dir=str(tmp_path / "tfds"))
+  with open(f"{workdir}/config.json", "w", encoding="utf-8") as f:
+    json.dump(config, f)
+  results = reduced_leads.reduced_lead_metrics(workdir)
+  assert list(results) == list(reduced_leads.LEAD_SETS) and results["12"]["n"] == 32
+  # the 12-lead row is the plain zero-shot evaluation, through the export's float32 reference
+  source = reduced_leads.pipeline.open_source(
+    "synthetic_ecg_ja/tiny", "test", str(tmp_path / "tfds")
+  )
+  scorer = FlaxScorer(restore_inference(workdir))
+  ecg = signal.to_millivolts(source.read(np.arange(len(source))))
+  labels = scorer.labels
+  for name in ("12", "1 (II)"):
+    z = scorer.embed(ecg * reduced_leads.keep_mask(reduced_leads.LEAD_SETS[name]))
+    want = zero_shot_metrics(
+      z,
+      scorer.label_embeddings,
+      [t["ja"] for t in labels],
+      [t["group_ja"] for t in labels],
+      source.meta.primary_label,
+      source.meta.labels,
+    )
+    assert results[name]["top1"] == want["top1"] and results[name]["top5"] == want["top5"]
+  reduced_leads.main(["--workdir", workdir])
+  table = [
+    line for line in capsys.readouterr().out.splitlines() if line.startswith("|")
+  ]  # not TFDS's
+  assert table[0] == "| leads (test, 32 records) | top-1 | top-5 |" and len(table) == 2 + 5
