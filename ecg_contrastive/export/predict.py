@@ -140,14 +140,17 @@ def main(argv: list[str] | None = None) -> None:
           "findings of a short record are less reliable",
           file=sys.stderr,
         )
-      for warning in record.leads.warnings() if record.leads else []:
-        print(f"warning: {path}: {warning}", file=sys.stderr)
     scorer, description = open_scorer(args.workdir, args.exported, args.step)
   except (UserError, FileNotFoundError, ValueError) as e:
     if args.verbose or want_traceback():
       raise
     print(f"error: {one_line(e)}", file=sys.stderr)
     sys.exit(2)
+  for path, record in zip(
+    args.records, records
+  ):  # after the model opened: an unusable model is one line alone
+    for warning in record.leads.warnings() if record.leads else []:
+      print(f"warning: {path}: {warning}", file=sys.stderr)
   findings = predict(scorer, np.stack([r.ecg for r in records]), args.top_k)
   print(f"model: {description}")
   for path, record, found in zip(args.records, records, findings):
