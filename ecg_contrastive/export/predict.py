@@ -146,9 +146,8 @@ def main(argv: list[str] | None = None) -> None:
       raise
     print(f"error: {one_line(e)}", file=sys.stderr)
     sys.exit(2)
-  for path, record in zip(
-    args.records, records
-  ):  # after the model opened: an unusable model is one line alone
+  # lead warnings after the model opened: an unusable model stays one line alone
+  for path, record in zip(args.records, records):
     for warning in record.leads.warnings() if record.leads else []:
       print(f"warning: {path}: {warning}", file=sys.stderr)
   findings = predict(scorer, np.stack([r.ecg for r in records]), args.top_k)
