@@ -52,9 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.text.cache_dir = ""  # "" -> $ECG_CONTRASTIVE_CACHE or ~/.cache/ecg_contrastive/text
   c.text.templates = ("{}", "{}を認める。", "所見：{}。")
 
-  c.model = dict(
-    depth=18, width=16, downsample=5, embed_dim=128
-  )  # the architecture: all that an export rebuilds
+  # the architecture: all that an export rebuilds; lead_mask: the tower also sees which leads are all zero
+  # (12 presence channels beside the leads; pair it with config.augment.lead_dropout)
+  c.model = dict(depth=18, width=16, downsample=5, embed_dim=128, lead_mask=False)
   c.train = dict(
     temperature=0.07,
     dtype="float32",  # initial (fixed unless learn_temperature) tau; compute dtype
@@ -67,6 +67,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     name="softmax", duplicate_reports_positive=True, tile=0, ring=False
   )  # name: "softmax" (InfoNCE) | "sigmoid" (SigLIP); tile T > 0: (T, T) logit tiles, same results in
   # O(B x E + T x T) memory per device (0: dense (b, B) blocks); ring: columns travel by ppermute (O(B/n x E))
+
+  # Training-time augmentation on the device (ecg_contrastive/ecg/augment.py), each drawn per record with
+  # probability p; never at evaluation. All off: the paper has none, and its effect on the demo is unmeasured.
+  c.augment = ml_collections.ConfigDict()
+  c.augment.shift = dict(p=0.0, max_s=0.5)  # time shift, zero fill, |s| <= max_s seconds
+  c.augment.gain = dict(p=0.0, low=0.7, high=1.4)  # whole record x factor, log-uniform
+  c.augment.lead_gain = dict(p=0.0, low=0.85, high=1.15)  # each lead x its own factor
+  c.augment.wander = dict(p=0.0, mv=0.5, max_hz=0.5, components=3)  # baseline wander < max_hz
+  c.augment.mains = dict(p=0.0, mv=0.05)  # 50 or 60 Hz sinusoid of amplitude mv
+  c.augment.noise = dict(p=0.0, mv=0.02)  # white Gaussian noise, standard deviation mv
+  c.augment.lead_dropout = dict(p=0.0, lead_p=0.5)  # each lead zeroed with lead_p, one kept
 
   c.batch_size = 256
   c.microbatches = (

@@ -12,7 +12,7 @@ import ml_collections
 
 from ecg_contrastive.data import pipeline
 from ecg_contrastive.data.placement import PLACEMENTS
-from ecg_contrastive.ecg import signal
+from ecg_contrastive.ecg import augment, signal
 from ecg_contrastive.errors import UserError
 from ecg_contrastive.models.batch_norm import BACKWARDS
 from ecg_contrastive.models.bert import POOLINGS
@@ -275,6 +275,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
 def check_config(config: ml_collections.ConfigDict) -> None:
   _check_required(config)
   check_values(config)
+  check_augment(config)
   dataset = config.dataset.split("/")[0]
   known = pipeline.known_datasets()
   if dataset not in known:
@@ -295,6 +296,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     stage_sizes(m.depth)
   except ValueError as e:
     raise ConfigError(f"config.model.depth={m.depth}: {e}") from e
+  if not isinstance(m.get("lead_mask", False), bool):
+    raise ConfigError(
+      f"config.model.lead_mask={m.get('lead_mask')!r}: use True (the tower also sees which leads are all "
+      "zero; pair it with config.augment.lead_dropout) or False"
+    )
   if training.get("bn_backward", "lean") not in BACKWARDS:
     raise ConfigError(
       f"config.train.bn_backward={training['bn_backward']!r}: use one of {BACKWARDS} (the same math; "
@@ -330,6 +336,61 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       f"config.text.templates={tuple(config.text.templates)}: each template needs a '{{}}' "
       "placeholder for the label"
     )
+
+
+# config.augment.<name>.<parameter>: (ok, use), checked in this order (ecg/augment.py says what each one does)
+_AUGMENT_RULES = {
+  "p": (lambda v: 0 <= v <= 1, "a probability in [0, 1] (0: off)"),
+  "max_s": (lambda v: 0 <= v <= 2, "seconds in [0, 2], e.g. 0.5"),
+  "low": (lambda v: v > 0, "a factor > 0 and <= high, e.g. 0.7"),
+  "high": (lambda v: v > 0, "a factor > 0 and >= low, e.g. 1.4"),
+  "mv": (lambda v: 0 <= v <= 5, "millivolts in [0, 5], e.g. 0.05"),
+  "max_hz": (
+    lambda v: augment.WANDER_MIN_HZ < v <= 5,
+    f"a frequency in ({augment.WANDER_MIN_HZ:g}, 5] Hz (baseline wander), e.g. 0.5",
+  ),
+  "components": (lambda v: v >= 1 and float(v).is_integer(), "an integer >= 1, e.g. 3"),
+  "lead_p": (lambda v: 0 <= v < 1, "a probability in [0, 1) (each lead's chance to be zeroed)"),
+}
+
+
+def check_augment(config: ml_collections.ConfigDict) -> None:
+  """config.augment: every augmentation of ecg/augment.py with its parameters, numbers in range; a missing section
+  is reported (configs/default.py has it, all off), an unknown augmentation or parameter named."""
+  section = _get(config, "augment")
+  if section is _MISSING:
+    raise ConfigError(
+      "config.augment is missing: set it in the config file (configs/default.py has every augmentation, "
+      "all off with p=0.0)"
+    )
+  unknown = sorted(set(section) - set(augment.PARAMETERS))
+  if unknown:
+    raise ConfigError(
+      f"config.augment.{unknown[0]}: unknown augmentation; use one of {', '.join(augment.PARAMETERS)}"
+    )
+  for name, parameters in augment.PARAMETERS.items():
+    given = section.get(name)
+    if given is None:
+      raise ConfigError(
+        f"config.augment.{name} is missing: set it as in configs/default.py "
+        f"(parameters {', '.join(parameters)}; p=0.0 is off)"
+      )
+    extra = sorted(set(given) - set(parameters))
+    if extra:
+      raise ConfigError(
+        f"config.augment.{name}.{extra[0]}: unknown parameter; {name} has {', '.join(parameters)}"
+      )
+    for parameter in parameters:
+      key, (ok, use) = f"augment.{name}.{parameter}", _AUGMENT_RULES[parameter]
+      value = given.get(parameter, _MISSING)
+      if value is _MISSING:
+        raise ConfigError(f"config.{key} is missing: set it, {use}")
+      if not _kind_ok(value, float) or not math.isfinite(value) or not ok(value):
+        raise ConfigError(f"config.{key}={value!r}: use {use}")
+    if "low" in parameters and given["low"] > given["high"]:
+      raise ConfigError(
+        f"config.augment.{name}.low={given['low']!r} > high={given['high']!r}: set low <= high"
+      )
 
 
 def _check_text_length(config: ml_collections.ConfigDict) -> None:

@@ -13,6 +13,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ecg_contrastive.ecg import augment as augment_lib
 from ecg_contrastive.ecg.signal import MV_PER_UNIT, NUM_LEADS, NUM_SAMPLES
 from ecg_contrastive.losses import sigmoid_loss, softmax_loss
 from ecg_contrastive.models import two_tower
@@ -22,8 +23,23 @@ from ecg_contrastive.tiled_losses import tiled_sigmoid_loss, tiled_softmax_loss
 
 
 def ecg_millivolts(ecg: jax.Array) -> jax.Array:
-  """int16 microvolts (B, T, 12), as stored and moved, -> float32 millivolts, on the device."""
+  """int16 microvolts (B, T, 12), as stored and moved, -> float32 millivolts, on the device (float input: as is,
+  already millivolts)."""
+  if jnp.issubdtype(ecg.dtype, jnp.floating):
+    return ecg
   return ecg.astype(jnp.float32) * MV_PER_UNIT
+
+
+def augmented_millivolts(config, ecg: jax.Array, step: jax.Array, mesh) -> jax.Array:
+  """The train step's input: int16 (B, T, 12) -> float32 mV with config.augment's augmentations drawn for this
+  step (ecg/augment.py; key from config.seed and the step, so a resume draws the same); no augmentation: int16
+  as is (the tower converts it, as before augmentation existed)."""
+  setting = augment_lib.from_config(config)
+  if setting is None:
+    return ecg
+  key = augment_lib.step_key(config.seed, step)
+  out, _ = augment_lib.augment(key, ecg_millivolts(ecg), setting)
+  return jax.lax.with_sharding_constraint(out, data_sharding(mesh))
 
 
 def make_model(config) -> TwoTower:
@@ -115,6 +131,9 @@ def head_loss(model: TwoTower, loss_of, params, z_ecg, txt, rows):
 def make_train_step(config, model: TwoTower, tx, schedule, mesh):
   """jit(state, batch, table) -> (state, metrics). batch: 'ecg' int16 (B, T, 12), 'report_row' (B,).
 
+  config.augment's augmentations (ecg/augment.py), if any is on, apply to the float batch before the ECG tower,
+  drawn from config.seed and the state's step (a resumed run draws what the uninterrupted one did).
+
   With config.microbatches = k > 1 the gradient is that of the whole batch's contrastive loss (every
   ECG against all B reports) while the ECG tower holds the activations of only B / k ECGs at a time
   (gradient caching, arXiv 2101.06983): see `_cached_gradients`.
@@ -125,16 +144,17 @@ def make_train_step(config, model: TwoTower, tx, schedule, mesh):
   def step(state, batch, table):
     rows = batch["report_row"]
     txt = table[rows]
+    ecg = augmented_millivolts(config, batch["ecg"], state["step"], mesh)
     if microbatches > 1:
       loss, (acc, scale, batch_stats), grads = _cached_gradients(
-        model, loss_of, state, batch["ecg"], txt, rows, microbatches, mesh
+        model, loss_of, state, ecg, txt, rows, microbatches, mesh
       )
     else:
 
       def loss_fn(params):
         z_ecg, updates = model.apply(
           {"params": params, "batch_stats": state["batch_stats"]},
-          ecg_millivolts(batch["ecg"]),
+          ecg_millivolts(ecg),
           train=True,
           mutable=["batch_stats"],
           method=TwoTower.encode_ecg,
@@ -212,7 +232,9 @@ def _cached_gradients(model: TwoTower, loss_of, state, ecg, txt, rows, k: int, m
   chunks = to_chunks(ecg)
   variables = lambda params: {"params": params, "batch_stats": state["batch_stats"]}
 
-  def embed(params, chunk):  # (n m, T, C) int16 -> (n m, E), updated batch_stats
+  def embed(
+    params, chunk
+  ):  # (n m, T, C) int16 (or float mV, augmented) -> (n m, E), updated batch_stats
     chunk = jax.lax.with_sharding_constraint(chunk, data_sharding(mesh))
     z, updates = model.apply(
       variables(params),

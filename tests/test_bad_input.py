@@ -339,12 +339,16 @@ def test_lead_count_mapped_by_names(tmp_path):
   record = preprocess.read_record(save_npy(tmp_path, "e.npy", values[:, cols]), 500.0, "uV", eight)
   lead_iii = record.ecg[:, 1] - record.ecg[:, 0]
   assert record.ecg.shape == (5000, 12) and np.abs(record.ecg[:, 2] - lead_iii).max() < 2e-3
+  ten = [n for n in NAMES if n not in ("V3", "V6")]
   with pytest.raises(preprocess.BadRecordError, match=r"m\.npy: missing lead\(s\) \['V3', 'V6'\]"):
     preprocess.read_record(
-      save_npy(tmp_path, "m.npy", values[:, :11]),
-      500.0,
-      "uV",
-      [n if n != "V3" else "X" for n in NAMES[:11]],
+      save_npy(tmp_path, "m.npy", values[:, [NAMES.index(n) for n in ten]]), 500.0, "uV", ten
+    )
+  with pytest.raises(
+    preprocess.BadRecordError, match=r"x\.npy \(--leads\): 'X': unknown lead name"
+  ):
+    preprocess.read_record(
+      save_npy(tmp_path, "x.npy", values[:, :11]), 500.0, "uV", NAMES[:10] + ["X"]
     )
 
 

@@ -561,12 +561,13 @@ def test_predictor_gives_the_same_findings_from_both_model_forms(exported, capsy
   for model in (["--workdir", workdir], ["--exported", out]):
     predict.main(model + common)
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1 + 2 * 6 and lines[1].startswith(paths[0]) and "zero-padded" in lines[7]
+    assert len(lines) == 1 + 2 * 7 and lines[1].startswith(paths[0]) and "zero-padded" in lines[8]
+    assert lines[2].startswith("  leads: 12 of 12 present")
     findings.append(
       [line.split("  score")[0] for line in lines[1:]]
     )  # record lines and label names
   assert findings[0] == findings[1]
-  assert findings[0][1].startswith("  1. ") and " / " in findings[0][1]
+  assert findings[0][2].startswith("  1. ") and " / " in findings[0][2]
 
   ecgs = np.stack(
     [

@@ -80,7 +80,9 @@ LAYERS = (
   Rule(
     "evals",
     ("evals", "evals.*"),
-    ("step", "models", "text", "sharding", "paths", "errors", "vocab") + _DATA,
+    # checkpoints: evals/reduced_leads evaluates a workdir's saved model
+    ("step", "models", "text", "sharding", "paths", "errors", "vocab", "checkpoints", "ecg")
+    + _DATA,
   ),
   Rule(
     "export", ("export", "export.*"), ("ecg", "models", "checkpoints", "paths", "errors", "vocab")

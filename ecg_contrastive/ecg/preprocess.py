@@ -25,7 +25,7 @@ import os
 import numpy as np
 import wfdb
 
-from ecg_contrastive.ecg import signal
+from ecg_contrastive.ecg import quality, signal
 from ecg_contrastive.errors import UserError
 
 _MV_PER_UNIT = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
@@ -60,6 +60,9 @@ class Record:
   ecg: np.ndarray  # float32 (5000, 12) mV, leads in signal.LEADS order
   rate: float  # the file's sampling rate (Hz)
   duration_s: float  # the file's duration before cropping / padding to 10 s
+  leads: quality.LeadReport | None = (
+    None  # leads present, derived, renamed; flat, clipped, noisy, implausible
+  )
 
 
 def mv_per_unit(units: str) -> float:
@@ -116,7 +119,9 @@ def standardize(values: np.ndarray, rate: float, leads: list[str], what: str) ->
       f"flat signal: {what}: every lead is constant (all zero, or below 1 uV in the units given); "
       "a flat ECG has no findings to report: check the file and its units"
     )
-  return Record(signal.to_millivolts(units), float(rate), values.shape[0] / rate)
+  ecg = signal.to_millivolts(units)
+  report = quality.check_record(ecg, values, rate, leads)
+  return Record(ecg, float(rate), values.shape[0] / rate, report)
 
 
 def wfdb_base(path: str) -> str:
@@ -226,8 +231,17 @@ def read_wfdb(path: str) -> Record:
   return standardize(values, rate, leads, what=path)
 
 
+def check_lead_names(leads: list[str], what: str) -> None:
+  """Every name is a lead of ours or one of its aliases (signal.LEAD_ALIASES); else BadRecordError naming it."""
+  for name in leads:
+    if signal.canonical_lead(name) is None:
+      raise BadRecordError(f"bad lead name: {what}: {signal.unknown_lead_message(name)}")
+
+
 def read_npy(path: str, rate: float, units: str, leads: list[str]) -> Record:
-  """A .npy array (T, C) or (C, T), C = len(leads), in `units` at `rate` Hz -> Record."""
+  """A .npy array (T, C) or (C, T), C = len(leads), in `units` at `rate` Hz -> Record. Every lead name must be
+  known (the caller names the columns; a WFDB record's other channels, e.g. RESP, are ignored and reported)."""
+  check_lead_names(leads, f"{path} (--leads)")
   rate = check_rate(rate, path, "--fs")
   return standardize(load_npy(path, units, leads), rate, leads, what=path)
 

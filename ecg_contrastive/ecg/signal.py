@@ -23,7 +23,34 @@ NUM_SAMPLES = SAMPLE_RATE * DURATION_S
 MV_PER_UNIT = 1e-3  # millivolts per int16 unit (1 unit = 1 uV)
 UNITS_PER_MV = 1000
 INT16_LIMIT_MV = 32767 * MV_PER_UNIT
-_ALIASES = {"DI": "I", "DII": "II", "DIII": "III"}
+# Names other recorders use for our leads, mapped only where the mapping is standard: DI-DIII / D1-D3 (Einthoven's
+# leads in European and Latin-American notation) and MLI-MLIII / ML1-ML3 (the modified limb leads of Holter and
+# PhysioNet records such as MIT-BIH's MLII: the limb electrodes moved to the torso, read as I-III by convention).
+LEAD_ALIASES = {
+  "DI": "I",
+  "DII": "II",
+  "DIII": "III",
+  "D1": "I",
+  "D2": "II",
+  "D3": "III",
+  "MLI": "I",
+  "MLII": "II",
+  "MLIII": "III",
+  "ML1": "I",
+  "ML2": "II",
+  "ML3": "III",
+}
+# Names we refuse to guess, and why (a name that is no lead at all, e.g. RESP, is simply unknown).
+REFUSED_LEAD_NAMES = {
+  "V": "a chest lead without its number (V1..V6 differ by electrode position)",
+  "MCL1": "a bipolar modified chest lead (Holter), not the unipolar V1",
+  "MCL6": "a bipolar modified chest lead (Holter), not the unipolar V6",
+  "CM5": "a bipolar chest lead (exercise tests), not V5",
+  "CC5": "a bipolar chest lead (exercise tests), not V5",
+  "ECG": "a channel without a lead name",
+  "ECG1": "a channel without a lead name",
+  "ECG2": "a channel without a lead name",
+}
 
 
 def limb_leads(lead_i: np.ndarray, lead_ii: np.ndarray) -> np.ndarray:
@@ -88,12 +115,27 @@ def to_millivolts(units, dtype=np.float32):
   return units.astype(dtype) * MV_PER_UNIT
 
 
-def canonical_lead(name: str) -> str | None:
-  """'avr', 'Lead AVR', 'V-1', 'DII' -> 'aVR', 'aVR', 'V1', 'II'; an unknown name -> None."""
+def lead_key(name: str) -> str:
+  """A lead name as the alias tables spell it: no spaces, dashes or underscores, upper case, no "LEAD" prefix."""
   key = "".join(c for c in name if c not in " _-").upper()
-  key = key[4:] if key.startswith("LEAD") else key
-  key = _ALIASES.get(key, key)
+  return key[4:] if key.startswith("LEAD") else key
+
+
+def canonical_lead(name: str) -> str | None:
+  """'avr', 'Lead AVR', 'V-1', 'DII', 'MLII' -> 'aVR', 'aVR', 'V1', 'II', 'II' (LEAD_ALIASES); unknown -> None."""
+  key = lead_key(name)
+  key = LEAD_ALIASES.get(key, key)
   return next((lead for lead in LEADS if lead.upper() == key), None)
+
+
+def unknown_lead_message(name: str) -> str:
+  """Why `name` is no lead of ours: refused (REFUSED_LEAD_NAMES, with the reason) or unknown; what to use."""
+  reason = REFUSED_LEAD_NAMES.get(lead_key(name))
+  said = f"{reason}: not mapped" if reason else "unknown lead name"
+  return (
+    f"{name!r}: {said}; use {', '.join(LEADS)} (or an alias: "
+    f"{', '.join(f'{k}->{v}' for k, v in LEAD_ALIASES.items() if k.startswith('ML'))}, DI..DIII)"
+  )
 
 
 def reorder_leads(signal: np.ndarray, names: list[str]) -> np.ndarray:

@@ -16,10 +16,13 @@ Usage:
   model = modeling_ecg.load("EXPORT", label_set="ptbxl_superclass")   # scores another label set
   emb = model(ecg)                               # ecg: float32 (B, 12, 5000) mV -> (B, embed_dim)
   top = model.zero_shot(ecg, k=5)                # per record: [{"ja", "en", ..., "score", "probability"}]
+  checks = modeling_ecg.check_leads(ecg)         # per record: leads present, flat/clipped/noisy/implausible, warnings
 
 Input contract: 12 leads in the order of config.json "input.lead_order", 500 Hz, 10 s, millivolts,
 channels-first. The network is ResNet1d (MERL): optional average-pool of the input in time, stem
-Conv1d(k=7, stride 2, pad 3, no bias) + BatchNorm + ReLU, BasicBlock stages, global average pool.
+Conv1d(k=7, stride 2, pad 3, no bias) + BatchNorm + ReLU, BasicBlock stages, global average pool. With
+config.json "architecture.lead_mask" true, 12 presence channels (1.0 where a lead has a non-zero sample, 0.0 for an
+all-zero lead) are appended to the leads before the stem: 24 input channels.
 """
 
 from __future__ import annotations
@@ -34,6 +37,20 @@ from torch import nn
 from torch.nn import functional as F
 
 NUM_LEADS = 12
+LEADS = (
+  "I",
+  "II",
+  "III",
+  "aVR",
+  "aVL",
+  "aVF",
+  "V1",
+  "V2",
+  "V3",
+  "V4",
+  "V5",
+  "V6",
+)  # config.json's lead_order
 NUM_SAMPLES = 5000
 BN_EPS = 1e-5
 L2_EPS = 1e-6
@@ -72,10 +89,12 @@ class ResNet1d(nn.Module):
   """(B, 12, T) mV -> (B, 8 * width) time-averaged features; stage_sizes: BasicBlocks per stage (config.json's
   architecture.stage_sizes, e.g. [2, 2, 2, 2] for ResNet1d-18)."""
 
-  def __init__(self, stage_sizes: list[int], width: int, downsample: int):
+  def __init__(
+    self, stage_sizes: list[int], width: int, downsample: int, in_channels: int = NUM_LEADS
+  ):
     super().__init__()
     self.pool = nn.AvgPool1d(downsample, stride=downsample) if downsample > 1 else nn.Identity()
-    self.stem_conv = _conv(NUM_LEADS, width, 7, 2)
+    self.stem_conv = _conv(in_channels, width, 7, 2)
     self.stem_bn = nn.BatchNorm1d(width, eps=BN_EPS)
     self.block_names = []
     in_ch = width
@@ -102,7 +121,13 @@ class ECGEncoder(nn.Module):
     arch = config["architecture"]
     self.config = config
     self.labels = labels
-    self.ecg = ResNet1d(arch["stage_sizes"], arch["width"], arch["downsample"])
+    self.lead_mask = bool(arch.get("lead_mask", False))  # 12 presence channels beside the leads
+    self.ecg = ResNet1d(
+      arch["stage_sizes"],
+      arch["width"],
+      arch["downsample"],
+      NUM_LEADS * (2 if self.lead_mask else 1),
+    )
     self.ecg_head = nn.Linear(8 * arch["width"], arch["embed_dim"])
     self.logit_scale = nn.Parameter(torch.zeros(()))
     self.register_buffer(
@@ -125,7 +150,11 @@ class ECGEncoder(nn.Module):
       raise ValueError(
         f"expected float millivolts, got dtype {ecg.dtype} (int16 microvolts: divide by 1000)"
       )
-    features = self.ecg(ecg.to(torch.float32))
+    ecg = ecg.to(torch.float32)
+    if self.lead_mask:  # 1.0 where a lead has a non-zero sample, 0.0 for an all-zero (absent) lead
+      present = (ecg != 0).any(dim=2, keepdim=True).to(ecg.dtype)
+      ecg = torch.cat([ecg, present.expand_as(ecg)], dim=1)
+    features = self.ecg(ecg)
     return F.normalize(self.ecg_head(features), dim=-1, eps=L2_EPS)
 
   def scale(self) -> torch.Tensor:
@@ -152,6 +181,73 @@ class ECGEncoder(nn.Module):
       ]
       for i in range(scores.shape[0])
     ]
+
+
+# Lead checks, with the thresholds of ecg_contrastive/ecg/quality.py (the package's predictor uses that file)
+FLAT_MV, NOISY_MV, LARGE_MV = 0.02, 0.15, 15.0
+CLIP_RUN, CLIP_TOTAL = (
+  10,
+  20,
+)  # samples at 500 Hz: runs of >= 20 ms at a lead's extreme adding up to >= 40 ms
+INT16_LIMIT_MV = 32.767
+_MAD_TO_SD = 1 / (0.6745 * math.sqrt(2))
+
+
+@torch.no_grad()
+def check_leads(ecg: torch.Tensor) -> list[dict]:
+  """float (B, 12, 5000) mV -> per record {"present", "flat", "clipped", "noisy", "implausible", "warnings"}.
+
+  flat: peak-to-peak under 20 uV (a zero-filled or disconnected lead); clipped: runs of >= 20 ms at the lead's
+  max or min (or +-32.767 mV) adding up to >= 40 ms; noisy {lead: SD mV}: broadband noise (median absolute first
+  difference / 0.6745 / sqrt 2) over 0.15 mV; implausible {lead: mV}: a typical second's peak-to-peak over 15 mV.
+  The model saw 12 live leads: findings of a record with warnings deserve less trust.
+  """
+  leads = list(LEADS)
+  x = ecg.to(torch.float64)
+  flat = (x.amax(-1) - x.amin(-1)) < FLAT_MV  # (B, 12)
+  noise = (x[..., 1:] - x[..., :-1]).abs().median(-1).values * _MAD_TO_SD
+  seconds = max(1, x.shape[-1] // 500)
+  windows = x[..., : seconds * 500].reshape(*x.shape[:2], seconds, -1)
+  amplitude = (windows.amax(-1) - windows.amin(-1)).median(-1).values
+  extreme = (x == x.amax(-1, keepdim=True)) | (x == x.amin(-1, keepdim=True))
+  extreme = extreme | (x.abs() >= INT16_LIMIT_MV - 5e-4)
+  starts = (
+    extreme.to(torch.float32).unfold(-1, CLIP_RUN, 1).amin(-1)
+  )  # (B, 12, T - run + 1): a run starts
+  covered = F.max_pool1d(F.pad(starts, (CLIP_RUN - 1, CLIP_RUN - 1)), CLIP_RUN, stride=1)
+  clipped = (covered.sum(-1) >= CLIP_TOTAL) & ~flat
+  out = []
+  for b in range(x.shape[0]):
+    found = {
+      "present": [lead for lead, f in zip(leads, flat[b].tolist()) if not f],
+      "flat": [lead for lead, f in zip(leads, flat[b].tolist()) if f],
+      "clipped": [lead for lead, c in zip(leads, clipped[b].tolist()) if c],
+      "noisy": {
+        lead: float(sd)
+        for lead, sd, f in zip(leads, noise[b].tolist(), flat[b].tolist())
+        if sd > NOISY_MV and not f
+      },
+      "implausible": {
+        lead: float(a) for lead, a in zip(leads, amplitude[b].tolist()) if a > LARGE_MV
+      },
+    }
+    warnings = []
+    if found["flat"]:
+      warnings.append(f"flat lead(s) {', '.join(found['flat'])}")
+    if found["clipped"]:
+      warnings.append(f"clipped lead(s) {', '.join(found['clipped'])}")
+    if found["noisy"]:
+      warnings.append(
+        "noisy lead(s) " + ", ".join(f"{k} ({v * 1000:.0f} uV)" for k, v in found["noisy"].items())
+      )
+    if found["implausible"]:
+      warnings.append(
+        "implausible amplitude in lead(s) "
+        + ", ".join(f"{k} ({v:.1f} mV)" for k, v in found["implausible"].items())
+        + "; check the units (mV)"
+      )
+    out.append(dict(found, warnings=warnings))
+  return out
 
 
 def load(folder: str, label_set: str | None = None) -> ECGEncoder:

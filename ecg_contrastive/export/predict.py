@@ -13,7 +13,10 @@ training standardisation (preprocess.py); both model forms compute in float32 an
 findings: the JAX checkpoint via FlaxScorer, the export via its own modeling_ecg.py.
 A file or model that cannot be used stops the run with one line `error: ...` naming it (exit code 2): a missing,
 truncated or unreadable file, a wrong shape, NaN/inf samples, a rate outside 50..20000 Hz, a record under 5 s, a
-flat signal. A record between 5 and 10 s is zero-padded to 10 s, with a warning on stderr.
+flat signal, an unknown name in --leads. A record between 5 and 10 s is zero-padded to 10 s, with a warning on stderr.
+Each record's printout says which leads were present (recorded, derived from I and II, read from an alias such as
+MLII); stderr warns, naming the leads, about flat, clipped, noisy or implausibly large leads and ignored channels
+(ecg/quality.py): the model saw 12 live leads, so such findings deserve less trust.
 """
 
 from __future__ import annotations
@@ -111,6 +114,11 @@ def format_findings(path: str, record: preprocess.Record, findings: list[dict]) 
     else (" -> first 10 s" if record.duration_s > 10 else " -> zero-padded to 10 s")
   )
   lines = [f"{path}  ({record.rate:g} Hz, {record.duration_s:.2f} s{note})"]
+  if record.leads is not None:
+    problems = len(record.leads.warnings())
+    lines.append(
+      f"  {record.leads.summary()}" + (f"  [{problems} warning(s) on stderr]" if problems else "")
+    )
   for rank, f in enumerate(findings, 1):
     lines.append(
       f"  {rank}. {f['ja']} / {f['en']}  [{f['group_ja']} / {f['group_en']}]  "
@@ -157,6 +165,10 @@ def main(argv: list[str] | None = None) -> None:
       raise
     print(f"error: {one_line(e)}", file=sys.stderr)
     sys.exit(2)
+  # lead warnings after the model opened: an unusable model stays one line alone
+  for path, record in zip(args.records, records):
+    for warning in record.leads.warnings() if record.leads else []:
+      print(f"warning: {path}: {warning}", file=sys.stderr)
   findings = predict(scorer, np.stack([r.ecg for r in records]), args.top_k)
   print(f"model: {description}")
   for path, record, found in zip(args.records, records, findings):

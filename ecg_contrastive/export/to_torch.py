@@ -175,6 +175,7 @@ def architecture_section(arch: dict | TwoTower) -> dict:
     "width": arch["width"],
     "downsample": arch["downsample"],
     "embed_dim": arch["embed_dim"],
+    "lead_mask": bool(arch.get("lead_mask", False)),
     "stage_sizes": list(stage_sizes(arch["depth"])),
     "batchnorm_eps": 1e-5,
     "l2_normalize_eps": 1e-6,

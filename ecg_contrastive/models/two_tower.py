@@ -21,8 +21,15 @@ from ecg_contrastive.models.resnet1d import ResNet1d
 MAX_LOGIT_SCALE = float(np.log(100.0))  # CLIP's clamp: temperature never below 0.01
 # config.model: the architecture (what an export rebuilds); config.train: TwoTower settings of training only (the
 # initial temperature, the compute dtype, the sigmoid loss's initial bias, BatchNorm's backward pass).
-ARCHITECTURE_KEYS = ("depth", "width", "downsample", "embed_dim")
+ARCHITECTURE_KEYS = ("depth", "width", "downsample", "embed_dim", "lead_mask")
 TRAINING_KEYS = ("temperature", "dtype", "logit_bias", "bn_backward")
+
+
+def with_presence(ecg_mv: jnp.ndarray) -> jnp.ndarray:
+  """(B, T, 12) mV -> (B, T, 24): the leads, then 12 presence channels (1.0 where the lead has a non-zero sample,
+  0.0 for a lead that is all zeros: dropped in training, or not recorded and zero-filled)."""
+  present = jnp.any(ecg_mv != 0, axis=1, keepdims=True).astype(ecg_mv.dtype)
+  return jnp.concatenate([ecg_mv, jnp.broadcast_to(present, ecg_mv.shape)], axis=-1)
 
 
 def l2_normalize(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
@@ -36,6 +43,9 @@ class TwoTower(nn.Module):
   width: int = 64
   downsample: int = 1
   embed_dim: int = 256
+  lead_mask: bool = (
+    False  # the tower also sees which leads are present (with_presence): 24 input channels
+  )
   temperature: float = 0.07
   dtype: Any = jnp.float32
   logit_bias: float | None = (
@@ -59,6 +69,8 @@ class TwoTower(nn.Module):
 
   def encode_ecg(self, ecg_mv: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """(B, T, 12) float mV -> (B, embed_dim) unit-norm embeddings."""
+    if self.lead_mask:
+      ecg_mv = with_presence(ecg_mv)
     return l2_normalize(self.ecg_head(self.ecg(ecg_mv, train)))
 
   def encode_text(self, text_emb: jnp.ndarray) -> jnp.ndarray:
