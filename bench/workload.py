@@ -38,7 +38,11 @@ class Workload:
   def architecture(self) -> dict:
     """The keyword arguments of the Flax TwoTower / the exported PyTorch ECGEncoder."""
     return dict(
-      depth=self.depth, width=self.width, downsample=self.downsample, embed_dim=self.embed_dim
+      depth=self.depth,
+      width=self.width,
+      downsample=self.downsample,
+      embed_dim=self.embed_dim,
+      lead_mask=False,  # the benchmarked towers read the 12 leads only (FLOPs below count 12 channels)
     )
 
   def config(self, batch_size: int) -> ml_collections.ConfigDict:

@@ -82,7 +82,21 @@ def test_two_processes_build_the_data_once_and_match_one_process(
   assert (
     log1.count("int16 cache of synthetic_ecg_ja/tiny/1.3.0:") == 4
   )  # waits + uses, train and validation
-  assert log1.count("text cache") == 4 and log1.count("uses what process 0 wrote") == 6
+  assert log1.count("text cache") == 4  # two entries (reports, label prompts): waits + uses each
+  used = {
+    line.split("] ", 1)[1].split(": process 1 uses")[0]
+    for line in log1.splitlines()
+    if "process 1 uses what process 0 wrote" in line
+  }
+  assert len(used) == 6 and {u.split(" ")[0] for u in used} == {
+    "dataset",
+    "int16",
+    "stand-in",
+    "text",
+  }
+  assert (
+    sum(u.startswith("text cache") for u in used) == 2
+  )  # every shared file: read, never written
   data_dir, cache_dir = data_dirs["data_dir"], data_dirs["cache_dir"]
   assert os.listdir(os.path.join(data_dir, "synthetic_ecg_ja", "tiny")) == [
     "1.3.0"
