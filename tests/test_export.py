@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -120,6 +121,50 @@ def test_export_folder_contents(exported, reference):
   assert len(labels) == 98 and labels[0] == reference.labels[0] and labels[0]["ja"] == "正常心電図"
   label_emb = load_file(os.path.join(out, "label_embeddings.safetensors"))["label_embeddings"]
   np.testing.assert_allclose(label_emb, reference.label_embeddings, atol=1e-7)
+
+
+def test_export_folder_has_a_model_card_and_a_model_type(exported, tmp_path):
+  """README.md says what the model is, its data, text model, input and limits; config.json has a model_type that
+  Hugging Face's config reader returns; the card's evaluation table is the workdir's results.csv at the exported
+  step (the latest row per dataset, split and label set), or says that none is recorded."""
+  from transformers import PretrainedConfig
+
+  from ecg_contrastive.export import model_card
+
+  workdir, out = exported
+  assert PretrainedConfig.get_config_dict(out)[0]["model_type"] == model_card.MODEL_TYPE
+  card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
+  assert "step 5" in card and "I, II, III, aVR" in card and "No evaluation of step 5" in card
+  assert (
+    "does not say its dataset or text model" in card
+  )  # this test workdir's config.json has neither
+
+  run = tmp_path / "run"
+  shutil.copytree(workdir, run)
+  run_config = json.loads((run / "config.json").read_text())
+  run_config.update(dataset="synthetic_ecg_ja/tiny", text={"model_dir": "", "pooling": "mean"})
+  (run / "config.json").write_text(json.dumps(run_config))
+  os.makedirs(run / "eval")
+  rows = [
+    "dataset,split,label_set,step,n,macro_auroc,top1,top5,superset_top1",
+    "synthetic_ecg_ja/tiny,test,terms98,5,32,0.61,0.25,0.5,0.4",
+    "ptbxl,test,ptbxl_superclass,5,40,0.7125,,,",
+    "synthetic_ecg_ja/tiny,test,terms98,3,32,0.11,0.0,0.0,0.0",
+  ]
+  (run / "eval" / "results.csv").write_text("\n".join(rows) + "\n")
+  card = open(
+    os.path.join(to_torch.export(str(run), str(tmp_path / "out"), verify=False), "README.md"),
+    encoding="utf-8",
+  ).read()
+  assert (
+    "| synthetic_ecg_ja/tiny | test | terms98 | 5 | 32 | 0.6100 | 0.2500 | 0.5000 | 0.4000 |"
+    in card
+  )
+  assert "| ptbxl | test | ptbxl_superclass | 5 | 40 | 0.7125 | - | - | - |" in card
+  assert "0.1100" not in card and "No evaluation" not in card
+  assert (
+    "`synthetic_ecg_ja/tiny`" in card and "not for clinical use" in card and "stand-in BERT" in card
+  )
 
 
 @pytest.mark.slow

@@ -40,6 +40,7 @@ from safetensors.numpy import save_file
 from ecg_contrastive import checkpoints, paths
 from ecg_contrastive.ecg import signal
 from ecg_contrastive.errors import UserError
+from ecg_contrastive.export import model_card
 from ecg_contrastive.export.flax_scorer import FlaxScorer
 from ecg_contrastive.models.resnet1d import stage_sizes
 from ecg_contrastive.models.two_tower import (
@@ -186,6 +187,7 @@ def architecture_section(arch: dict | TwoTower) -> dict:
 def export_config(tower: TwoTower, num_labels: int, workdir: str, step: int) -> dict:
   """config.json of the export folder: architecture, input contract, zero-shot head, provenance."""
   return {
+    "model_type": model_card.MODEL_TYPE,  # Hugging Face tooling reads config.json and expects one
     "format_version": 1,
     "architecture": architecture_section(tower),
     "input": {
@@ -327,6 +329,9 @@ def export(workdir: str, out: str, step: int | None = None, verify: bool | None 
     else:
       config["verified_parity"] = None
     _write_config(partial, config)
+    card = model_card.render(run_config, config, inference.labels, model_card.read_results(workdir))
+    with open(os.path.join(partial, "README.md"), "w", encoding="utf-8") as f:
+      f.write(card)
     if remote:
       _upload_folder(partial, out)
       shutil.rmtree(partial)
