@@ -197,6 +197,7 @@ def test_export_without_torch_writes_the_folder_and_says_parity_is_not_verified(
   assert result.returncode == 0, result.stderr[-2000:]
   assert "NOT verified (PyTorch is not installed)" in result.stderr
   assert sorted(os.listdir(out)) == [
+    "README.md",
     "config.json",
     "label_embeddings.safetensors",
     "labels.json",
@@ -204,6 +205,7 @@ def test_export_without_torch_writes_the_folder_and_says_parity_is_not_verified(
     "modeling_ecg.py",
   ]
   assert json.load(open(out / "config.json"))["verified_parity"] is None
+  assert "Parity with the Flax model: not verified" in (out / "README.md").read_text()
   np.testing.assert_array_equal(
     load_file(str(out / "model.safetensors"))["ecg.stem_conv.weight"],
     load_file(os.path.join(exported[1], "model.safetensors"))["ecg.stem_conv.weight"],
