@@ -52,7 +52,7 @@ FINDINGS = (
 )
 RHYTHMS = {"洞性頻脈", "洞性徐脈", "心房細動", "心房粗動"}
 # Frontal QRS axis (degrees) drawn per finding; normal otherwise.
-AXIS = {"左軸偏位": (-75.0, -35.0), "右軸偏位": (105.0, 160.0)}
+AXIS = {"左軸偏位": (-75.0, -35.0), "右軸偏位": (105.0, 160.0), "左室肥大": (-10.0, 45.0)}
 NORMAL_AXIS = (-10.0, 75.0)  # of the R event; the net QRS axis lands in -30..+90
 # Precordial electrode directions in the horizontal plane (degrees from the left, toward anterior).
 PRECORDIAL_DEG = (118.0, 96.0, 78.0, 60.0, 32.0, 5.0)
@@ -115,11 +115,12 @@ class Heart:
     self.rng, self.finding = rng, finding
     lo, hi = AXIS.get(finding, NORMAL_AXIS)
     self.axis = rng.uniform(lo, hi)
-    scale = {"低電位": rng.uniform(0.22, 0.32), "左室肥大": rng.uniform(2.2, 2.8)}.get(
+    scale = {"低電位": rng.uniform(0.22, 0.32), "左室肥大": rng.uniform(2.6, 3.1)}.get(
       finding, rng.uniform(0.8, 1.3)
     )
     self.r_amp = 1.3 * scale
-    self.r_dir = _frontal(self.axis, rng.uniform(-0.55, -0.25))
+    back = rng.uniform(-0.35, -0.15) if finding == "左室肥大" else rng.uniform(-0.55, -0.25)
+    self.r_dir = _frontal(self.axis, back)  # left ventricle: leftward and posterior
     self.q_dir = _unit([-0.4, rng.uniform(-0.1, 0.3), 0.9])  # septal: rightward, anterior
     self.s_dir = _unit([-0.35, -0.5, -0.75])  # basal: rightward, superior, posterior
     self.p_dir = _frontal(rng.uniform(35.0, 70.0), 0.25)
@@ -281,7 +282,7 @@ def noise(rng: np.random.Generator) -> np.ndarray:
         2 * np.pi * rng.uniform(0.05, 0.45) * t + rng.uniform(0, 2 * np.pi)
       )
     out[:, e] += rng.uniform(0.01, 0.04) * np.sin(
-      2 * np.pi * mains_hz * t + mains_phase + rng.uniform(-0.6, 0.6)
+      2 * np.pi * mains_hz * t + mains_phase + rng.uniform(-1.5, 1.5)
     )
     emg = rng.standard_normal(N) * rng.uniform(0.004, 0.015)
     out[:, e] += emg - np.convolve(
