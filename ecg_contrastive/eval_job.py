@@ -121,10 +121,15 @@ def write_label_sets(
 
 
 def evaluate_checkpoint(
-  config: ml_collections.ConfigDict, workdir: str, step: int | None = None, mesh=None
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  step: int | None = None,
+  mesh=None,
+  out_name: str | None = None,
 ) -> dict[str, dict[str, dict]]:
   """{split: {label set: metrics}} of the checkpoint of `step` (default: newest intact) of `workdir` on
-  config.dataset's config.eval_splits; mesh: default all devices."""
+  config.dataset's config.eval_splits; mesh: default all devices. Files go to WORKDIR/eval/<out_name>/
+  (default: the dataset's name)."""
   config = eval_config(config, checkpoints.read_config(workdir))
   check_config(config)
   load_label_sets(config.eval.label_set)  # a bad label-set file fails before any data or model work
@@ -166,7 +171,7 @@ def evaluate_checkpoint(
     table=table,
     label_sets=label_sets,
     mesh=mesh,
-    out_dir=paths.join(workdir, "eval", config.dataset),
+    out_dir=paths.join(workdir, "eval", out_name or config.dataset),
     results_csv=paths.join(workdir, "eval", "results.csv"),
     mode="eval",
   )

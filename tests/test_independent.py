@@ -196,7 +196,7 @@ def test_command_table_equals_the_scores_file(trained, tmp_path, capsys):
     == (result["table"])
   )
   assert result["table"] in printed
-  z = np.load(os.path.join(trained, "eval", "ecg_manifest", "test.scores.npz"))
+  z = np.load(os.path.join(trained, "eval", "independent", "test.scores.npz"))
   labels, scores = list(z["labels"]), z["scores"]
   folder = os.path.join(str(tmp_path), sim.folder_name(0, 28))
   finding = {

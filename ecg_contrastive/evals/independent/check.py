@@ -24,6 +24,9 @@ from ecg_contrastive import checkpoints, paths
 from ecg_contrastive.evals.independent import simulate
 
 DATASET = "ecg_manifest"
+OUT_NAME = (
+  "independent"  # RUN/eval/independent/: apart from a --mode eval of a real ecg_manifest folder
+)
 SPLIT = "test"
 LABEL_SET = "terms98"
 
@@ -139,9 +142,11 @@ def run_check(
   run_config = checkpoints.read_config(workdir)
   ind = in_distribution(workdir, run_config.dataset)  # before our own row is appended
   folder = simulate.write_folder(out or default_root(), records, seed)
-  results = evaluate_checkpoint(eval_config(run_config, folder), workdir, step=step)
+  results = evaluate_checkpoint(
+    eval_config(run_config, folder), workdir, step=step, out_name=OUT_NAME
+  )
   metrics = results[SPLIT][LABEL_SET]
-  scores_file = paths.join(workdir, "eval", DATASET, f"{file_stem(SPLIT, LABEL_SET)}.scores.npz")
+  scores_file = paths.join(workdir, "eval", OUT_NAME, f"{file_stem(SPLIT, LABEL_SET)}.scores.npz")
   with np.load(io.BytesIO(paths.read_bytes(scores_file))) as z:
     record_id, labels, scores = list(z["record_id"]), list(z["labels"]), z["scores"]
   with open(os.path.join(folder, "manifest.csv"), encoding="utf-8") as f:
