@@ -24,7 +24,7 @@ from ecg_contrastive.data.resident import (
   place_split,
 )
 from ecg_contrastive.errors import DataError
-from ecg_contrastive.sharding import data_sharding, make_mesh
+from ecg_contrastive.sharding import data_sharding
 
 RECORDS, BATCH = 203, 32  # 6 full batches and a padded seventh of 11 records
 ECG_BYTES = 5000 * 12 * 2
@@ -49,12 +49,6 @@ class ArraySource:
       return rows
     out[...] = rows
     return out
-
-
-@pytest.fixture(scope="module")
-def mesh():
-  assert jax.device_count() == 8
-  return make_mesh()
 
 
 @pytest.fixture(scope="module")
