@@ -22,20 +22,14 @@ import numpy as np
 
 from bench.jax_step import ProjectStep
 from bench.results import Column
-from bench.rows import step_row
-from bench.timing import time_windows
+from bench.rows import step_row, timed_columns
+from bench.timing import drained_warmup, time_windows
 from bench.workload import Workload, random_batches, random_table
 from bench.xla_stats import compiled_bytes_per_device, compiled_flops, peak_device_bytes
 
 STEP_KEYS = ("ecg", "report_row")  # what the step reads; the iterator's 'index' is not passed
 
-COLUMNS: list[Column] = [
-  ("impl", "implementation", ""),
-  ("batch", "global batch", "d"),
-  ("ecg_per_s", "ECG/s", ",.0f"),
-  ("step_ms", "step ms (median)", ".2f"),
-  ("step_ms_min", "min", ".2f"),
-  ("step_ms_max", "max", ".2f"),
+COLUMNS: list[Column] = timed_columns() + [
   ("tflops", "TFLOP/s (analytic)", ".3g"),
   ("peak_gib", "peak GiB", ".2f"),
   ("fraction", "fraction of device-resident", ".3f"),
@@ -76,9 +70,7 @@ def run(
     prefetch=prefetch,
   )
   take = lambda: {k: v for k, v in next(batches).items() if k in STEP_KEYS}
-  drained = dict(
-    warmup=max(warmup, prefetch + 2), windows=windows, steps=steps
-  )  # past the filled queue
+  drained = dict(warmup=drained_warmup(warmup, prefetch), windows=windows, steps=steps)
   last: dict[str, jax.Array] = {}
   alone = time_windows(
     lambda i: last.update(take()), lambda: jax.block_until_ready(last), **drained

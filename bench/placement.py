@@ -23,20 +23,16 @@ import jax
 import numpy as np
 
 from bench.results import Column
-from bench.timing import Timing, time_windows
+from bench.rows import timed_columns, timed_row
+from bench.timing import Timing, drained_warmup, time_windows
 from bench.workload import Workload, random_batches, random_table
 
 log = logging.getLogger("bench")
 STEP_KEYS = ("ecg", "report_row")  # what the step reads
 
-COLUMNS: list[Column] = [
-  ("impl", "path", ""),
-  ("batch", "global batch", "d"),
-  ("ecg_per_s", "ECG/s", ",.0f"),
-  ("gb_per_s", "GB/s of int16", ".2f"),
-  ("step_ms", "ms per batch (median)", ".2f"),
-  ("step_ms_min", "min", ".2f"),
-  ("step_ms_max", "max", ".2f"),
+COLUMNS: list[Column] = timed_columns(
+  "path", "ms per batch", [("gb_per_s", "GB/s of int16", ".2f")]
+) + [
   ("vs_host", "x host", ".2f"),
   ("place_s", "placing the split (s)", ".1f"),
 ]
@@ -91,7 +87,7 @@ def run(
   timings = _alternating(
     {name: _input_only(batches) for name, batches in iterators.items()},
     lambda: None,
-    warmup=max(warmup, prefetch + 2),
+    warmup=drained_warmup(warmup, prefetch),
     windows=windows,
     steps=steps,
     drain=prefetch + 1,
@@ -106,7 +102,7 @@ def run(
     fed = _alternating(
       {name: (lambda i, b=batches: step(take(b))) for name, batches in iterators.items()},
       step.sync,
-      warmup=max(warmup, prefetch + 2),
+      warmup=drained_warmup(warmup, prefetch),
       windows=windows,
       steps=steps,
       drain=prefetch + 1,
@@ -155,15 +151,5 @@ def _alternating(
 
 
 def _row(impl: str, batch_size: int, timing: Timing) -> dict[str, Any]:
-  rate = timing.per_second(batch_size)
-  return {
-    "impl": impl,
-    "batch": batch_size,
-    "ecg_per_s": rate,
-    "gb_per_s": rate * 120_000 / 1e9,
-    "step_ms": 1e3 * timing.step_s,
-    "step_ms_min": 1e3 * timing.min_step_s,
-    "step_ms_max": 1e3 * timing.max_step_s,
-    "windows": len(timing.window_s),
-    "steps_per_window": timing.steps,
-  }
+  row = timed_row(impl, batch_size, timing)
+  return dict(row, gb_per_s=row["ecg_per_s"] * 120_000 / 1e9)

@@ -59,3 +59,9 @@ def time_windows(
     sync()
     times.append(time.perf_counter() - start)
   return Timing(tuple(times), steps)
+
+
+def drained_warmup(warmup: int, prefetch: int) -> int:
+  """Warm-up steps of a run that reads an input pipeline prefetching `prefetch` batches: at least prefetch + 2,
+  so that the timed windows start past the queue filled beforehand, which would flatter them."""
+  return max(warmup, prefetch + 2)
