@@ -36,6 +36,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from bench.timing import InputRun  # no JAX: XLA_FLAGS may still be set after it
+
 if TYPE_CHECKING:
   from bench.workload import Workload
 
@@ -91,6 +93,21 @@ def _dataset_args(p: argparse.ArgumentParser, dataset: str) -> None:
   p.add_argument("--dataset", default=dataset, help="TFDS name/config, built on first use")
   p.add_argument("--split", default="train")
   p.add_argument("--data-dir", default="", help="'' -> the pipeline's default data directory")
+
+
+def _input_run(args: argparse.Namespace) -> InputRun:
+  """The settings of an input benchmark (pipeline, placement) from its arguments (_dataset_args, --batch-size,
+  --prefetch, _timing_args, --seed)."""
+  data_dir = args.data_dir or None
+  return InputRun(
+    args.batch_size,
+    args.dataset,
+    args.split,
+    data_dir,
+    args.prefetch,
+    **_timing(args),
+    seed=args.seed,
+  )
 
 
 def _cpu_devices_arg(p: argparse.ArgumentParser) -> None:
@@ -201,17 +218,7 @@ def _pipeline(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict
 
   workload = _workload(args)
   meta.update(workload=dict(workload.__dict__, dataset=args.dataset, split=args.split))
-  rows = input_path.run(
-    workload,
-    args.batch_size,
-    args.dataset,
-    args.split,
-    args.data_dir or None,
-    prefetch=args.prefetch,
-    **_timing(args),
-    seed=args.seed,
-  )
-  return rows, input_path.COLUMNS
+  return input_path.run(workload, _input_run(args)), input_path.COLUMNS
 
 
 def _memory_args(p: argparse.ArgumentParser) -> None:
@@ -303,17 +310,7 @@ def _placement(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dic
     args.model = args.step
     workload = _workload(args)
   meta.update(dataset=args.dataset, split=args.split, step=workload and workload.name)
-  rows = placement.run(
-    args.batch_size,
-    args.dataset,
-    args.split,
-    args.data_dir or None,
-    prefetch=args.prefetch,
-    **_timing(args),
-    seed=args.seed,
-    workload=workload,
-  )
-  return rows, placement.COLUMNS
+  return placement.run(_input_run(args), workload), placement.COLUMNS
 
 
 # name: (_<name>_args, _<name>), in the order of --help. One line per subcommand: add yours as a line of its own.
