@@ -33,8 +33,10 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+from bench.timing import InputRun  # no JAX: XLA_FLAGS may still be set after it
 
 if TYPE_CHECKING:
   from bench.workload import Workload
@@ -71,6 +73,11 @@ def _timing_args(p: argparse.ArgumentParser, warmup: int, windows: int, steps: i
   p.add_argument("--steps", type=int, default=steps, help="steps per timed window")
 
 
+def _timing(args: argparse.Namespace) -> dict[str, int]:
+  """The timing arguments (_timing_args) as keywords of a benchmark's run()."""
+  return dict(warmup=args.warmup, windows=args.windows, steps=args.steps)
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
   p.add_argument(
     "--model", default="paper", choices=["paper", "tiny"], help="workload preset (workload.py)"
@@ -81,15 +88,45 @@ def _model_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--seed", type=int, default=0)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-    prog="python -m bench",
-    description=__doc__,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
-  sub = parser.add_subparsers(dest="command", required=True)
+def _dataset_args(p: argparse.ArgumentParser, dataset: str) -> None:
+  """--dataset, --split, --data-dir: the split a data benchmark opens (built on first use)."""
+  p.add_argument("--dataset", default=dataset, help="TFDS name/config, built on first use")
+  p.add_argument("--split", default="train")
+  p.add_argument("--data-dir", default="", help="'' -> the pipeline's default data directory")
 
-  p = sub.add_parser("step", help="our training step vs PyTorch eager / torch.compile")
+
+def _input_run(args: argparse.Namespace) -> InputRun:
+  """The settings of an input benchmark (pipeline, placement) from its arguments (_dataset_args, --batch-size,
+  --prefetch, _timing_args, --seed)."""
+  data_dir = args.data_dir or None
+  return InputRun(
+    args.batch_size,
+    args.dataset,
+    args.split,
+    data_dir,
+    args.prefetch,
+    **_timing(args),
+    seed=args.seed,
+  )
+
+
+def _cpu_devices_arg(p: argparse.ArgumentParser) -> None:
+  """--cpu-devices: run_command sets XLA_FLAGS from it before JAX starts."""
+  p.add_argument(
+    "--cpu-devices",
+    type=int,
+    default=0,
+    help="on CPU, run with this many virtual devices (sets XLA_FLAGS before JAX starts)",
+  )
+
+
+# ----------------------------------------------------------------------------- the subcommands
+# Each: _<name>_args(p), whose docstring is its --help line, and _<name>(args, meta) -> (rows, columns), which runs
+# it (meta: the results file's card, to add to). Registered in SUBCOMMANDS below, one line each.
+
+
+def _step_args(p: argparse.ArgumentParser) -> None:
+  """our training step vs PyTorch eager / torch.compile"""
   _model_args(p)
   p.add_argument(
     "--batch-sizes", type=_ints, default=[256, 1024], help="global batch sizes, comma-separated"
@@ -134,31 +171,61 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     "fusions the profile names: what each reads and writes)",
   )
   _timing_args(p, warmup=3, windows=5, steps=10)
-  p.add_argument("--out", default="bench_out/step", help="writes OUT.json and OUT.csv")
 
-  p = sub.add_parser("pipeline", help="our step fed by the real input pipeline")
+
+def _step(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
+  from bench import results, step
+  from bench.rows import STEP_COLUMNS
+
+  workload = _workload(args)
+  meta.update(
+    workload=dict(workload.__dict__, train_gflop_per_ecg=workload.train_flops_per_ecg() / 1e9)
+  )
+  if args.torch and not args.plan_only:
+    import torch
+
+    if args.torch_threads:
+      torch.set_num_threads(args.torch_threads)
+    meta.update(torch_threads=torch.get_num_threads())
+  rows = step.run(
+    workload,
+    args.batch_sizes,
+    args.torch,
+    **_timing(args),
+    buffers=args.buffers,
+    seed=args.seed,
+    profile_dir=args.profile,
+    microbatches=args.microbatches,
+    plan_only=args.plan_only,
+    hlo_path=args.dump_hlo,
+    bn_backwards=args.bn_backward,
+    on_row=lambda rows: results.write_results(args.out, meta, rows, STEP_COLUMNS),
+  )
+  return rows, STEP_COLUMNS
+
+
+def _pipeline_args(p: argparse.ArgumentParser) -> None:
+  """our step fed by the real input pipeline"""
   _model_args(p)
   p.add_argument("--batch-size", type=int, default=1024, help="global batch size")
-  p.add_argument(
-    "--dataset", default="synthetic_ecg_ja/tiny", help="TFDS name/config, built on first use"
-  )
-  p.add_argument("--split", default="train")
-  p.add_argument("--data-dir", default="", help="'' -> the pipeline's default data directory")
+  _dataset_args(p, "synthetic_ecg_ja/tiny")
   p.add_argument("--prefetch", type=int, default=4, help="batches the pipeline prepares ahead")
   _timing_args(p, warmup=3, windows=5, steps=10)
-  p.add_argument("--out", default="bench_out/pipeline", help="writes OUT.json and OUT.csv")
 
-  p = sub.add_parser(
-    "memory", help="per-device loss memory vs global batch size, against a naive B x B loss"
-  )
+
+def _pipeline(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
+  from bench import input_path
+
+  workload = _workload(args)
+  meta.update(workload=dict(workload.__dict__, dataset=args.dataset, split=args.split))
+  return input_path.run(workload, _input_run(args)), input_path.COLUMNS
+
+
+def _memory_args(p: argparse.ArgumentParser) -> None:
+  """per-device loss memory vs global batch size, against a naive B x B loss"""
   p.add_argument("--batch-sizes", type=_ints, default=[256, 512, 1024, 2048, 4096, 8192])
   p.add_argument("--embed-dim", type=int, default=256)
-  p.add_argument(
-    "--cpu-devices",
-    type=int,
-    default=0,
-    help="on CPU, run with this many virtual devices (sets XLA_FLAGS before JAX starts)",
-  )
+  _cpu_devices_arg(p)
   p.add_argument(
     "--tiles",
     type=_ints,
@@ -179,40 +246,52 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     help="with --tiles: compile the dense loss only up to this batch (its plan grows as B^2 / n; compiling "
     "is quick: XLA plans 2.5 TiB per device at 2^20 without allocating it)",
   )
-  p.add_argument("--out", default="bench_out/memory", help="writes OUT.json and OUT.csv")
 
-  p = sub.add_parser(
-    "host-read", help="ECG/s of reading rows: shards streamed with N threads vs the int16 cache"
-  )
-  p.add_argument(
-    "--dataset", default="synthetic_ecg_ja/demo", help="TFDS name/config, built on first use"
-  )
-  p.add_argument("--split", default="train")
-  p.add_argument("--data-dir", default="", help="'' -> the pipeline's default data directory")
+
+def _memory(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
+  from bench import loss_memory
+
+  if args.tiles:
+    rows = loss_memory.tiled_rows(
+      args.batch_sizes, args.embed_dim, args.tiles, args.time_batch, args.dense_max_batch
+    )
+    return rows, loss_memory.TILED_COLUMNS
+  return loss_memory.run(args.batch_sizes, args.embed_dim), loss_memory.COLUMNS
+
+
+def _host_read_args(p: argparse.ArgumentParser) -> None:
+  """ECG/s of reading rows: shards streamed with N threads vs the int16 cache"""
+  _dataset_args(p, "synthetic_ecg_ja/demo")
   p.add_argument("--batch-size", type=int, default=256, help="rows per read (one process's batch)")
   p.add_argument("--batches", type=int, default=20, help="batches per pass (random rows, sorted)")
   p.add_argument(
     "--threads", type=_ints, default=[1, 2, 4], help="reader thread counts, comma-separated"
   )
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", default="bench_out/host_read", help="writes OUT.json and OUT.csv")
 
-  p = sub.add_parser(
-    "placement", help="input path: split on the host vs resident on the devices, one run"
+
+def _host_read(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
+  from bench import host_read
+
+  meta.update(workload=dict(dataset=args.dataset, split=args.split, batch=args.batch_size))
+  rows = host_read.run(
+    args.dataset,
+    args.split,
+    args.data_dir or None,
+    args.batch_size,
+    args.batches,
+    args.threads,
+    seed=args.seed,
   )
+  return rows, host_read.COLUMNS
+
+
+def _placement_args(p: argparse.ArgumentParser) -> None:
+  """input path: split on the host vs resident on the devices, one run"""
   p.add_argument("--batch-size", type=int, default=256, help="global batch size")
-  p.add_argument(
-    "--dataset", default="synthetic_ecg_ja/demo", help="TFDS name/config, built on first use"
-  )
-  p.add_argument("--split", default="train")
-  p.add_argument("--data-dir", default="", help="'' -> the pipeline's default data directory")
+  _dataset_args(p, "synthetic_ecg_ja/demo")
   p.add_argument("--prefetch", type=int, default=2, help="batches each iterator prepares ahead")
-  p.add_argument(
-    "--cpu-devices",
-    type=int,
-    default=0,
-    help="on CPU, run with this many virtual devices (sets XLA_FLAGS before JAX starts)",
-  )
+  _cpu_devices_arg(p)
   p.add_argument(
     "--step",
     choices=["paper", "tiny"],
@@ -221,8 +300,41 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--dtype", choices=["bfloat16", "float32"], help="with --step: compute dtype")
   p.add_argument("--seed", type=int, default=0)
   _timing_args(p, warmup=3, windows=5, steps=20)
-  p.add_argument("--out", default="bench_out/placement", help="writes OUT.json and OUT.csv")
 
+
+def _placement(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
+  from bench import placement
+
+  workload = None
+  if args.step:
+    args.model = args.step
+    workload = _workload(args)
+  meta.update(dataset=args.dataset, split=args.split, step=workload and workload.name)
+  return placement.run(_input_run(args), workload), placement.COLUMNS
+
+
+# name: (_<name>_args, _<name>), in the order of --help. One line per subcommand: add yours as a line of its own.
+SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable]] = {
+  "step": (_step_args, _step),
+  "pipeline": (_pipeline_args, _pipeline),
+  "memory": (_memory_args, _memory),
+  "host-read": (_host_read_args, _host_read),
+  "placement": (_placement_args, _placement),
+}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+    prog="python -m bench",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  sub = parser.add_subparsers(dest="command", required=True)
+  for name, (add_args, _) in SUBCOMMANDS.items():
+    p = sub.add_parser(name, help=add_args.__doc__)
+    add_args(p)
+    out = f"bench_out/{name.replace('-', '_')}"
+    p.add_argument("--out", default=out, help="writes OUT.json and OUT.csv")
   p = sub.add_parser("show", help="print the tables of results files (PREFIX.json) again")
   p.add_argument("files", nargs="+", help="PREFIX.json files written by step, pipeline or memory")
   return parser.parse_args(argv)
@@ -249,127 +361,18 @@ def _workload(args: argparse.Namespace) -> Workload:
   return dataclasses.replace(workload, dtype=args.dtype) if args.dtype else workload
 
 
-def _step(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
-  from bench import results, step
-  from bench.rows import STEP_COLUMNS
-
-  workload = _workload(args)
-  meta.update(
-    workload=dict(workload.__dict__, train_gflop_per_ecg=workload.train_flops_per_ecg() / 1e9)
-  )
-  if args.torch and not args.plan_only:
-    import torch
-
-    if args.torch_threads:
-      torch.set_num_threads(args.torch_threads)
-    meta.update(torch_threads=torch.get_num_threads())
-  rows = step.run(
-    workload,
-    args.batch_sizes,
-    args.torch,
-    warmup=args.warmup,
-    windows=args.windows,
-    steps=args.steps,
-    buffers=args.buffers,
-    seed=args.seed,
-    profile_dir=args.profile,
-    microbatches=args.microbatches,
-    plan_only=args.plan_only,
-    hlo_path=args.dump_hlo,
-    bn_backwards=args.bn_backward,
-    on_row=lambda rows: results.write_results(args.out, meta, rows, STEP_COLUMNS),
-  )
-  return rows, STEP_COLUMNS
-
-
-def _pipeline(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
-  from bench import input_path
-
-  workload = _workload(args)
-  meta.update(workload=dict(workload.__dict__, dataset=args.dataset, split=args.split))
-  rows = input_path.run(
-    workload,
-    args.batch_size,
-    args.dataset,
-    args.split,
-    args.data_dir or None,
-    prefetch=args.prefetch,
-    warmup=args.warmup,
-    windows=args.windows,
-    steps=args.steps,
-    seed=args.seed,
-  )
-  return rows, input_path.COLUMNS
-
-
-def _placement(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
-  from bench import placement
-
-  workload = None
-  if args.step:
-    args.model = args.step
-    workload = _workload(args)
-  meta.update(dataset=args.dataset, split=args.split, step=workload and workload.name)
-  rows = placement.run(
-    args.batch_size,
-    args.dataset,
-    args.split,
-    args.data_dir or None,
-    prefetch=args.prefetch,
-    warmup=args.warmup,
-    windows=args.windows,
-    steps=args.steps,
-    seed=args.seed,
-    workload=workload,
-  )
-  return rows, placement.COLUMNS
-
-
-def _memory(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
-  from bench import loss_memory
-
-  if args.tiles:
-    rows = loss_memory.tiled_rows(
-      args.batch_sizes, args.embed_dim, args.tiles, args.time_batch, args.dense_max_batch
-    )
-    return rows, loss_memory.TILED_COLUMNS
-  return loss_memory.run(args.batch_sizes, args.embed_dim), loss_memory.COLUMNS
-
-
-def _host_read(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
-  from bench import host_read
-
-  meta.update(workload=dict(dataset=args.dataset, split=args.split, batch=args.batch_size))
-  rows = host_read.run(
-    args.dataset,
-    args.split,
-    args.data_dir or None,
-    args.batch_size,
-    args.batches,
-    args.threads,
-    seed=args.seed,
-  )
-  return rows, host_read.COLUMNS
-
-
 def run_command(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]], list]:
-  """Runs step, pipeline, memory, host-read or placement; returns (meta, rows, columns). Imports lazily:
-  JAX must start after XLA_FLAGS is set, and each subcommand loads only its own stack."""
-  if args.command in ("memory", "placement") and args.cpu_devices:
+  """Runs a subcommand of SUBCOMMANDS; returns (meta, rows, columns). Imports lazily: JAX must start after
+  XLA_FLAGS is set (--cpu-devices), and each subcommand loads only its own stack."""
+  if getattr(args, "cpu_devices", 0):
     _force_cpu_devices(args.cpu_devices)
   import jax
 
   from bench import results
 
   meta = dict(results.environment(jax.devices()), subcommand=args.command)
-  commands = {
-    "step": _step,
-    "pipeline": _pipeline,
-    "memory": _memory,
-    "host-read": _host_read,
-    "placement": _placement,
-  }
-  rows, columns = commands[args.command](args, meta)
+  _, run = SUBCOMMANDS[args.command]
+  rows, columns = run(args, meta)
   return meta, rows, columns
 
 

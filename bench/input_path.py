@@ -22,70 +22,51 @@ import numpy as np
 
 from bench.jax_step import ProjectStep
 from bench.results import Column
-from bench.rows import step_row
-from bench.timing import time_windows
+from bench.rows import step_row, timed_columns
+from bench.timing import InputRun, time_windows
 from bench.workload import Workload, random_batches, random_table
 from bench.xla_stats import compiled_bytes_per_device, compiled_flops, peak_device_bytes
 
 STEP_KEYS = ("ecg", "report_row")  # what the step reads; the iterator's 'index' is not passed
 
-COLUMNS: list[Column] = [
-  ("impl", "implementation", ""),
-  ("batch", "global batch", "d"),
-  ("ecg_per_s", "ECG/s", ",.0f"),
-  ("step_ms", "step ms (median)", ".2f"),
-  ("step_ms_min", "min", ".2f"),
-  ("step_ms_max", "max", ".2f"),
+COLUMNS: list[Column] = timed_columns() + [
   ("tflops", "TFLOP/s (analytic)", ".3g"),
   ("peak_gib", "peak GiB", ".2f"),
   ("fraction", "fraction of device-resident", ".3f"),
 ]
 
 
-def run(
-  workload: Workload,
-  batch_size: int,
-  dataset: str,
-  split: str,
-  data_dir: str | None,
-  *,
-  prefetch: int,
-  warmup: int,
-  windows: int,
-  steps: int,
-  seed: int,
-  buffers: int = 4,
-) -> list[dict[str, Any]]:
+def run(workload: Workload, setup: InputRun, buffers: int = 4) -> list[dict[str, Any]]:
   """Results rows: the pipeline alone, ours on device-resident batches, ours fed by the pipeline."""
   from ecg_contrastive.data import pipeline  # here: the step benchmark does not need the data stack
 
+  batch_size = setup.batch_size
   start = time.perf_counter()
-  source = pipeline.open_source(dataset, split, data_dir)
+  source = pipeline.open_source(setup.dataset, setup.split, setup.data_dir)
   open_s = time.perf_counter() - start
-  report_rows = np.random.default_rng(seed).integers(
+  report_rows = np.random.default_rng(setup.seed).integers(
     0, workload.table_rows, len(source), dtype=np.int32
   )
-  example = random_batches(workload, batch_size, 1, seed)[0]
-  step = ProjectStep(workload, batch_size, random_table(workload, seed), example)
+  example = random_batches(workload, batch_size, 1, setup.seed)[0]
+  step = ProjectStep(workload, batch_size, random_table(workload, setup.seed), example)
   batches = pipeline.BatchIterator(
     source,
     global_batch_size=batch_size,
     mesh=step.mesh,
-    seed=seed,
+    seed=setup.seed,
     columns={"report_row": report_rows},
-    prefetch=prefetch,
+    prefetch=setup.prefetch,
   )
   take = lambda: {k: v for k, v in next(batches).items() if k in STEP_KEYS}
-  drained = dict(
-    warmup=max(warmup, prefetch + 2), windows=windows, steps=steps
-  )  # past the filled queue
+  windows = dict(windows=setup.windows, steps=setup.steps)
+  drained = dict(warmup=setup.drained_warmup, **windows)  # past the filled queue
   last: dict[str, jax.Array] = {}
   alone = time_windows(
     lambda i: last.update(take()), lambda: jax.block_until_ready(last), **drained
   )
   resident = [take() for _ in range(buffers)]
   on_device = time_windows(
-    lambda i: step(resident[i % buffers]), step.sync, warmup=warmup, windows=windows, steps=steps
+    lambda i: step(resident[i % buffers]), step.sync, warmup=setup.warmup, **windows
   )
   fed = time_windows(lambda i: step(take()), step.sync, **drained)
   batches.close()
@@ -105,6 +86,6 @@ def run(
       fraction=row["ecg_per_s"] / rows[1]["ecg_per_s"],
       records=len(source),
       open_s=open_s,
-      prefetch=prefetch,
+      prefetch=setup.prefetch,
     )
   return rows

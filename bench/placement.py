@@ -23,48 +23,35 @@ import jax
 import numpy as np
 
 from bench.results import Column
-from bench.timing import Timing, time_windows
+from bench.rows import timed_columns, timed_row
+from bench.timing import InputRun, Timing, time_windows
 from bench.workload import Workload, random_batches, random_table
 
 log = logging.getLogger("bench")
 STEP_KEYS = ("ecg", "report_row")  # what the step reads
 
-COLUMNS: list[Column] = [
-  ("impl", "path", ""),
-  ("batch", "global batch", "d"),
-  ("ecg_per_s", "ECG/s", ",.0f"),
-  ("gb_per_s", "GB/s of int16", ".2f"),
-  ("step_ms", "ms per batch (median)", ".2f"),
-  ("step_ms_min", "min", ".2f"),
-  ("step_ms_max", "max", ".2f"),
+COLUMNS: list[Column] = timed_columns(
+  "path", "ms per batch", [("gb_per_s", "GB/s of int16", ".2f")]
+) + [
   ("vs_host", "x host", ".2f"),
   ("place_s", "placing the split (s)", ".1f"),
 ]
 
 
-def run(
-  batch_size: int,
-  dataset: str,
-  split: str,
-  data_dir: str | None,
-  *,
-  prefetch: int,
-  warmup: int,
-  windows: int,
-  steps: int,
-  seed: int,
-  workload: Workload | None = None,
-) -> list[dict[str, Any]]:
+def run(setup: InputRun, workload: Workload | None = None) -> list[dict[str, Any]]:
   """Rows: each placement's input path alone, then (with a workload) the step fed by each."""
   from ecg_contrastive.data import pipeline
   from ecg_contrastive.data.batches import BatchIterator
   from ecg_contrastive.data.resident import DeviceBatchIterator, place_split
   from ecg_contrastive.sharding import make_mesh
 
-  source = pipeline.open_source(dataset, split, data_dir)
+  batch_size = setup.batch_size
+  source = pipeline.open_source(setup.dataset, setup.split, setup.data_dir)
   mesh = make_mesh()
   table_rows = workload.table_rows if workload else 1
-  report_rows = np.random.default_rng(seed).integers(0, table_rows, len(source), dtype=np.int32)
+  report_rows = np.random.default_rng(setup.seed).integers(
+    0, table_rows, len(source), dtype=np.int32
+  )
   start = time.perf_counter()
   placed = jax.block_until_ready(place_split(source, mesh))
   place_s = time.perf_counter() - start
@@ -74,9 +61,9 @@ def run(
   kwargs = dict(
     global_batch_size=batch_size,
     mesh=mesh,
-    seed=seed,
+    seed=setup.seed,
     columns={"report_row": report_rows},
-    prefetch=prefetch,
+    prefetch=setup.prefetch,
   )
   iterators = {
     "host placement": BatchIterator(source, **kwargs),
@@ -91,25 +78,19 @@ def run(
   timings = _alternating(
     {name: _input_only(batches) for name, batches in iterators.items()},
     lambda: None,
-    warmup=max(warmup, prefetch + 2),
-    windows=windows,
-    steps=steps,
-    drain=prefetch + 1,
+    setup,
   )
   rows = [_row(f"{name}, input alone", batch_size, t) for name, t in timings.items()]
   if workload is not None:
     from bench.jax_step import ProjectStep
 
-    example = random_batches(workload, batch_size, 1, seed)[0]
-    step = ProjectStep(workload, batch_size, random_table(workload, seed), example)
+    example = random_batches(workload, batch_size, 1, setup.seed)[0]
+    step = ProjectStep(workload, batch_size, random_table(workload, setup.seed), example)
     take = lambda batches: {k: v for k, v in next(batches).items() if k in STEP_KEYS}
     fed = _alternating(
       {name: (lambda i, b=batches: step(take(b))) for name, batches in iterators.items()},
       step.sync,
-      warmup=max(warmup, prefetch + 2),
-      windows=windows,
-      steps=steps,
-      drain=prefetch + 1,
+      setup,
     )
     rows += [
       dict(_row(f"jax (ours) step, {name}", batch_size, t), loss=step.loss(), model=workload.name)
@@ -125,9 +106,9 @@ def run(
       place_s=place_s if "device" in row["impl"] else None,
       gathers_compiled=gathers,
       records=len(source),
-      dataset=dataset,
-      split=split,
-      prefetch=prefetch,
+      dataset=setup.dataset,
+      split=setup.split,
+      prefetch=setup.prefetch,
       load_average_start=load[0],
       load_average_end=load[1],
     )
@@ -139,31 +120,19 @@ def _input_only(batches):
   return lambda i: jax.block_until_ready(next(batches))
 
 
-def _alternating(
-  runs: dict, sync, *, warmup: int, windows: int, steps: int, drain: int
-) -> dict[str, Timing]:
-  """time_windows of each run, one window at a time in turn. Each window first takes `drain` untimed steps: what
-  an iterator's reader thread prepared while the other one was timed does not count."""
+def _alternating(runs: dict, sync, setup: InputRun) -> dict[str, Timing]:
+  """time_windows of each run, one window at a time in turn. Each window first takes prefetch + 1 untimed steps:
+  what an iterator's reader thread prepared while the other one was timed does not count."""
   for run in runs.values():
-    time_windows(run, sync, warmup=warmup, windows=1, steps=1)
+    time_windows(run, sync, warmup=setup.drained_warmup, windows=1, steps=1)
   times: dict[str, list[float]] = {name: [] for name in runs}
-  for _ in range(windows):
+  for _ in range(setup.windows):
     for name, run in runs.items():
-      timing = time_windows(run, sync, warmup=drain, windows=1, steps=steps)
+      timing = time_windows(run, sync, warmup=setup.prefetch + 1, windows=1, steps=setup.steps)
       times[name].extend(timing.window_s)
-  return {name: Timing(tuple(t), steps) for name, t in times.items()}
+  return {name: Timing(tuple(t), setup.steps) for name, t in times.items()}
 
 
 def _row(impl: str, batch_size: int, timing: Timing) -> dict[str, Any]:
-  rate = timing.per_second(batch_size)
-  return {
-    "impl": impl,
-    "batch": batch_size,
-    "ecg_per_s": rate,
-    "gb_per_s": rate * 120_000 / 1e9,
-    "step_ms": 1e3 * timing.step_s,
-    "step_ms_min": 1e3 * timing.min_step_s,
-    "step_ms_max": 1e3 * timing.max_step_s,
-    "windows": len(timing.window_s),
-    "steps_per_window": timing.steps,
-  }
+  row = timed_row(impl, batch_size, timing)
+  return dict(row, gb_per_s=row["ecg_per_s"] * 120_000 / 1e9)

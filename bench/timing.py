@@ -59,3 +59,25 @@ def time_windows(
     sync()
     times.append(time.perf_counter() - start)
   return Timing(tuple(times), steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputRun:
+  """A benchmark of the input path (bench pipeline, bench placement): the split it reads, its batches, how its
+  windows are timed (time_windows) and the seed of the record order and the inputs."""
+
+  batch_size: int  # global
+  dataset: str  # TFDS name/config, built on first use
+  split: str
+  data_dir: str | None  # None: the pipeline's default data directory
+  prefetch: int  # batches an iterator prepares ahead
+  warmup: int
+  windows: int
+  steps: int
+  seed: int
+
+  @property
+  def drained_warmup(self) -> int:
+    """Warm-up steps of a run that reads an iterator: at least prefetch + 2, so that the timed windows start
+    past the queue filled beforehand, which would flatter them."""
+    return max(self.warmup, self.prefetch + 2)

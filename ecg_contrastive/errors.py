@@ -1,7 +1,8 @@
 """UserError: the base of every error a user can fix (a bad config value, a missing or damaged file).
 
-The command lines (ecg_contrastive.main, ecg_contrastive.export.predict) print such an error as one line,
-`error: <message>`, and exit with code 2; any other exception is a bug and keeps its traceback.
+The command lines (ecg_contrastive.main, export.predict, data.prepare and sweep through `exit_code`) print such
+an error as one line, `error: <message>`, and exit with code 2; any other exception is a bug and keeps its
+traceback.
 Set ECG_CONTRASTIVE_TRACEBACK=1 (or pass --verbose) to see the traceback of a UserError too.
 
 A module raises one by subclassing both UserError and the builtin class callers expect:
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
+from collections.abc import Callable
 
 TRACEBACK_ENV = "ECG_CONTRASTIVE_TRACEBACK"
 
@@ -47,3 +50,19 @@ def one_line(error: BaseException) -> str:
 def want_traceback(argv: list[str] | None = None) -> bool:
   """Whether --verbose is on the command line or $ECG_CONTRASTIVE_TRACEBACK is set (not '0' or empty)."""
   return os.environ.get(TRACEBACK_ENV, "") not in ("", "0") or "--verbose" in (argv or [])
+
+
+def exit_code(
+  run: Callable[[], int],
+  verbose: bool,
+  mistakes: tuple[type[BaseException], ...] = (UserError, FileNotFoundError),
+) -> int:
+  """A command's exit code: run()'s, or 2 after `error: <one line>` on stderr when it raises one of `mistakes`
+  (a user's, not a bug); with `verbose` the error is raised again, traceback and all."""
+  try:
+    return run()
+  except mistakes as e:
+    if verbose:
+      raise
+    print(f"error: {one_line(e)}", file=sys.stderr)
+    return 2

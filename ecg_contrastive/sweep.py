@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ecg_contrastive import paths
-from ecg_contrastive.errors import UserError, one_line
+from ecg_contrastive.errors import UserError, exit_code, one_line, want_traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LR_RULES = ("none", "linear", "sqrt")
@@ -582,15 +582,10 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   args, overrides = parse(sys.argv[1:] if argv is None else argv)
-  try:
-    return sweep(args, overrides, say=lambda line: print(line, flush=True))
-  except (UserError, FileNotFoundError) as e:
-    if "--verbose" in (argv or sys.argv) or os.environ.get("ECG_CONTRASTIVE_TRACEBACK", "") not in (
-      "",
-      "0",
-    ):
-      raise
-    fail(one_line(e))
+  return exit_code(
+    lambda: sweep(args, overrides, say=lambda line: print(line, flush=True)),
+    want_traceback(argv or sys.argv),
+  )
 
 
 if __name__ == "__main__":

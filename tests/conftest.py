@@ -18,6 +18,8 @@ import atexit  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
+import pytest  # noqa: E402
+
 _caches = tempfile.mkdtemp(prefix="ecg_contrastive_test_caches_")
 atexit.register(shutil.rmtree, _caches, ignore_errors=True)
 os.environ["ECG_CONTRASTIVE_DATA"] = os.path.join(_caches, "tfds")
@@ -71,3 +73,28 @@ def pytest_collection_modifyitems(config, items):
   items.sort(
     key=lambda item: rank.get(item.path.name, len(rank))
   )  # stable: a file's tests keep their order
+
+
+# The data tests' shared fixtures: one tiny dataset per test module (each module builds its own, so no module can
+# see another's caches) and the 8-device mesh. Imports inside: the many tests that use neither start no TFDS.
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """A TFDS data dir holding synthetic_ecg_ja/tiny (tests/data_helpers.DATASET), built for this module."""
+  import tensorflow_datasets as tfds
+
+  from tests.data_helpers import DATASET
+
+  path = tmp_path_factory.mktemp("tfds")
+  tfds.builder(DATASET, data_dir=str(path)).download_and_prepare()
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  """sharding.make_mesh() over the 8 virtual CPU devices set above."""
+  import jax
+
+  from ecg_contrastive import sharding
+
+  assert jax.device_count() == 8, "tests/conftest.py sets 8 virtual CPU devices"
+  return sharding.make_mesh()

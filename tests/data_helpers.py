@@ -1,4 +1,4 @@
-"""Small helpers of the data tests: a tiny dataset folder and a record broken on purpose."""
+"""Small helpers of the data tests: a tiny dataset folder, a record broken on purpose, a bad config.data value."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 import ecg_contrastive.data.builders  # noqa: F401  (registers the builders with TFDS)
+from configs import default
+from ecg_contrastive.config_check import ConfigError, check_values
 
 DATASET = "synthetic_ecg_ja/tiny"
 
@@ -35,3 +37,14 @@ def copy_with_corrupt_record(data_dir: str, to: str, split: str = "test", index:
     writer.write(record)
   writer.close()
   return to
+
+
+def data_value_error(key: str, value) -> str:
+  """The message of the ConfigError that check_values raises for the tiny config with config.data[key] = value."""
+  config = default.get_config("tiny")
+  config.data[key] = value
+  try:
+    check_values(config)
+  except ConfigError as e:
+    return str(e)
+  raise AssertionError(f"config.data.{key}={value!r} passed check_values")

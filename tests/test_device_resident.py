@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from ecg_contrastive.config_check import ConfigError, check_config, check_values
+from ecg_contrastive.config_check import ConfigError, check_config
 from ecg_contrastive.data import placement
 from ecg_contrastive.data.batches import BatchIterator
 from ecg_contrastive.data.resident import (
@@ -24,7 +24,8 @@ from ecg_contrastive.data.resident import (
   place_split,
 )
 from ecg_contrastive.errors import DataError
-from ecg_contrastive.sharding import data_sharding, make_mesh
+from ecg_contrastive.sharding import data_sharding
+from tests.data_helpers import data_value_error
 
 RECORDS, BATCH = 203, 32  # 6 full batches and a padded seventh of 11 records
 ECG_BYTES = 5000 * 12 * 2
@@ -49,12 +50,6 @@ class ArraySource:
       return rows
     out[...] = rows
     return out
-
-
-@pytest.fixture(scope="module")
-def mesh():
-  assert jax.device_count() == 8
-  return make_mesh()
 
 
 @pytest.fixture(scope="module")
@@ -325,11 +320,8 @@ def test_plan_for_on_cpu_devices_and_make_iterator(source, mesh):
   ],
 )
 def test_bad_data_values_fail_in_one_line_naming_the_key(key, value, says):
-  config = default.get_config("tiny")
-  config.data[key] = value
-  with pytest.raises(ConfigError) as info:
-    check_values(config)
-  assert str(info.value).startswith(says) and "\n" not in str(info.value)
+  message = data_value_error(key, value)
+  assert message.startswith(says) and "\n" not in message, message
 
 
 @pytest.mark.parametrize("key", ["placement", "device_memory_share", "device_memory_bytes"])

@@ -2,42 +2,20 @@
 
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 from ecg_contrastive import sharding
 from ecg_contrastive.data import pipeline
 from ecg_contrastive.data.builders.synthetic_ecg_ja import split_sizes
-
-DATASET = "synthetic_ecg_ja/tiny"
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("tfds")
-  tfds.builder(DATASET, data_dir=str(path)).download_and_prepare()
-  return str(path)
-
-
-@pytest.fixture(scope="module")
-def mesh():
-  assert jax.device_count() == 8, "tests/conftest.py sets 8 virtual CPU devices"
-  return sharding.make_mesh()
-
-
-def _folder(data_dir):
-  return str(
-    tfds.builder(DATASET, data_dir=data_dir).data_dir
-  )  # <data_dir>/synthetic_ecg_ja/tiny/<version>
+from tests.data_helpers import DATASET, copy_with_corrupt_record, dataset_folder
 
 
 def _shards(data_dir):
-  folder = _folder(data_dir)
+  folder = dataset_folder(data_dir)
   return {f: os.path.join(folder, f) for f in sorted(os.listdir(folder)) if ".array_record" in f}
 
 
@@ -113,7 +91,7 @@ def test_unknown_dataset_lists_the_known_ones(data_dir):
 
 def test_cache_is_reused_and_rebuilt_when_stale(data_dir):
   pipeline.open_source(DATASET, "test", data_dir)
-  cache = os.path.join(_folder(data_dir), "ecg_cache")
+  cache = os.path.join(dataset_folder(data_dir), "ecg_cache")
   npy, meta = os.path.join(cache, "test.ecg.npy"), os.path.join(cache, "test.meta.json")
   stamp = os.stat(npy).st_mtime_ns
   reference = np.array(pipeline.open_source(DATASET, "test", data_dir).read(np.arange(32)))
@@ -138,17 +116,7 @@ def test_cache_is_reused_and_rebuilt_when_stale(data_dir):
 
 
 def test_corrupt_record_is_skipped_counted_and_listed(data_dir, tmp_path):
-  copy = str(tmp_path / "copy")
-  shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("ecg_cache"))
-  shard = _shards(copy)["synthetic_ecg_ja-test.array_record-00000-of-00001"]
-  reader = ArrayRecordReader(shard)
-  records, options = reader.read_all(), reader.writer_options_string()
-  reader.close()
-  records[5] = b"\x0a\x03not a tf.Example"
-  writer = ArrayRecordWriter(shard, options)
-  for record in records:
-    writer.write(record)
-  writer.close()
+  copy = copy_with_corrupt_record(data_dir, str(tmp_path / "copy"), "test", 5)
   source = pipeline.open_source(DATASET, "test", copy)
   assert len(source) == 31 and len(source.meta.record_id) == 31
   assert [s["index"] for s in source.skipped] == [5] and "decode error" in source.skipped[0][

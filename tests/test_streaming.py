@@ -8,33 +8,16 @@ import shutil
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordReader
 
-from configs import default
-from ecg_contrastive import sharding
-from ecg_contrastive.config_check import ConfigError, check_values
 from ecg_contrastive.data import pipeline, streaming
 from ecg_contrastive.errors import DataError
-from tests.data_helpers import DATASET, copy_with_corrupt_record, dataset_folder
+from tests.data_helpers import DATASET, copy_with_corrupt_record, data_value_error, dataset_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("tfds")
-  tfds.builder(DATASET, data_dir=str(path)).download_and_prepare()
-  return str(path)
-
-
-@pytest.fixture(scope="module")
-def mesh():
-  assert jax.device_count() == 8, "tests/conftest.py sets 8 virtual CPU devices"
-  return sharding.make_mesh()
 
 
 def stream(data_dir, split, **kw):
@@ -212,11 +195,8 @@ def test_share_cache_keeps_what_this_host_read(data_dir, monkeypatch, caplog):
   ],
 )
 def test_data_keys_are_checked_in_one_line(key, value, says):
-  c = default.get_config("tiny")
-  c.data[key] = value
-  with pytest.raises(ConfigError) as info:
-    check_values(c)
-  assert str(info.value).startswith(says) and "\n" not in str(info.value)
+  message = data_value_error(key, value)
+  assert message.startswith(says) and "\n" not in message, message
 
 
 def test_open_source_rejects_an_unknown_host_read(tmp_path):

@@ -122,6 +122,13 @@ def load_or_build(builder, split: str) -> tuple[np.ndarray, dict[str, list], lis
       "(or set $ECG_CONTRASTIVE_DATA / config.data_dir to a disk with room)"
     )
   ecg, meta = loaded
+  return ecg, {k: meta[k] for k in META_COLUMNS}, split_skips(builder, split, meta)
+
+
+def split_skips(builder, split: str, meta: dict) -> list[dict]:
+  """The skipped records of `split`, as a source lists them: the builder's (`build_skips`), then those the scan
+  of the split found (meta: its .meta.json, from the int16 cache or the streamed record index); a warning
+  names the first few."""
   skipped = build_skips(str(builder.data_dir), split) + meta["skipped"]
   if skipped:
     log.warning(
@@ -131,7 +138,24 @@ def load_or_build(builder, split: str) -> tuple[np.ndarray, dict[str, list], lis
       len(skipped),
       [(s["record_id"], s["reason"]) for s in skipped[:3]],
     )
-  return ecg, {k: meta[k] for k in META_COLUMNS}, skipped
+  return skipped
+
+
+def read_target(
+  source, indices: np.ndarray, out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """(int64 indices, array to read into) for a read of record rows `indices` of `source` (pipeline.EcgSource or
+  streaming.StreamingSource: name, len, and `ecg` with shape (n, 5000, 12) and dtype int16). IndexError naming
+  the source when a row is outside [0, len(source)); `out` is allocated (len(indices), 5000, 12) when None."""
+  indices = np.asarray(indices, np.int64)
+  if indices.size and (indices.min() < 0 or indices.max() >= len(source)):
+    raise IndexError(
+      f"{source.name}: record indices must be in [0, {len(source)}), got "
+      f"[{indices.min()}, {indices.max()}]"
+    )
+  if out is None:
+    out = np.empty((len(indices),) + tuple(source.ecg.shape[1:]), source.ecg.dtype)
+  return indices, out
 
 
 def build_skips(dataset_dir: str, split: str) -> list[dict]:

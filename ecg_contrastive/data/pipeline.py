@@ -74,14 +74,7 @@ class EcgSource:
 
     out: optional int16 array of that shape to read into (saves allocating fresh pages per batch).
     """
-    indices = np.asarray(indices, np.int64)
-    if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
-      raise IndexError(
-        f"{self.name}: record indices must be in [0, {len(self)}), got "
-        f"[{indices.min()}, {indices.max()}]"
-      )
-    if out is None:
-      out = np.empty((len(indices),) + self.ecg.shape[1:], self.ecg.dtype)
+    indices, out = cache.read_target(self, indices, out)
     if np.all(indices[1:] >= indices[:-1]):
       # mode="clip": indices are checked above; the default "raise" buffers the whole output (4-6x slower)
       return np.take(self.ecg, indices, axis=0, out=out, mode="clip")

@@ -2,7 +2,7 @@
 (DeviceBatchIterator), chosen by config.data.placement and a plan the trainer logs at start.
 
     plan = plan_for(source, config, mesh)
-    log.info(plan.describe())
+    log.info("%s", plan.describe())   # as train.py logs it (a "%" in a split name stays text)
     batches = make_iterator(source, config, mesh, columns={"report_row": rows}, plan=plan)
 
 plan_placement is pure: from the split's size, the batch, the devices and their memory it returns the Plan

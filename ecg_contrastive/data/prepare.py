@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 from ecg_contrastive import paths
 from ecg_contrastive.data import cache, pipeline, streaming
-from ecg_contrastive.errors import DataError, UserError, one_line
+from ecg_contrastive.errors import DataError, UserError, exit_code
 
 MAX_SKIPS_SHOWN = 10
 
@@ -182,23 +182,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     level=logging.INFO if args.verbose else logging.WARNING,
     format="%(asctime)s %(name)s %(levelname)s %(message)s",
   )
-  try:
-    if args.distributed:
-      from ecg_contrastive.sharding import init_distributed
+  # ImportError: gs:// without gcsfs
+  return exit_code(lambda: _run(args), args.verbose, (UserError, FileNotFoundError, ImportError))
 
-      init_distributed()
-    done = prepare(
-      args.dataset,
-      args.data_dir or None,
-      args.source_dir or None,
-      [s for s in args.splits.split(",") if s],
-      args.host_read,
-    )
-  except (UserError, FileNotFoundError, ImportError) as e:  # ImportError: gs:// without gcsfs
-    if args.verbose:
-      raise
-    print(f"error: {one_line(e)}", file=sys.stderr)
-    return 2
+
+def _run(args: argparse.Namespace) -> int:
+  if args.distributed:
+    from ecg_contrastive.sharding import init_distributed
+
+    init_distributed()
+  done = prepare(
+    args.dataset,
+    args.data_dir or None,
+    args.source_dir or None,
+    [s for s in args.splits.split(",") if s],
+    args.host_read,
+  )
   import jax
 
   print(report(done, jax.process_index()), flush=True)

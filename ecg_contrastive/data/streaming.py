@@ -78,16 +78,7 @@ def load_or_build_index(builder, split: str) -> tuple[dict, list[dict]]:
     raise DataError(
       f"the record index just written at {path} does not read back; check that folder"
     )
-  skipped = cache.build_skips(str(builder.data_dir), split) + meta["skipped"]
-  if skipped:
-    log.warning(
-      "%s/%s: %d record(s) skipped, e.g. %s",
-      builder.name,
-      split,
-      len(skipped),
-      [(s["record_id"], s["reason"]) for s in skipped[:3]],
-    )
-  return meta, skipped
+  return meta, cache.split_skips(builder, split, meta)
 
 
 def record_rows(num_examples: int, meta: dict) -> np.ndarray:
@@ -176,14 +167,7 @@ class StreamingSource:
     """int16 (len(indices), 5000, 12) for record rows `indices` (any order, repeats allowed).
 
     out: optional int16 array of that shape to read into."""
-    indices = np.asarray(indices, np.int64)
-    if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
-      raise IndexError(
-        f"{self.name}: record indices must be in [0, {len(self)}), got "
-        f"[{indices.min()}, {indices.max()}]"
-      )
-    if out is None:
-      out = np.empty((len(indices), NUM_SAMPLES, NUM_LEADS), np.int16)
+    indices, out = cache.read_target(self, indices, out)
     wanted = np.arange(len(indices))
     if self.share_cache is not None:
       wanted = self.share_cache.take(indices, out)
