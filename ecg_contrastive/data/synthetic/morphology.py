@@ -47,18 +47,22 @@ def draw_patients(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
   """Stable per-patient traits (n patients): axis, transition, wave sizes, PR, QTc, base rate, gains."""
   u = rng.uniform
   return dict(
-    axis=u(5, 75, n),
-    r_z=u(-0.55, -0.32, n),
-    r_mag=u(1.0, 1.6, n),
-    q_mag=u(0.1, 0.22, n),
-    s_mag=u(0.25, 0.5, n),
-    width=u(0.92, 1.1, n),
-    t_ratio=u(0.2, 0.3, n),
-    t_z=u(0.15, 0.4, n),
-    p_mag=u(0.09, 0.14, n),
-    pr=u(135, 185, n),
-    qtc=u(385, 435, n),
-    hr=u(60, 88, n),
+    # Normal axis over its whole range (measured about -30..+90: Q and S widen the dipole's -32..+72).
+    axis=np.clip(rng.normal(45, 27, n), -30, 70),
+    r_z=u(-0.6, -0.25, n),
+    r_mag=u(1.0, 1.7, n),
+    q_mag=u(0.08, 0.22, n),
+    s_mag=u(0.2, 0.5, n),
+    width=u(0.9, 1.1, n),
+    t_ratio=u(0.15, 0.4, n),
+    t_z=u(0.1, 0.45, n),
+    p_mag=u(0.06, 0.16, n),
+    p_split=u(
+      -8, 6, n
+    ),  # ms: left-atrial P component earlier / later (rounder or flatter, bifid P)
+    pr=u(135, 190, n),
+    qtc=u(380, 440, n),
+    hr=u(52, 96, n),
     chest_gain=CHEST_PROFILE * u(0.88, 1.12, (n, 6)),
   )
 
@@ -69,7 +73,7 @@ def normal_hearts(
   """A normal sinus heart for each record, from its patient's traits plus day-to-day jitter."""
   p = {k: v[patient_of] for k, v in patients.items()}
   n = len(patient_of)
-  axis = p["axis"] + rng.normal(0, 4, n)
+  axis = np.clip(p["axis"] + rng.normal(0, 3, n), -32, 72)
   w = p["width"]
   offset = np.zeros((n, K))
   sigma = np.ones((n, K))
@@ -94,8 +98,11 @@ def normal_hearts(
     offset[:, W[name]], sigma[:, W[name]] = off, sd
   for name, off, sd in (("VQ1", 45, 24), ("VQ2", 108, 26), ("SPIKE", 0, 1.4)):
     offset[:, W[name]], sigma[:, W[name]] = off, sd
-  vector[:, W["P1"]] = frontal(rng.uniform(60, 80, n), 0.45) * p["p_mag"][:, None]
-  vector[:, W["P2"]] = frontal(rng.uniform(10, 35, n), -0.5) * (0.8 * p["p_mag"])[:, None]
+  offset[:, W["P2"]] += p["p_split"]
+  vector[:, W["P1"]] = frontal(rng.uniform(45, 80, n), 0.45) * p["p_mag"][:, None]
+  vector[:, W["P2"]] = (
+    frontal(rng.uniform(0, 45, n), -0.5) * (rng.uniform(0.6, 1.0, n) * p["p_mag"])[:, None]
+  )
   vector[:, W["PX"]] = (
     frontal(rng.uniform(-100, -60, n), rng.uniform(-0.3, 0.4, n)) * p["p_mag"][:, None]
   )

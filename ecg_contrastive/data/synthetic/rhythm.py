@@ -31,6 +31,7 @@ class Rhythm:
   flutter_rate: np.ndarray  # per minute
   flutter_ratio: np.ndarray  # 2, 4 or 0 (variable) F waves per QRS
   group: np.ndarray  # Wenckebach group size (P waves per dropped beat)
+  arrhythmia: np.ndarray  # sinus: respiratory RR modulation, +- fraction of the RR
 
   @classmethod
   def sinus(cls, rate: np.ndarray, pr: np.ndarray) -> Rhythm:
@@ -47,6 +48,7 @@ class Rhythm:
       flutter_rate=np.full(n, 300.0),
       flutter_ratio=np.full(n, 2),
       group=np.full(n, 4),
+      arrhythmia=np.full(n, 0.03),
     )
 
 
@@ -91,7 +93,7 @@ def _pick(rng: np.random.Generator, q: np.ndarray, count: int) -> np.ndarray:
 
 
 def _sinus(rng, r: Rhythm, i: int) -> Beats:
-  p = _regular(rng, r.rate[i], 0.03)
+  p = _regular(rng, r.rate[i], r.arrhythmia[i])
   q = p + r.pr[i]
   a_kind = np.full(len(p), SINUS_P)
   for k in _pick(rng, q, int(r.pac[i])):  # premature with an abnormal P; resets the sinus node

@@ -84,3 +84,10 @@ def premature_beats(attr: str) -> Effect:
     getattr(plan.rhythm, attr)[idx] = rng.choice([2, 3, 4], len(idx), p=[0.4, 0.4, 0.2])
 
   return effect
+
+
+def long_qt(rng, idx, plan):
+  """QTc 490-580 ms; the rate stays <= 60-85 per minute so the long T ends before the next P."""
+  m = len(idx)
+  plan.heart.qtc[idx] = rng.uniform(490, 580, m)
+  plan.rhythm.rate[idx] = np.minimum(plan.rhythm.rate[idx], rng.uniform(60, 85, m))

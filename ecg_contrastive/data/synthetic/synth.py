@@ -116,12 +116,14 @@ def _chunk(
   n = len(patient_of)
   labels = findings.draw_labels(rng, primaries)
   heart = morphology.normal_hearts(rng, traits, patient_of)
-  rate = np.clip(traits["hr"][patient_of] + rng.normal(0, 4, n), 56, 96)
+  rate = np.clip(traits["hr"][patient_of] + rng.normal(0, 4, n), 50, 99)
   chunk = plan.Plan(
     heart, rh.Rhythm.sinus(rate, traits["pr"][patient_of] + rng.normal(0, 6, n)), labels, rng
   )
   phenotype.apply_findings(rng, chunk)
   r = chunk.rhythm
+  # Sinus arrhythmia (up to +-7% of the RR with respiration); steady where ectopy is measured against it.
+  r.arrhythmia = np.where(r.pac + r.pvc > 0, 0.03, rng.uniform(0.01, 0.07, n))
   ventricular = (
     (r.kind == rh.VT) | (r.kind == rh.PACED_RHYTHM) | ((r.kind == rh.CAVB) & r.escape_wide)
   )
@@ -161,6 +163,7 @@ def _chunk(
         chunk.emg[block],
         chunk.mains[block],
         chunk.mains_hz[block],
+        chunk.breath[block],
       )
     swapped = heart.arms_swapped[block]  # LA/RA exchanged: I -> -I, II -> III
     leads[swapped, :, 0], leads[swapped, :, 1] = (

@@ -131,7 +131,10 @@ def atrial_overload(right: bool) -> Effect:
       h.vector[idx, W["P2"]] = frontal(rng.uniform(10, 35, m), -0.7) * rng.uniform(
         0.16, 0.22, (m, 1)
       )
-      h.offset[idx, W["P2"]] += 22
+      h.offset[idx, W["P2"]] = 80  # whatever the normal P2 timing was (morphology p_split)
+      plan.rhythm.pr[idx] = np.maximum(
+        plan.rhythm.pr[idx], rng.uniform(155, 175, m)
+      )  # P ends before QRS
       h.sigma[idx, W["P2"]] += 4
 
   return effect
@@ -159,11 +162,19 @@ def st_elevation(rng, idx, plan):
   h.offset[idx[with_q], W["Q"]], h.sigma[idx[with_q], W["Q"]] = 18, 12
 
 
+def early_repolarisation(rng, idx, plan):
+  """A quarter of normal ECGs: J-point / ST elevation along the T wave, 0.03-0.09 mV at its peak (under ST上昇)."""
+  h = plan.heart
+  idx = idx[rng.random(len(idx)) < 0.25]
+  h.vector[idx, W["ST"]] = unit(h.vector[idx, W["T2"]])
+  h.peak[idx, W["ST"]] = rng.uniform(0.03, 0.09, len(idx))
+
+
 def st_depression(rng, idx, plan):
   """Subendocardial ischaemia: ST vector away from the apex (down in II, aVF, V4-V6; up in aVR)."""
   m = len(idx)
   plan.heart.vector[idx, W["ST"]] = -frontal(rng.uniform(30, 70, m), rng.uniform(-0.1, 0.2, m))
-  plan.heart.peak[idx, W["ST"]] = rng.uniform(0.12, 0.25, m)
+  plan.heart.peak[idx, W["ST"]] = rng.uniform(0.15, 0.3, m)
   where("V4-V6", "ST低下")(rng, idx, plan)
 
 
