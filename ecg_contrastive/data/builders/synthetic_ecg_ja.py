@@ -50,9 +50,12 @@ class SyntheticEcgJa(tfds.core.GeneratorBasedBuilder):
     "1.2.0": "2-4 premature beats per record with atrial / ventricular ectopy (was 1-3).",
     "1.3.0": "Fewer secondary findings: P(0, 1, 2) = 0.65 / 0.28 / 0.07 (was 0.45 / 0.40 / 0.15).",
     "1.4.0": (
-      "Wider variety (issue 16): unlabelled baseline wander (respiration + drift), mains and EMG in most"
-      " records, quality findings only above a reader's threshold; normal ECGs over axis -30..+90, rate"
-      " 50-99 with sinus arrhythmia, varied P / QRS / T, early repolarisation; wider LAD / RAD ranges."
+      "Wider variety (issue 16). Unlabelled baseline wander (respiration + drift), mains and EMG in most"
+      " records; 基線の動揺 / 交流障害 / 筋電図混入 only above a reader's level (noise.SEVERE_*). Normal ECGs"
+      " over axis -30..+90, rate 50-99 with sinus arrhythmia, varied P / QRS / T, early repolarisation."
+      " PVCs from outflow-tract / left-ventricular / any focus, varied width, a quarter multifocal; AF fine"
+      " or coarse at 55-150 per minute; varied RBBB / LBBB timing and LVH strain; wider LAD / RAD; per-record"
+      " chest-electrode placement and per-patient heart rotation in the torso."
     ),
   }
   BUILDER_CONFIGS = [

@@ -32,7 +32,7 @@ class Plan:
       rng.random(n) < noise.EMG_SHARE, rng.uniform(0.008, 0.016, n), rng.uniform(0.002, 0.008, n)
     )  # mV rms
     self.mains = np.where(
-      rng.random(n) < noise.MAINS_SHARE, rng.uniform(0.003, 0.012, n), rng.uniform(0.0, 0.002, n)
+      rng.random(n) < noise.MAINS_SHARE, rng.uniform(0.003, 0.013, n), rng.uniform(0.0, 0.003, n)
     )  # mV rms
     self.mains_hz = rng.choice([50.0, 60.0], n)  # eastern / western Japan
     self.where: list[dict[str, str]] = [{} for _ in range(n)]

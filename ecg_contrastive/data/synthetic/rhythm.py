@@ -11,7 +11,14 @@ import dataclasses
 
 import numpy as np
 
-from ecg_contrastive.data.synthetic.dipole import CONDUCTED, ECTOPIC_P, ECTOPIC_V, PACED, SINUS_P
+from ecg_contrastive.data.synthetic.dipole import (
+  CONDUCTED,
+  ECTOPIC_P,
+  ECTOPIC_V,
+  ECTOPIC_V2,
+  PACED,
+  SINUS_P,
+)
 
 T_START, T_END = -1500.0, 10800.0
 SINUS, AF, FLUTTER, JUNCTIONAL, SVT, VT, PACED_RHYTHM, CAVB, WENCKEBACH = range(9)
@@ -32,6 +39,7 @@ class Rhythm:
   flutter_ratio: np.ndarray  # 2, 4 or 0 (variable) F waves per QRS
   group: np.ndarray  # Wenckebach group size (P waves per dropped beat)
   arrhythmia: np.ndarray  # sinus: respiratory RR modulation, +- fraction of the RR
+  multifocal: np.ndarray  # bool: premature ventricular beats from two foci
 
   @classmethod
   def sinus(cls, rate: np.ndarray, pr: np.ndarray) -> Rhythm:
@@ -49,6 +57,7 @@ class Rhythm:
       flutter_ratio=np.full(n, 2),
       group=np.full(n, 4),
       arrhythmia=np.full(n, 0.03),
+      multifocal=np.zeros(n, bool),
     )
 
 
@@ -59,7 +68,7 @@ class Beats:
   atrial_t: np.ndarray  # (A,) ms, P onset
   atrial_kind: np.ndarray  # (A,) SINUS_P | ECTOPIC_P
   vent_t: np.ndarray  # (V,) ms, QRS onset
-  vent_kind: np.ndarray  # (V,) CONDUCTED | ECTOPIC_V | PACED
+  vent_kind: np.ndarray  # (V,) CONDUCTED | ECTOPIC_V | PACED | ECTOPIC_V2
   flutter: tuple[float, float] | None = (
     None  # (period ms, time of one F-wave nadir) for atrial flutter
   )
@@ -106,11 +115,16 @@ def _sinus(rng, r: Rhythm, i: int) -> Beats:
 
 
 def _with_pvcs(rng, r: Rhythm, i: int, beats: Beats) -> Beats:
-  """Replaces r.pvc[i] beats by premature wide ones; the atria march on, so the pause compensates."""
+  """Replaces r.pvc[i] beats by premature wide ones; the atria march on, so the pause compensates.
+  Multifocal records take each beat from either focus (at least one from each)."""
   q, kind = beats.vent_t.copy(), beats.vent_kind.copy()
-  for k in _pick(rng, q, int(r.pvc[i])):
+  picked = _pick(rng, q, int(r.pvc[i]))
+  focus = np.full(len(picked), ECTOPIC_V)
+  if r.multifocal[i] and len(picked) > 1:
+    focus[rng.permutation(len(picked))[: rng.integers(1, len(picked))]] = ECTOPIC_V2
+  for k, f in zip(picked, focus):
     q[k] = q[k - 1] + rng.uniform(0.48, 0.62) * (q[k] - q[k - 1])
-    kind[k] = ECTOPIC_V
+    kind[k] = f
   return dataclasses.replace(beats, vent_t=q, vent_kind=kind)
 
 

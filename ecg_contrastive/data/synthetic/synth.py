@@ -123,6 +123,11 @@ def _chunk(
   phenotype.apply_findings(rng, chunk)
   r = chunk.rhythm
   # Sinus arrhythmia (up to +-7% of the RR with respiration); steady where ectopy is measured against it.
+  morphology.rotate_torso(
+    heart,
+    traits["tilt"][patient_of] + rng.normal(0, 2, n),
+    traits["turn"][patient_of] + rng.normal(0, 2, n),
+  )
   r.arrhythmia = np.where(r.pac + r.pvc > 0, 0.03, rng.uniform(0.01, 0.07, n))
   ventricular = (
     (r.kind == rh.VT) | (r.kind == rh.PACED_RHYTHM) | ((r.kind == rh.CAVB) & r.escape_wide)
@@ -145,6 +150,7 @@ def _chunk(
       heart.vector[block],
       gains[block],
       heart.rotation[block],
+      heart.chest_leads[block],
     )
     _add_atrial_activity(
       rng,
@@ -152,6 +158,7 @@ def _chunk(
       heart.atrial[block],
       gains[block],
       heart.rotation[block],
+      heart.chest_leads[block],
       [beats[i] for i in block],
     )
     if noisy:
@@ -233,6 +240,7 @@ def _add_atrial_activity(
   atrial: np.ndarray,
   gains: np.ndarray,
   rotation: np.ndarray,
+  chest: np.ndarray,
   beats: list[rh.Beats],
 ) -> None:
   """Adds fibrillatory f waves (AF) or sawtooth F waves (flutter) along `atrial` (n, 3) mV to leads (n, T, 8)."""
@@ -249,5 +257,7 @@ def _add_atrial_activity(
       wave *= 1 + 0.4 * np.sin(2 * np.pi * t / rng.uniform(1500, 3000))
     leads[i] += (
       wave[:, None]
-      * dipole.lead_matrix(atrial[i][None, None], gains[i][None], rotation[i : i + 1])[0]
+      * dipole.lead_matrix(
+        atrial[i][None, None], gains[i][None], rotation[i : i + 1], chest[i : i + 1]
+      )[0]
     ).astype(np.float32)
