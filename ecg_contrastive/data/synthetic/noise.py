@@ -23,13 +23,10 @@ from ecg_contrastive.ecg.signal import SAMPLE_RATE
 _POOL_LEN = 20000  # samples (40 s) per pool; each record reads a random 10 s stretch
 WANDER_SHARE, MAINS_SHARE, EMG_SHARE = 0.85, 0.6, 0.35  # records with some unlabelled artefact
 # The level a reader names, as tests/test_synth.py measures it on the stored int16 leads:
-SEVERE_WANDER_PP_MV = (
-  0.8  # 基線の動揺: p-p of the PR-segment level over the beats, worst of I, II, V1-V6
-)
-SEVERE_MAINS_UV = 30.0  # 交流障害: amplitude of the 50 / 60 Hz line in lead I
-SEVERE_EMG_UV = (
-  20.0  # 筋電図混入: rms above 100 Hz in V5 (paced records aside: their spikes are broadband)
-)
+# 基線の動揺: p-p of the PR-segment level over the beats, worst of I, II, V1-V6;
+# 交流障害: amplitude of the 50 / 60 Hz line in lead I;
+# 筋電図混入: rms above 100 Hz in V5 (paced records aside: their spikes are broadband).
+SEVERE_WANDER_PP_MV, SEVERE_MAINS_UV, SEVERE_EMG_UV = 0.8, 30.0, 20.0
 
 
 def _wander_pool(rng: np.random.Generator) -> np.ndarray:

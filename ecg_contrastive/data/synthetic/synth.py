@@ -122,12 +122,12 @@ def _chunk(
   )
   phenotype.apply_findings(rng, chunk)
   r = chunk.rhythm
-  # Sinus arrhythmia (up to +-7% of the RR with respiration); steady where ectopy is measured against it.
-  morphology.rotate_torso(
+  morphology.rotate_torso(  # the patient's heart in its torso, a little different each day
     heart,
     traits["tilt"][patient_of] + rng.normal(0, 2, n),
     traits["turn"][patient_of] + rng.normal(0, 2, n),
   )
+  # Sinus arrhythmia (up to +-7% of the RR with respiration); steady where ectopy is measured against it.
   r.arrhythmia = np.where(r.pac + r.pvc > 0, 0.03, rng.uniform(0.01, 0.07, n))
   ventricular = (
     (r.kind == rh.VT) | (r.kind == rh.PACED_RHYTHM) | ((r.kind == rh.CAVB) & r.escape_wide)
