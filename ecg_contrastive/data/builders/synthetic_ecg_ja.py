@@ -43,12 +43,20 @@ def split_sizes(num_records: int) -> dict[str, int]:
 class SyntheticEcgJa(tfds.core.GeneratorBasedBuilder):
   """Synthetic 12-lead ECGs (500 Hz, 10 s, int16 microvolts) with Japanese readings."""
 
-  VERSION = tfds.core.Version("1.3.0")
+  VERSION = tfds.core.Version("1.4.0")
   RELEASE_NOTES = {
     "1.0.0": "Dipole-model ECGs, 32 primary findings, Japanese reports.",
     "1.1.0": "Finer atrial fibrillation waves (0.04-0.1 mV dipole).",
     "1.2.0": "2-4 premature beats per record with atrial / ventricular ectopy (was 1-3).",
     "1.3.0": "Fewer secondary findings: P(0, 1, 2) = 0.65 / 0.28 / 0.07 (was 0.45 / 0.40 / 0.15).",
+    "1.4.0": (
+      "Wider variety (issue 16). Unlabelled baseline wander (respiration + drift), mains and EMG in most"
+      " records; 基線の動揺 / 交流障害 / 筋電図混入 only above a reader's level (noise.SEVERE_*). Normal ECGs"
+      " over axis -30..+90, rate 50-99 with sinus arrhythmia, varied P / QRS / T, early repolarisation."
+      " PVCs from outflow-tract / left-ventricular / any focus, varied width, a quarter multifocal; AF fine"
+      " or coarse at 55-150 per minute; varied RBBB / LBBB timing and LVH strain; wider LAD / RAD; per-record"
+      " chest-electrode placement and per-patient heart rotation in the torso."
+    ),
   }
   BUILDER_CONFIGS = [
     SyntheticEcgConfig(

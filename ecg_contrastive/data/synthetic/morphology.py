@@ -35,6 +35,9 @@ class Heart:
   limb_gain: np.ndarray  # (n,) gain of I and II
   chest_gain: np.ndarray  # (n, 6) gains of V1..V6
   rotation: np.ndarray  # (n,) degrees about the long axis, clockwise positive (dipole.lead_matrix)
+  chest_leads: (
+    np.ndarray
+  )  # (n, 6, 3) V1..V6 lead vectors: where the electrodes sat (dipole.chest_leads)
   voltage: np.ndarray  # (n,) target voltage class: NORMAL, LOW or HIGH
   peak: np.ndarray  # (n, K) target peak |voltage| of a wave on the 12 leads, mV (NaN: no target)
   arms_swapped: np.ndarray  # (n,) bool: left/right arm electrodes exchanged
@@ -47,19 +50,25 @@ def draw_patients(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
   """Stable per-patient traits (n patients): axis, transition, wave sizes, PR, QTc, base rate, gains."""
   u = rng.uniform
   return dict(
-    axis=u(5, 75, n),
-    r_z=u(-0.55, -0.32, n),
-    r_mag=u(1.0, 1.6, n),
-    q_mag=u(0.1, 0.22, n),
-    s_mag=u(0.25, 0.5, n),
-    width=u(0.92, 1.1, n),
-    t_ratio=u(0.2, 0.3, n),
-    t_z=u(0.15, 0.4, n),
-    p_mag=u(0.09, 0.14, n),
-    pr=u(135, 185, n),
-    qtc=u(385, 435, n),
-    hr=u(60, 88, n),
+    # Normal axis over its whole range: measured about -30..+90 (Q, S and the torso's tilt widen -32..+66).
+    axis=np.clip(rng.normal(45, 27, n), -30, 64),
+    r_z=u(-0.6, -0.25, n),
+    r_mag=u(1.0, 1.7, n),
+    q_mag=u(0.08, 0.22, n),
+    s_mag=u(0.2, 0.5, n),
+    width=u(0.9, 1.1, n),
+    t_ratio=u(0.15, 0.35, n),
+    t_z=u(0.1, 0.45, n),
+    p_mag=u(0.06, 0.16, n),
+    p_split=u(
+      -8, 6, n
+    ),  # ms: left-atrial P component earlier / later (rounder or flatter, bifid P)
+    pr=u(135, 190, n),
+    qtc=u(380, 440, n),
+    hr=u(52, 96, n),
     chest_gain=CHEST_PROFILE * u(0.88, 1.12, (n, 6)),
+    tilt=u(-10, 10, n),  # degrees: heart in its torso (rotate_torso)
+    turn=u(-8, 8, n),
   )
 
 
@@ -69,7 +78,7 @@ def normal_hearts(
   """A normal sinus heart for each record, from its patient's traits plus day-to-day jitter."""
   p = {k: v[patient_of] for k, v in patients.items()}
   n = len(patient_of)
-  axis = p["axis"] + rng.normal(0, 4, n)
+  axis = np.clip(p["axis"] + rng.normal(0, 3, n), -32, 66)
   w = p["width"]
   offset = np.zeros((n, K))
   sigma = np.ones((n, K))
@@ -92,10 +101,20 @@ def normal_hearts(
     ("VT", 0.80, 0.13),
   ):
     offset[:, W[name]], sigma[:, W[name]] = off, sd
-  for name, off, sd in (("VQ1", 45, 24), ("VQ2", 108, 26), ("SPIKE", 0, 1.4)):
+  for name, off, sd in (
+    ("VQ1", 45, 24),
+    ("VQ2", 108, 26),
+    ("SPIKE", 0, 1.4),
+    ("VQ3", 45, 24),
+    ("VQ4", 108, 26),
+    ("VT2", 0.80, 0.13),
+  ):
     offset[:, W[name]], sigma[:, W[name]] = off, sd
-  vector[:, W["P1"]] = frontal(rng.uniform(60, 80, n), 0.45) * p["p_mag"][:, None]
-  vector[:, W["P2"]] = frontal(rng.uniform(10, 35, n), -0.5) * (0.8 * p["p_mag"])[:, None]
+  offset[:, W["P2"]] += p["p_split"]
+  vector[:, W["P1"]] = frontal(rng.uniform(45, 80, n), 0.45) * p["p_mag"][:, None]
+  vector[:, W["P2"]] = (
+    frontal(rng.uniform(0, 45, n), -0.5) * (rng.uniform(0.6, 1.0, n) * p["p_mag"])[:, None]
+  )
   vector[:, W["PX"]] = (
     frontal(rng.uniform(-100, -60, n), rng.uniform(-0.3, 0.4, n)) * p["p_mag"][:, None]
   )
@@ -118,10 +137,34 @@ def normal_hearts(
     limb_gain=rng.uniform(0.85, 1.15, n),
     chest_gain=p["chest_gain"] * rng.uniform(0.95, 1.05, (n, 6)),
     rotation=rng.uniform(-8, 8, n),
+    chest_leads=electrode_placement(rng, n),
     voltage=np.zeros(n, int),
     peak=np.full((n, K), np.nan),
     arms_swapped=np.zeros(n, bool),
   )
+
+
+def electrode_placement(rng: np.random.Generator, n: int) -> np.ndarray:
+  """(n, 6, 3) chest lead vectors of n recordings: the row of electrodes an interspace high (20%) or low
+  (20%), shifted around the chest together (sd 4 degrees) and each on its own (sd 3 degrees)."""
+  interspace = rng.choice([-1.0, 0.0, 1.0], n, p=[0.2, 0.6, 0.2])
+  height = dipole.CHEST_HEIGHT + 0.15 * interspace + rng.normal(0, 0.03, n)
+  shift = rng.normal(0, 4, (n, 1)) + rng.normal(0, 3, (n, 6))
+  return dipole.chest_leads(shift, height[:, None])
+
+
+def rotate_torso(heart: Heart, tilt: np.ndarray, turn: np.ndarray) -> None:
+  """Turns every dipole of each record (the heart within its torso): `tilt` (n,) degrees about the
+  left-right axis (apex forward / back) and `turn` (n,) about the long axis, before the chest-lead
+  rotation. Never about the front-to-back axis: that is the frontal QRS axis, which findings set."""
+  for field in ("vector", "atrial"):
+    v = getattr(heart, field)
+    shape = (-1,) + (1,) * (v.ndim - 2)
+    a, b = np.deg2rad(tilt).reshape(shape), np.deg2rad(turn).reshape(shape)
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
+    y, z = y * np.cos(a) - z * np.sin(a), y * np.sin(a) + z * np.cos(a)
+    x, z = x * np.cos(b) + z * np.sin(b), z * np.cos(b) - x * np.sin(b)
+    setattr(heart, field, np.stack([x, y, z], axis=-1))
 
 
 def dominant_qrs(heart: Heart, ventricular: np.ndarray, length: int = 300) -> np.ndarray:
@@ -154,6 +197,7 @@ def dominant_qrs(heart: Heart, ventricular: np.ndarray, length: int = 300) -> np
     heart.vector,
     gains(heart),
     heart.rotation,
+    heart.chest_leads,
   )
   return from_independent(leads)
 
@@ -189,7 +233,10 @@ def calibrate_voltage(rng: np.random.Generator, heart: Heart, ventricular: np.nd
   for wave in np.flatnonzero(np.isfinite(heart.peak).any(axis=0)):
     rows = np.flatnonzero(np.isfinite(heart.peak[:, wave]))
     volts = dipole.lead_matrix(
-      heart.vector[rows, wave][:, None], gains(heart)[rows], heart.rotation[rows]
+      heart.vector[rows, wave][:, None],
+      gains(heart)[rows],
+      heart.rotation[rows],
+      heart.chest_leads[rows],
     )[:, 0]
     peak = np.abs(from_independent(volts)).max(axis=-1)
     heart.vector[rows, wave] *= (heart.peak[rows, wave] / np.maximum(peak, 1e-9))[:, None]

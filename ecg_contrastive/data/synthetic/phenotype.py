@@ -24,11 +24,11 @@ from ecg_contrastive.data.synthetic.morphology import HIGH, LOW
 from ecg_contrastive.data.synthetic.plan import Effect, Plan, draw, rhythm_kind
 
 # Application order matters: rhythm, then axis, conduction, structure, atria, repolarisation, voltage,
-# position, recording quality. Findings without an entry (洞調律, 正常心電図, 異常Q波 and
+# position, recording quality. Findings without an entry (洞調律, 異常Q波 and
 # ストレイン型ST-T変化) need no change beyond what their companions do.
 EFFECTS: dict[str, Effect] = {
   "洞性頻脈": draw("rhythm.rate", 105, 150),
-  "洞性徐脈": draw("rhythm.rate", 38, 52),
+  "洞性徐脈": draw("rhythm.rate", 38, 49),
   "心房細動": rx.fibrillation,
   "心房粗動": rx.flutter,
   "接合部調律": rx.junctional,
@@ -40,8 +40,8 @@ EFFECTS: dict[str, Effect] = {
   "1度房室ブロック": draw("rhythm.pr", 240, 360),
   "心房期外収縮": rx.premature_beats("pac"),
   "心室期外収縮": rx.premature_beats("pvc"),
-  "左軸偏位": wx.axis(-70, -42),
-  "右軸偏位": wx.axis(110, 140),
+  "左軸偏位": wx.axis(-88, -52),
+  "右軸偏位": wx.axis(108, 165),
   "時計方向回転": wx.rotation(1.0),
   "反時計方向回転": wx.rotation(-1.0),
   "完全右脚ブロック": wx.rbbb,
@@ -53,19 +53,20 @@ EFFECTS: dict[str, Effect] = {
   "右室肥大": wx.rvh,
   "右房負荷": wx.atrial_overload(True),
   "左房負荷": wx.atrial_overload(False),
+  "正常心電図": wx.early_repolarisation,
   "ST上昇": wx.st_elevation,
   "ST低下": wx.st_depression,
   "陰性T波": wx.negative_t,
   "テント状T波": wx.peaked_t,
-  "QT延長": draw("heart.qtc", 490, 580),
+  "QT延長": rx.long_qt,
   "U波増高": wx.scale_t(0.5, 0.7, (0.1, 0.14)),
   "平低T波": wx.scale_t(0.1, 0.25),
   "低電位": wx.voltage(LOW),
   "左室高電位": wx.voltage(HIGH),
   "右胸心": wx.dextrocardia,
   "電極付け間違いの疑い": wx.arms_swapped,
-  "基線の動揺": draw("wander", 0.35, 0.8),
-  "筋電図混入": draw("emg", 0.035, 0.08),
+  "基線の動揺": draw("wander", 0.8, 1.6),  # severe: see noise.SEVERE_*
+  "筋電図混入": draw("emg", 0.05, 0.1),
   "交流障害": draw("mains", 0.05, 0.15),
 }
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ecg_contrastive.data.synthetic import noise
 from ecg_contrastive.data.synthetic import rhythm as rh
 from ecg_contrastive.data.synthetic.dipole import W, frontal
 from ecg_contrastive.data.synthetic.morphology import Heart
@@ -21,9 +22,18 @@ class Plan:
   ):
     n = len(heart)
     self.heart, self.rhythm, self.labels = heart, rhythm, labels
-    self.wander = rng.uniform(0.02, 0.12, n)  # mV
-    self.emg = rng.uniform(0.003, 0.012, n)  # mV rms
-    self.mains = rng.uniform(0.0, 0.01, n)  # mV rms
+    # Unlabelled artefacts, as most real recordings carry them (noise.py states the levels a reader
+    # would name; the quality findings in phenotype.EFFECTS draw above them).
+    self.wander = np.where(
+      rng.random(n) < noise.WANDER_SHARE, rng.uniform(0.05, 0.3, n), rng.uniform(0.005, 0.05, n)
+    )  # mV
+    self.breath = rng.uniform(0.12, 0.4, n)  # Hz, respiration behind the wander
+    self.emg = np.where(
+      rng.random(n) < noise.EMG_SHARE, rng.uniform(0.008, 0.016, n), rng.uniform(0.002, 0.008, n)
+    )  # mV rms
+    self.mains = np.where(
+      rng.random(n) < noise.MAINS_SHARE, rng.uniform(0.003, 0.013, n), rng.uniform(0.0, 0.003, n)
+    )  # mV rms
     self.mains_hz = rng.choice([50.0, 60.0], n)  # eastern / western Japan
     self.where: list[dict[str, str]] = [{} for _ in range(n)]
 

@@ -11,7 +11,14 @@ import dataclasses
 
 import numpy as np
 
-from ecg_contrastive.data.synthetic.dipole import CONDUCTED, ECTOPIC_P, ECTOPIC_V, PACED, SINUS_P
+from ecg_contrastive.data.synthetic.dipole import (
+  CONDUCTED,
+  ECTOPIC_P,
+  ECTOPIC_V,
+  ECTOPIC_V2,
+  PACED,
+  SINUS_P,
+)
 
 T_START, T_END = -1500.0, 10800.0
 SINUS, AF, FLUTTER, JUNCTIONAL, SVT, VT, PACED_RHYTHM, CAVB, WENCKEBACH = range(9)
@@ -31,6 +38,8 @@ class Rhythm:
   flutter_rate: np.ndarray  # per minute
   flutter_ratio: np.ndarray  # 2, 4 or 0 (variable) F waves per QRS
   group: np.ndarray  # Wenckebach group size (P waves per dropped beat)
+  arrhythmia: np.ndarray  # sinus: respiratory RR modulation, +- fraction of the RR
+  multifocal: np.ndarray  # bool: premature ventricular beats from two foci
 
   @classmethod
   def sinus(cls, rate: np.ndarray, pr: np.ndarray) -> Rhythm:
@@ -47,6 +56,8 @@ class Rhythm:
       flutter_rate=np.full(n, 300.0),
       flutter_ratio=np.full(n, 2),
       group=np.full(n, 4),
+      arrhythmia=np.full(n, 0.03),
+      multifocal=np.zeros(n, bool),
     )
 
 
@@ -57,7 +68,7 @@ class Beats:
   atrial_t: np.ndarray  # (A,) ms, P onset
   atrial_kind: np.ndarray  # (A,) SINUS_P | ECTOPIC_P
   vent_t: np.ndarray  # (V,) ms, QRS onset
-  vent_kind: np.ndarray  # (V,) CONDUCTED | ECTOPIC_V | PACED
+  vent_kind: np.ndarray  # (V,) CONDUCTED | ECTOPIC_V | PACED | ECTOPIC_V2
   flutter: tuple[float, float] | None = (
     None  # (period ms, time of one F-wave nadir) for atrial flutter
   )
@@ -91,7 +102,7 @@ def _pick(rng: np.random.Generator, q: np.ndarray, count: int) -> np.ndarray:
 
 
 def _sinus(rng, r: Rhythm, i: int) -> Beats:
-  p = _regular(rng, r.rate[i], 0.03)
+  p = _regular(rng, r.rate[i], r.arrhythmia[i])
   q = p + r.pr[i]
   a_kind = np.full(len(p), SINUS_P)
   for k in _pick(rng, q, int(r.pac[i])):  # premature with an abnormal P; resets the sinus node
@@ -104,11 +115,16 @@ def _sinus(rng, r: Rhythm, i: int) -> Beats:
 
 
 def _with_pvcs(rng, r: Rhythm, i: int, beats: Beats) -> Beats:
-  """Replaces r.pvc[i] beats by premature wide ones; the atria march on, so the pause compensates."""
+  """Replaces r.pvc[i] beats by premature wide ones; the atria march on, so the pause compensates.
+  Multifocal records take each beat from either focus (at least one from each)."""
   q, kind = beats.vent_t.copy(), beats.vent_kind.copy()
-  for k in _pick(rng, q, int(r.pvc[i])):
+  picked = _pick(rng, q, int(r.pvc[i]))
+  focus = np.full(len(picked), ECTOPIC_V)
+  if r.multifocal[i] and len(picked) > 1:
+    focus[rng.permutation(len(picked))[: rng.integers(1, len(picked))]] = ECTOPIC_V2
+  for k, f in zip(picked, focus):
     q[k] = q[k - 1] + rng.uniform(0.48, 0.62) * (q[k] - q[k - 1])
-    kind[k] = ECTOPIC_V
+    kind[k] = f
   return dataclasses.replace(beats, vent_t=q, vent_kind=kind)
 
 

@@ -116,12 +116,19 @@ def _chunk(
   n = len(patient_of)
   labels = findings.draw_labels(rng, primaries)
   heart = morphology.normal_hearts(rng, traits, patient_of)
-  rate = np.clip(traits["hr"][patient_of] + rng.normal(0, 4, n), 56, 96)
+  rate = np.clip(traits["hr"][patient_of] + rng.normal(0, 4, n), 50, 99)
   chunk = plan.Plan(
     heart, rh.Rhythm.sinus(rate, traits["pr"][patient_of] + rng.normal(0, 6, n)), labels, rng
   )
   phenotype.apply_findings(rng, chunk)
   r = chunk.rhythm
+  morphology.rotate_torso(  # the patient's heart in its torso, a little different each day
+    heart,
+    traits["tilt"][patient_of] + rng.normal(0, 2, n),
+    traits["turn"][patient_of] + rng.normal(0, 2, n),
+  )
+  # Sinus arrhythmia (up to +-7% of the RR with respiration); steady where ectopy is measured against it.
+  r.arrhythmia = np.where(r.pac + r.pvc > 0, 0.03, rng.uniform(0.01, 0.07, n))
   ventricular = (
     (r.kind == rh.VT) | (r.kind == rh.PACED_RHYTHM) | ((r.kind == rh.CAVB) & r.escape_wide)
   )
@@ -143,6 +150,7 @@ def _chunk(
       heart.vector[block],
       gains[block],
       heart.rotation[block],
+      heart.chest_leads[block],
     )
     _add_atrial_activity(
       rng,
@@ -150,6 +158,7 @@ def _chunk(
       heart.atrial[block],
       gains[block],
       heart.rotation[block],
+      heart.chest_leads[block],
       [beats[i] for i in block],
     )
     if noisy:
@@ -161,6 +170,7 @@ def _chunk(
         chunk.emg[block],
         chunk.mains[block],
         chunk.mains_hz[block],
+        chunk.breath[block],
       )
     swapped = heart.arms_swapped[block]  # LA/RA exchanged: I -> -I, II -> III
     leads[swapped, :, 0], leads[swapped, :, 1] = (
@@ -230,6 +240,7 @@ def _add_atrial_activity(
   atrial: np.ndarray,
   gains: np.ndarray,
   rotation: np.ndarray,
+  chest: np.ndarray,
   beats: list[rh.Beats],
 ) -> None:
   """Adds fibrillatory f waves (AF) or sawtooth F waves (flutter) along `atrial` (n, 3) mV to leads (n, T, 8)."""
@@ -246,5 +257,7 @@ def _add_atrial_activity(
       wave *= 1 + 0.4 * np.sin(2 * np.pi * t / rng.uniform(1500, 3000))
     leads[i] += (
       wave[:, None]
-      * dipole.lead_matrix(atrial[i][None, None], gains[i][None], rotation[i : i + 1])[0]
+      * dipole.lead_matrix(
+        atrial[i][None, None], gains[i][None], rotation[i : i + 1], chest[i : i + 1]
+      )[0]
     ).astype(np.float32)

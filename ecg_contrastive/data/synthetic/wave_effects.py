@@ -31,10 +31,13 @@ def rotation(sign: float) -> Effect:
 
 
 def rbbb(rng, idx, plan):
+  """Late rightward-anterior forces of varied size, timing and width (QRS ~120-160 ms): rSR', rsR', wide R in V1."""
   h, m = plan.heart, len(idx)
   h.vector[idx, W["R2"]] = frontal(
-    rng.uniform(165, 195, m), rng.uniform(0.7, 0.85, m)
-  ) * rng.uniform(0.45, 0.75, (m, 1))
+    rng.uniform(160, 200, m), rng.uniform(0.7, 0.9, m)
+  ) * rng.uniform(0.45, 0.8, (m, 1))
+  h.offset[idx, W["R2"]] = rng.uniform(92, 108, m)
+  h.sigma[idx, W["R2"]] = rng.uniform(13, 20, m)
   t = h.vector[idx, W["T2"]]
   set_t(
     h,
@@ -54,8 +57,8 @@ def lbbb(rng, idx, plan):
   h.vector[idx, W["S"]] = 0.0
   h.vector[idx, W["R"]] = r
   h.vector[idx, W["R2"]] = frontal(h.axis[idx] + rng.uniform(-15, 15, m), -0.7) * (0.8 * r_mag)
-  h.offset[idx, W["R"]], h.sigma[idx, W["R"]] = 48, 19
-  h.offset[idx, W["R2"]], h.sigma[idx, W["R2"]] = 95, 20
+  h.offset[idx, W["R"]], h.sigma[idx, W["R"]] = rng.uniform(44, 52, m), rng.uniform(16, 22, m)
+  h.offset[idx, W["R2"]], h.sigma[idx, W["R2"]] = rng.uniform(88, 105, m), rng.uniform(17, 24, m)
   set_t(h, idx, -unit(r), rng.uniform(0.3, 0.5, m))
   h.vector[idx, W["ST"]] = -unit(r) * rng.uniform(0.08, 0.15, (m, 1))
 
@@ -99,12 +102,14 @@ def old_anterior(rng, idx, plan):
 
 
 def lvh(rng, idx, plan):
-  """High voltage with strain: ST depression and T inversion opposite the tall R (I, aVL, V5-V6)."""
+  """High voltage with strain: ST depression and T inversion opposite the tall R (I, aVL, V5-V6), from
+  shallow asymmetric T inversion to deep strain."""
   h, m = plan.heart, len(idx)
   h.voltage[idx] = HIGH
   r = unit(h.vector[idx, W["R"]])
-  set_t(h, idx, unit(-r + [0.0, 0.0, 0.3]), rng.uniform(0.25, 0.45, m))
-  h.vector[idx, W["ST"]] = -r * rng.uniform(0.08, 0.15, (m, 1))
+  anterior = np.stack([np.zeros(m), np.zeros(m), rng.uniform(0.0, 0.5, m)], axis=1)
+  set_t(h, idx, unit(-r + anterior), rng.uniform(0.15, 0.5, m))
+  h.vector[idx, W["ST"]] = -r * rng.uniform(0.05, 0.18, (m, 1))
   for wave in ("Q", "R", "S"):
     h.offset[idx, W[wave]] *= 1.08
     h.sigma[idx, W[wave]] *= 1.08
@@ -131,7 +136,10 @@ def atrial_overload(right: bool) -> Effect:
       h.vector[idx, W["P2"]] = frontal(rng.uniform(10, 35, m), -0.7) * rng.uniform(
         0.16, 0.22, (m, 1)
       )
-      h.offset[idx, W["P2"]] += 22
+      h.offset[idx, W["P2"]] = 80  # whatever the normal P2 timing was (morphology p_split)
+      plan.rhythm.pr[idx] = np.maximum(
+        plan.rhythm.pr[idx], rng.uniform(155, 175, m)
+      )  # P ends before QRS
       h.sigma[idx, W["P2"]] += 4
 
   return effect
@@ -147,7 +155,7 @@ def st_elevation(rng, idx, plan):
     unit(np.stack([rng.uniform(0.1, 0.4, m), np.zeros(m), np.ones(m)], axis=1)),
   )
   h.vector[idx, W["ST"]] = direction
-  h.peak[idx, W["ST"]] = rng.uniform(0.2, 0.5, m)  # mV on the most elevated lead
+  h.peak[idx, W["ST"]] = rng.uniform(0.25, 0.5, m)  # mV on the most elevated lead
   h.vector[idx, W["T2"]] += direction * rng.uniform(0.15, 0.3, (m, 1))
   for j, i in enumerate(idx):
     plan.where[i]["ST上昇"] = "II, III, aVF" if is_inferior[j] else "V1-V4"
@@ -159,11 +167,19 @@ def st_elevation(rng, idx, plan):
   h.offset[idx[with_q], W["Q"]], h.sigma[idx[with_q], W["Q"]] = 18, 12
 
 
+def early_repolarisation(rng, idx, plan):
+  """A quarter of normal ECGs: J-point / ST elevation along the T wave, 0.03-0.08 mV at its peak (under ST上昇)."""
+  h = plan.heart
+  idx = idx[rng.random(len(idx)) < 0.25]
+  h.vector[idx, W["ST"]] = unit(h.vector[idx, W["T2"]])
+  h.peak[idx, W["ST"]] = rng.uniform(0.03, 0.08, len(idx))
+
+
 def st_depression(rng, idx, plan):
   """Subendocardial ischaemia: ST vector away from the apex (down in II, aVF, V4-V6; up in aVR)."""
   m = len(idx)
   plan.heart.vector[idx, W["ST"]] = -frontal(rng.uniform(30, 70, m), rng.uniform(-0.1, 0.2, m))
-  plan.heart.peak[idx, W["ST"]] = rng.uniform(0.12, 0.25, m)
+  plan.heart.peak[idx, W["ST"]] = rng.uniform(0.15, 0.3, m)
   where("V4-V6", "ST低下")(rng, idx, plan)
 
 
