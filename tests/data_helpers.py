@@ -11,8 +11,11 @@ from array_record.python.array_record_module import ArrayRecordReader, ArrayReco
 import ecg_contrastive.data.builders  # noqa: F401  (registers the builders with TFDS)
 from configs import default
 from ecg_contrastive.config_check import ConfigError, check_values
+from ecg_contrastive.data.builders.synthetic_ecg_ja import SyntheticEcgJa
 
 DATASET = "synthetic_ecg_ja/tiny"
+# the built-in dataset's version: the folder name under DATA_DIR/synthetic_ecg_ja/<config>/
+SYNTH_VERSION = str(SyntheticEcgJa.VERSION)
 
 
 def dataset_folder(data_dir: str) -> str:

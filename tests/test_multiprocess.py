@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.data_helpers import SYNTH_VERSION
+
 pytestmark = pytest.mark.slow  # subprocesses: JAX start-up and compiles in each
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,7 +82,7 @@ def test_two_processes_build_the_data_once_and_match_one_process(
     and "writing a copy on this host" not in log1
   )
   assert (
-    log1.count("int16 cache of synthetic_ecg_ja/tiny/1.3.0:") == 4
+    log1.count(f"int16 cache of synthetic_ecg_ja/tiny/{SYNTH_VERSION}:") == 4
   )  # waits + uses, train and validation
   assert log1.count("text cache") == 4  # two entries (reports, label prompts): waits + uses each
   used = {
@@ -99,9 +101,9 @@ def test_two_processes_build_the_data_once_and_match_one_process(
   )  # every shared file: read, never written
   data_dir, cache_dir = data_dirs["data_dir"], data_dirs["cache_dir"]
   assert os.listdir(os.path.join(data_dir, "synthetic_ecg_ja", "tiny")) == [
-    "1.3.0"
+    SYNTH_VERSION
   ]  # no 'incomplete.*' build
-  ecg_cache = os.path.join(data_dir, "synthetic_ecg_ja", "tiny", "1.3.0", "ecg_cache")
+  ecg_cache = os.path.join(data_dir, "synthetic_ecg_ja", "tiny", SYNTH_VERSION, "ecg_cache")
   assert sorted(os.listdir(ecg_cache)) == [
     "train.ecg.npy",
     "train.meta.json",

@@ -12,6 +12,7 @@ from fake_gcs import use_fake_gcs
 from configs import default
 from ecg_contrastive import checkpoints, paths, train
 from ecg_contrastive.metric_writer import MetricWriter
+from tests.data_helpers import SYNTH_VERSION
 
 
 @pytest.fixture
@@ -201,15 +202,17 @@ def test_remote_data_dir_that_is_not_prepared_says_how_to_prepare_it(bucket):
     ValueError, match=r"not prepared in gs://bucket/tfds: array_record writes local files only"
   ):
     pipeline.open_source("synthetic_ecg_ja/tiny", "train", data_dir="gs://bucket/tfds")
-  assert not os.path.exists(bucket / "tfds" / "synthetic_ecg_ja" / "tiny" / "1.3.0")
+  assert not os.path.exists(bucket / "tfds" / "synthetic_ecg_ja" / "tiny" / SYNTH_VERSION)
 
 
 def test_int16_cache_of_a_remote_dataset_goes_to_a_local_folder(bucket, tmp_path, caplog):
   from ecg_contrastive.data import cache
 
   with caplog.at_level(logging.INFO, logger="ecg_contrastive"):
-    folder = cache.cache_folder("gs://bucket/tfds/synthetic_ecg_ja/tiny/1.3.0")
-  assert folder.startswith(str(tmp_path / "local" / "ecg_cache")) and folder.endswith("_1.3.0")
+    folder = cache.cache_folder(f"gs://bucket/tfds/synthetic_ecg_ja/tiny/{SYNTH_VERSION}")
+  assert folder.startswith(str(tmp_path / "local" / "ecg_cache")) and folder.endswith(
+    f"_{SYNTH_VERSION}"
+  )
   assert os.path.isdir(folder)
   assert "is remote: its int16 cache goes to the local folder " + folder in caplog.text
   assert cache.cache_folder(str(tmp_path / "tfds")) == str(tmp_path / "tfds" / "ecg_cache")

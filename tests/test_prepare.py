@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from ecg_contrastive.data import prepare
-from tests.data_helpers import DATASET, copy_with_corrupt_record, dataset_folder
+from tests.data_helpers import DATASET, SYNTH_VERSION, copy_with_corrupt_record, dataset_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +41,9 @@ def test_builds_the_dataset_and_its_cache_and_says_what(prepared):
   # the report follows TFDS's own lines
   start = [i for i, line in enumerate(lines) if line.startswith(DATASET)][0]
   lines = lines[start:]
-  assert lines[0].startswith(f"{DATASET} 1.3.0 in {folder}: shards built; int16 cache per split")
+  assert lines[0].startswith(
+    f"{DATASET} {SYNTH_VERSION} in {folder}: shards built; int16 cache per split"
+  )
   rows = {line.split()[0]: line.split() for line in lines[2:5]}
   assert {s: int(r[1]) for s, r in rows.items()} == {"test": 32, "train": 256, "validation": 32}
   assert all(r[2] == "0" and r[3] == "1" and r[6] == "built," for r in rows.values())

@@ -15,7 +15,13 @@ from array_record.python.array_record_module import ArrayRecordReader
 
 from ecg_contrastive.data import pipeline, streaming
 from ecg_contrastive.errors import DataError
-from tests.data_helpers import DATASET, copy_with_corrupt_record, data_value_error, dataset_folder
+from tests.data_helpers import (
+  DATASET,
+  SYNTH_VERSION,
+  copy_with_corrupt_record,
+  data_value_error,
+  dataset_folder,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -267,7 +273,7 @@ def test_two_processes_read_disjoint_shares_that_make_the_global_batch(data_dir,
     )
   logs = [p.communicate(timeout=300)[0] for p in procs]
   assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
-  assert "record index of synthetic_ecg_ja/tiny/1.3.0:train: process 1 waits" in logs[1]
+  assert f"record index of synthetic_ecg_ja/tiny/{SYNTH_VERSION}:train: process 1 waits" in logs[1]
   assert "indexing" not in logs[1]
   p0, p1 = (json.loads((tmp_path / f"p{i}.json").read_text()) for i in range(2))
   assert p0["devices"] == p1["devices"] == 4 and p0["same"] and p1["same"]
