@@ -333,3 +333,36 @@ def test_embed_command_writes_rows_in_input_order(tmp_path, capsys):
     == 2
   )
   assert "empty.txt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tiny_main_job_runs_with_a_llama_text_side(tmp_path, caplog):
+  """configs/default.py:tiny end to end (data, text precompute, training, evaluation) with a sharded
+  random Llama directory as its frozen text tower, last-token pooling and a prompt template."""
+  import logging
+
+  from configs import default
+  from ecg_contrastive import train
+
+  config = default.get_config("tiny")
+  config.text.model_dir = write_random_llama(
+    str(tmp_path / "llama"), hidden_size=48, num_layers=2, num_heads=4, num_kv_heads=2
+  )
+  config.text.pooling = "last"
+  config.text.template = "所見：{}"
+  config.text.dtype = "bfloat16"
+  config.num_steps = 4
+  config.log_every = 2
+  config.checkpoint_every = 4
+  with caplog.at_level(logging.INFO):
+    results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  tables = [r.getMessage() for r in caplog.records if r.getMessage().startswith("report table: ")]
+  summary = json.loads(tables[0][len("report table: ") :])
+  assert summary["dim"] == 48 and summary["template"] == "所見：{}" and summary["pooling"] == "last"
+  assert summary["dtype"] == "bfloat16" and summary["unique"] > 10
+  for split in config.eval_splits:
+    assert 0.0 <= results[split]["top1"] <= 1.0
+  metrics = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  assert all(np.isfinite(m["loss"]) for m in metrics if "loss" in m) and any(
+    "loss" in m for m in metrics
+  )
