@@ -366,3 +366,24 @@ def test_tiny_main_job_runs_with_a_llama_text_side(tmp_path, caplog):
   assert all(np.isfinite(m["loss"]) for m in metrics if "loss" in m) and any(
     "loss" in m for m in metrics
   )
+
+
+@pytest.mark.slow
+def test_memory_plan_splits_the_weights_over_eight_devices():
+  """bench/text_precompute.py's plan (compiled, nothing run) on a small config: split weights put 1/8 of the
+  weights on each device, replicated ones all of them."""
+  from bench.text_precompute import LAYOUTS, plan_rows
+
+  config = dict(
+    vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+    head_dim=16, intermediate_size=256, max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=5e5,
+  )  # fmt: skip
+  rows = {r["layout"]: r for r in plan_rows(16, 32, 8, config=config, dtype="float32")}
+  weights = (512 * 128 + 2 * (128 * (128 + 2 * 32 + 128) + 3 * 128 * 256 + 2 * 128) + 128) * 4
+  split, replicated = rows[LAYOUTS[0][0]], rows[LAYOUTS[2][0]]
+  assert split["weights_gib"] * 2**30 == weights
+  batch = 2 * 16 * 32 * 4 / 8  # ids and mask, int32, 2 rows per device
+  norms = (2 * 2 * 128 + 128) * 4  # the RMSNorm scales stay replicated
+  assert split["arguments_gib"] * 2**30 == pytest.approx((weights - norms) / 8 + norms + batch)
+  assert replicated["arguments_gib"] * 2**30 == pytest.approx(weights + batch)
+  assert rows["one device"]["arguments_gib"] * 2**30 == pytest.approx(weights + 8 * batch)
