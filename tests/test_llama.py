@@ -164,26 +164,29 @@ def test_left_padding_gives_the_right_padded_embeddings(llama_dir):
 
 
 def test_eight_devices_split_the_weights_and_match_one(llama_dir):
-  """The weights placed straight into their shards on 8 devices; embeddings equal the 1-device ones."""
+  """The weights placed straight into their shards on 8 devices; pooled embeddings equal transformers' on
+  1 and 8 devices."""
+  from transformers import LlamaModel
+
   assert jax.local_device_count() == 8
   ids, mask = _batch(2)
-  texts_rows = {}
+  mean, last = _pooled_reference(
+    _reference(LlamaModel.from_pretrained(llama_dir).eval(), ids, mask)[-1], mask
+  )
+  rows, row_mask = (
+    np.concatenate([ids, ids]),
+    np.concatenate([mask, mask]),
+  )  # 8 rows: one per device
   for devices in (1, 8):
     mesh = make_mesh(jax.local_devices()[:devices])
     model = load_text_model(llama_dir, mesh=mesh)
     q = model.params["layers"]["q_proj"]["kernel"]
     assert q.sharding.mesh.devices.size == devices
     assert q.addressable_shards[0].data.shape == (2, 64, 64 // devices)  # heads split over devices
-    encoder = Encoder(model.module, model.params, "last", mesh)
-    rows = np.concatenate([ids, ids])  # 8 rows: one per device
-    texts_rows[devices] = np.asarray(encoder(rows, np.concatenate([mask, mask])))
-  from transformers import LlamaModel
-
-  _, last = _pooled_reference(
-    _reference(LlamaModel.from_pretrained(llama_dir).eval(), ids, mask)[-1], mask
-  )
-  for devices, got in texts_rows.items():
-    assert np.abs(got[:4] - last).max() / np.abs(last).max() <= 1e-5, devices
+    for pooling, want in (("mean", mean), ("last", last)):
+      got = np.asarray(Encoder(model.module, model.params, pooling, mesh)(rows, row_mask))
+      assert np.abs(got[:4] - want).max() / np.abs(want).max() <= 1e-5, (devices, pooling)
+      np.testing.assert_array_equal(got[:4], got[4:])
 
 
 @pytest.mark.slow
