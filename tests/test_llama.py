@@ -390,3 +390,17 @@ def test_memory_plan_splits_the_weights_over_eight_devices():
   assert split["arguments_gib"] * 2**30 == pytest.approx((weights - norms) / 8 + norms + batch)
   assert replicated["arguments_gib"] * 2**30 == pytest.approx(weights + batch)
   assert rows["one device"]["arguments_gib"] * 2**30 == pytest.approx(weights + 8 * batch)
+
+
+def test_llama_style_tokenizer_adds_bos_truncates_and_pads_with_eos(tmp_path):
+  """A tokenizer.json tokenizer (transformers 5's tokenizers backend, no build_inputs_with_special_tokens)
+  without a pad token: BOS first, truncation keeps it, padding uses EOS."""
+  from ecg_contrastive.text.precompute import pad_id
+  from ecg_contrastive.text.tokenizer import load_tokenizer, tokenize
+
+  tokenizer = load_tokenizer(write_llama_tokenizer(str(tmp_path)))
+  assert tokenizer.pad_token_id is None and pad_id(tokenizer) == tokenizer.eos_token_id == 2
+  out = tokenize(["洞調律。心房細動を認める。", "ＳＴ低下"], tokenizer, max_length=6)
+  assert [len(i) for i in out.ids] == [6, 5] and out.truncated == 1 and out.unk_tokens == 0
+  assert all(i[0] == 1 for i in out.ids)  # <|begin_of_text|>
+  assert tokenizer.convert_ids_to_tokens(out.ids[1][1:].tolist()) == ["S", "T", "低", "下"]  # NFKC
