@@ -349,6 +349,7 @@ def abstract_params(module: LlamaEncoder) -> dict:
 
 
 def read_config(model_dir: str) -> LlamaConfig:
+  """config.json of `model_dir` -> LlamaConfig; TextModelError naming the file for an unsupported one."""
   path = os.path.join(model_dir, "config.json")
   with open(path, encoding="utf-8") as f:
     return LlamaConfig.from_hf(json.load(f), source=path)
