@@ -325,6 +325,7 @@ def test_embed_command_writes_rows_in_input_order(tmp_path, capsys):
     (["--pooling", "cls"], "does not suit a causal decoder"),
     (["--template", "no placeholder"], "exactly once"),
     (["--layer", "7"], "layer 7 is out of range"),
+    (["--model-dir", str(tmp_path / "nowhere")], "nowhere': no such directory"),
   ):
     assert embed.main(argv[:6] + bad) == 2
     assert says in capsys.readouterr().err

@@ -56,6 +56,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     help="hidden states to pool: transformers' hidden_states index, -1 the last (Llama family)",
   )
   p.add_argument("--cache-dir", default="", help="'' -> $ECG_CONTRASTIVE_CACHE or ~/.cache/...")
+  p.add_argument(
+    "--distributed",
+    action="store_true",
+    help="jax.distributed.initialize() first: run the same command on every host; each process embeds its "
+    "share of the texts on its own devices, process 0 writes --out",
+  )
   p.add_argument("--verbose", action="store_true", help="tracebacks for mistakes too")
   return p.parse_args(argv)
 
@@ -81,10 +87,14 @@ class TextsError(UserError, ValueError):
 
 def run(args: argparse.Namespace) -> np.ndarray:
   """Embeds the texts of args.texts and writes args.out; returns the (n, hidden) float32 rows."""
+  import jax
+
   from ecg_contrastive.text.precompute import embed_texts
 
   if not os.path.isfile(args.texts):
     raise FileNotFoundError(f"--texts {args.texts!r}: no such file")
+  if not os.path.isdir(args.model_dir):
+    raise FileNotFoundError(f"--model-dir {args.model_dir!r}: no such directory")
   texts = read_texts(args.texts)
   table = embed_texts(
     texts,
@@ -98,7 +108,8 @@ def run(args: argparse.Namespace) -> np.ndarray:
     layer=args.layer,
   )
   rows = table.embeddings[table.rows(texts)]
-  paths.np_save(args.out, rows)
+  if jax.process_index() == 0:
+    paths.np_save(args.out, rows)
   s = table.summary
   print(
     f"{len(texts)} texts ({s['unique']} distinct, {s['tokens']} tokens"
@@ -112,6 +123,10 @@ def run(args: argparse.Namespace) -> np.ndarray:
 def main(argv: Sequence[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   args = parse_args(argv)
+  if args.distributed:
+    from ecg_contrastive.sharding import init_distributed
+
+    init_distributed()
   try:
     run(args)
   except (UserError, FileNotFoundError) as e:
