@@ -41,13 +41,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_splits = ("validation", "test")
 
   c.text = ml_collections.ConfigDict()
-  c.text.model_dir = (
-    ""  # "" -> the stand-in BERT (random weights, character vocabulary), written on first use
-  )
+  # "" -> the stand-in BERT (random weights, character vocabulary), written on first use; else a local Hugging
+  # Face directory of a BERT/RoBERTa encoder or a Llama/Mistral/Qwen2 decoder (single or sharded safetensors)
+  c.text.model_dir = ""
   c.text.standin = dict(hidden_size=128, num_layers=2, num_heads=4, seed=0)
-  c.text.pooling = "mean"  # "cls" | "mean" | "pooler"
+  c.text.pooling = "mean"  # "mean" | "last" (decoders) | "cls" | "pooler" (BERT)
+  # "" or a prompt with '{}' wrapped around each report and label prompt, e.g. "所見「{}」"
+  c.text.template = ""
+  # hidden states to pool: transformers' hidden_states index (Llama family); -1 the last
+  c.text.layer = -1
   c.text.max_length = 128
   c.text.batch_size = 256
+  # compute dtype (and a Llama-family model's weights): "float32" | "bfloat16"
   c.text.dtype = "float32"
   c.text.cache_dir = ""  # "" -> $ECG_CONTRASTIVE_CACHE or ~/.cache/ecg_contrastive/text
   c.text.templates = ("{}", "{}を認める。", "所見：{}。")

@@ -1,10 +1,24 @@
 r"""The paper's setup (arXiv 2504.09302): ResNet1d-18 on (5000, 12) at 500 Hz, 256-d joint space,
-symmetric InfoNCE at a fixed tau 0.07, a frozen Japanese (medical) BERT-family text tower.
+symmetric InfoNCE at a fixed tau 0.07, a frozen Japanese (medical) text tower.
 
   python -m ecg_contrastive.main --config configs/paper.py:synthetic_ecg_ja/large,/models/bert-base-japanese-v3 \
       --workdir runs/paper --config.batch_size=1024
 
 arg = "DATASET,TEXT_MODEL_DIR" (either may be empty: defaults synthetic_ecg_ja/large and the stand-in).
+
+The paper's text tower is MedLlama3-JP-v2, a Llama-3 8B decoder (4 safetensors shards, 16 GB in bfloat16, 15 GB
+without the lm_head, which the encoder skips): save it locally and pass its directory as TEXT_MODEL_DIR, computing
+in bfloat16 (the weights too):
+
+  python -m ecg_contrastive.main --config configs/paper.py:synthetic_ecg_ja/large,/models/MedLlama3-JP-v2 \
+      --workdir runs/paper_llm --config.text.dtype=bfloat16 --config.text.batch_size=64
+
+Its reports are embedded once before training, the weights split over the local devices along heads and MLP
+(models/llama.py). XLA's plan per device for one batch of 256 x 128 tokens (bench/text_precompute.py --plan;
+BENCHMARKS.md): 1.75 GiB of weights and batch per device on 8 devices (a 16 GB TPU chip holds it with room to
+spare; at most 3.1 GiB with activations), 14.0 GiB + at most 6 GiB of activations on one device (an 80 GB GPU).
+Pooling: 'mean' here; --config.text.pooling=last with a prompt such as
+--config.text.template='この心電図所見「{}」を一語で表すと：' (PromptEOL) is the decoder-style alternative.
 Sweep batch sizes with python -m ecg_contrastive.sweep. A batch larger than memory keeps its exact contrastive
 gradient with gradient caching, e.g. --config.batch_size=16384 --config.microbatches=8 (2,048 ECGs of
 activations at a time); --config.loss.name=sigmoid --config.train.logit_bias=-10.0 trains with SigLIP's loss.

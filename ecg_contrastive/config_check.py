@@ -111,6 +111,15 @@ RULES = (
   Rule("text.pooling", str, _choice(POOLINGS), f"one of {POOLINGS}"),
   Rule("text.dtype", str, _choice(DTYPES), f"one of {DTYPES}"),
   Rule(
+    "text.template",
+    str,
+    lambda v: v == "" or v.count("{}") == 1,
+    "'' or a prompt containing '{}' once (the report goes there)",
+  ),
+  Rule(
+    "text.layer", int, lambda v: True, "an integer: transformers' hidden_states index, -1 the last"
+  ),
+  Rule(
     "text.max_length",
     int,
     lambda v: v > 2,
@@ -206,6 +215,8 @@ REQUIRED = (
   "data.device_memory_share",
   "data.device_memory_bytes",
   "data.expected_ecg_per_s",
+  "text.template",
+  "text.layer",
 )
 
 _KIND = {int: "an integer", float: "a number", str: "a string"}
@@ -316,19 +327,19 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("set config.num_steps or config.num_epochs (both are 0)")
   _check_batch_sizes(config)
   if config.text.model_dir:
+    from ecg_contrastive.models.safetensors_io import INDEX, SINGLE, checkpoint_files
+
     missing = [
-      f
-      for f in ("config.json", "model.safetensors")
-      if not os.path.exists(os.path.join(config.text.model_dir, f))
-    ]
+      f for f in ("config.json",) if not os.path.exists(os.path.join(config.text.model_dir, f))
+    ] + ([] if checkpoint_files(config.text.model_dir) else [f"{SINGLE} (or {INDEX})"])
     if not os.path.isdir(config.text.model_dir) or missing:
       raise ConfigError(
         f"config.text.model_dir={config.text.model_dir!r}: "
         + (
           "no such directory" if not os.path.isdir(config.text.model_dir) else f"missing {missing}"
         )
-        + "; point it at a local Hugging Face BERT/RoBERTa directory (config.json, model.safetensors, "
-        "tokenizer files), or leave it empty to use the built-in stand-in"
+        + "; point it at a local Hugging Face BERT/RoBERTa or Llama-family directory (config.json, "
+        "model.safetensors or its shards, tokenizer files), or leave it empty to use the built-in stand-in"
       )
   _check_text_length(config)
   if not config.text.templates or any("{}" not in t for t in config.text.templates):
@@ -394,23 +405,27 @@ def check_augment(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_text_length(config: ml_collections.ConfigDict) -> None:
-  """config.text.max_length fits the text model's position embeddings (config.json, or the stand-in's)."""
-  from ecg_contrastive.models.bert import BertConfig, max_tokens, read_hf_config
+  """config.text.max_length fits the text model's position embeddings (config.json, or the stand-in's); the
+  pooling and layer suit its family."""
+  from ecg_contrastive.models.bert import BertConfig
+  from ecg_contrastive.text import model as text_model
   from ecg_contrastive.text import standin
 
   if config.text.model_dir:
-    model, source = (
-      read_hf_config(os.path.join(config.text.model_dir, "config.json")),
-      repr(config.text.model_dir),
-    )
+    model, source = text_model.read_config(config.text.model_dir), repr(config.text.model_dir)
   else:
     model = BertConfig.from_hf(standin._config(1, hidden_size=1, num_layers=1, num_heads=1, seed=0))
     source = "the stand-in text model"
-  if config.text.max_length > max_tokens(model):
+  positions = text_model.max_tokens(model)
+  if config.text.max_length > positions:
     raise ConfigError(
-      f"config.text.max_length={config.text.max_length}: {source} has {max_tokens(model)} "
-      f"positions; use at most {max_tokens(model)}"
+      f"config.text.max_length={config.text.max_length}: {source} has {positions} "
+      f"positions; use at most {positions}"
     )
+  try:
+    text_model.check_options(model, config.text.pooling, config.text.layer)
+  except ValueError as e:
+    raise ConfigError(f"config.text.pooling / config.text.layer: {e}") from None
 
 
 def _check_required(config: ml_collections.ConfigDict) -> None:

@@ -168,3 +168,19 @@ def test_pooling_modes():
   np.testing.assert_allclose(pool(hidden, pooler_output, mask, "pooler"), np.ones((2, 2)))
   with pytest.raises(ValueError, match="unknown pooling 'max'"):
     pool(hidden, pooler_output, mask, "max")
+
+
+def test_sharded_checkpoint_loads_like_the_single_file(bert_dir, tmp_path):
+  """A BERT saved in 3+ safetensors shards (model.safetensors.index.json) gives the same weights."""
+  model = BertModel.from_pretrained(bert_dir).eval()
+  model.save_pretrained(str(tmp_path), max_shard_size="20KB")
+  assert not os.path.exists(tmp_path / "model.safetensors")
+  assert len([f for f in os.listdir(tmp_path) if f.endswith(".safetensors")]) >= 3
+  _, single, _ = load_hf_encoder(bert_dir)
+  module, sharded, _ = load_hf_encoder(str(tmp_path))
+  jax.tree.map(np.testing.assert_array_equal, sharded, single)
+  ids, mask = _batch(module.config.pad_token_id)
+  with torch.no_grad():
+    ref = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
+  hidden, _ = _apply(module, sharded, ids, mask)
+  assert _rel_err(hidden, ref.numpy()) <= 1e-5

@@ -285,7 +285,9 @@ def test_cache_reuses_rows_and_never_serves_a_changed_model(standin, tmp_path, m
   )
   with monkeypatch.context() as m:  # a hit must not touch the model
     m.setattr(
-      precompute, "load_hf_encoder", lambda *a, **k: pytest.fail("model loaded on a cache hit")
+      precompute.text_model,
+      "load_text_model",
+      lambda *a, **k: pytest.fail("model loaded on a cache hit"),
     )
     again = embed_texts(list(reversed(REPORTS)), model_dir, progress=False)
   assert again.summary["from_cache"] and again.summary["seconds"] < 1.0
@@ -296,11 +298,14 @@ def test_cache_reuses_rows_and_never_serves_a_changed_model(standin, tmp_path, m
   )
   cls = embed_texts(REPORTS, model_dir, pooling="cls", progress=False)
   assert not cls.summary["from_cache"] and not np.allclose(cls.embeddings, first.embeddings)
+  templated = embed_texts(REPORTS, model_dir, template="所見：{}", progress=False)
+  assert not templated.summary["from_cache"] and templated.texts == first.texts
+  assert not np.allclose(templated.embeddings, first.embeddings)
   write_standin_model(model_dir, seed=1)  # new weights in the same directory
   changed = embed_texts(REPORTS, model_dir, progress=False)
   assert not changed.summary["from_cache"]
   assert np.abs(changed.embeddings - first.embeddings).max() > 0.1
-  assert len(os.listdir(tmp_path / "cache")) == 6
+  assert len(os.listdir(tmp_path / "cache")) == 8  # four entries: mean, cls, templated, new weights
 
 
 @pytest.mark.slow

@@ -25,7 +25,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ecg_contrastive.errors import UserError
+from ecg_contrastive.models.pooling import POOLINGS, check_pooling, pool  # noqa: F401 (re-exported)
+from ecg_contrastive.models.safetensors_io import (
+  INDEX,
+  SINGLE,
+  Checkpoint,
+  TextModelError,
+  checkpoint_files,
+  read_param,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +46,6 @@ _ACTIVATIONS = {
 }
 _SKIPPED_PREFIXES = ("cls.", "lm_head.")  # pre-training heads; the encoder does not use them
 _SKIPPED_NAMES = ("embeddings.position_ids",)  # a buffer older checkpoints saved
-
-
-class TextModelError(UserError, ValueError):
-  """A text model directory whose files cannot be used; the message names the file and what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,22 +233,20 @@ def _canonical(name: str) -> str:
 
 
 def require_model_files(model_dir: str) -> list[str]:
-  """Paths of config.json and model.safetensors; FileNotFoundError naming what is absent."""
-  required = [os.path.join(model_dir, f) for f in ("config.json", "model.safetensors")]
-  absent = [os.path.basename(p) for p in required if not os.path.isfile(p)]
+  """Paths of config.json and the checkpoint (model.safetensors, or the shard index
+  model.safetensors.index.json); FileNotFoundError naming what is absent."""
+  config = os.path.join(model_dir, "config.json")
+  weights = checkpoint_files(model_dir)
+  absent = ([] if os.path.isfile(config) else ["config.json"]) + (
+    [] if weights else [f"{SINGLE} (or {INDEX})"]
+  )
   if absent:
-    hint = (
-      " (sharded checkpoints are not supported: save with safe_serialization=True and a "
-      "max_shard_size above the model size)"
-      if os.path.isfile(os.path.join(model_dir, "model.safetensors.index.json"))
-      else ""
-    )
     raise FileNotFoundError(
-      f"text model directory {model_dir!r} lacks {' and '.join(absent)}{hint}; point the config at a "
-      "local Hugging Face model directory (config.json, model.safetensors, tokenizer files) or "
+      f"text model directory {model_dir!r} lacks {' and '.join(absent)}; point the config at a "
+      "local Hugging Face model directory (config.json, safetensors weights, tokenizer files) or "
       "write the stand-in with ecg_contrastive.text.standin.write_standin_model"
     )
-  return required
+  return [config, weights]
 
 
 _REDO = "; copy the model directory again (e.g. save_pretrained(dir, safe_serialization=True))"
@@ -273,32 +275,26 @@ def max_tokens(config: BertConfig) -> int:
 def load_hf_encoder(
   model_dir: str, dtype: Any = jnp.float32
 ) -> tuple[BertEncoder, dict, BertConfig]:
-  """Reads `config.json` + `model.safetensors` from `model_dir` -> (module, params, config).
+  """Reads `config.json` + the safetensors checkpoint (single file or shards) of `model_dir`
+  -> (module, params, config).
 
   params are float32 numpy arrays in the module's tree; `dtype` is the compute dtype
   (float32 or bfloat16). The pooler is included when the checkpoint has one.
   """
-  from safetensors.numpy import load_file
-
   required = require_model_files(model_dir)
   config = read_hf_config(required[0])
-  try:
-    weights = load_file(required[1])
-  except Exception as e:  # noqa: BLE001 (safetensors raises its own error type for a truncated or corrupt file)
-    raise TextModelError(
-      f"{required[1]}: unreadable safetensors file ({type(e).__name__}: {e}){_REDO}"
-    ) from e
-  tensors: dict[str, np.ndarray] = {}
+  checkpoint = Checkpoint(model_dir)
+  stored: dict[str, str] = {}  # canonical name -> name in the checkpoint
   skipped = []
-  for name, value in weights.items():
+  for name in checkpoint.names:
     if name.startswith(_SKIPPED_PREFIXES) or _canonical(name) in _SKIPPED_NAMES:
       skipped.append(name)
     else:
-      tensors[_canonical(name)] = value
-  with_pooler = "pooler.dense.weight" in tensors
+      stored[_canonical(name)] = name
+  with_pooler = "pooler.dense.weight" in stored
   names = weight_name_map(config, with_pooler)
   expected = {hf for hfs, _ in names.values() for hf in hfs}
-  missing, unexpected = sorted(expected - tensors.keys()), sorted(tensors.keys() - expected)
+  missing, unexpected = sorted(expected - stored.keys()), sorted(stored.keys() - expected)
   if missing or unexpected:
     raise TextModelError(
       f"{required[1]}: weights do not match a {config.family} encoder with "
@@ -316,45 +312,12 @@ def load_hf_encoder(
   flat_params = {}
   for path, shape in traverse_util.flatten_dict(shapes, sep="/").items():
     hfs, transpose = names[path]
-    values = [tensors[hf].T if transpose else tensors[hf] for hf in hfs]
-    value = np.stack(values) if path.startswith("layers/") else values[0]
-    if value.shape != shape.shape:
-      raise TextModelError(
-        f"{required[1]}: {hfs[0]} gives shape {value.shape} for {path}; "
-        f"config.json implies {shape.shape}"
-      )
-    flat_params[path] = np.asarray(value, np.float32)
-  return module, traverse_util.unflatten_dict(flat_params, sep="/"), config
-
-
-POOLINGS = ("cls", "mean", "pooler")
-
-
-def check_pooling(pooling: str, has_pooler: bool) -> None:
-  """ValueError unless `pooling` is one of POOLINGS and usable with this checkpoint."""
-  if pooling not in POOLINGS:
-    raise TextModelError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
-  if pooling == "pooler" and not has_pooler:
-    raise TextModelError(
-      "pooling 'pooler' needs pooler weights (pooler.dense.*), which this "
-      "checkpoint lacks; use pooling 'mean' or 'cls'"
+    flat_params[path] = read_param(
+      checkpoint,
+      [stored[hf] for hf in hfs],
+      transpose,
+      stacked=path.startswith("layers/"),
+      shape=shape.shape,
+      dtype=np.float32,
     )
-
-
-def pool(
-  hidden: jax.Array, pooler_output: jax.Array | None, attention_mask: jax.Array, pooling: str
-) -> jax.Array:
-  """hidden (B, L, H), pooler_output (B, H) or None, attention_mask (B, L) -> (B, H) float32.
-
-  'cls': the first token's hidden state; 'mean': the mean over attended tokens (special
-  tokens included, padding excluded; a row with no attended token gives zeros);
-  'pooler': BERT's tanh(dense(cls)), when the checkpoint has pooler weights.
-  """
-  check_pooling(pooling, pooler_output is not None)
-  if pooling == "cls":
-    return hidden[:, 0].astype(jnp.float32)
-  if pooling == "mean":
-    mask = attention_mask.astype(jnp.float32)[..., None]
-    total = jnp.sum(hidden.astype(jnp.float32) * mask, axis=1)
-    return total / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
-  return pooler_output.astype(jnp.float32)
+  return module, traverse_util.unflatten_dict(flat_params, sep="/"), config

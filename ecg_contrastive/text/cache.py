@@ -1,13 +1,14 @@
 """On-disk cache of embedding tables, keyed by what determines their rows.
 
 Key = sha256 of (model directory fingerprint, text set fingerprint, pooling, max_length,
-dtype, cache format). The model fingerprint hashes the contents of every file the model
+dtype, prompt template, pooled layer, cache format). The model fingerprint hashes the contents of every file the model
 directory holds except weight formats this project does not read (*.bin, *.h5, ...), so
 new weights or a new vocabulary never reuse stale rows. Each entry is `<key>.npy`
 (float32 (N, D)) plus `<key>.json` (what was embedded and the precompute summary), each
 written whole (local: temporary file, then rename; gs://: one object); the .json is written
 last and marks a complete entry. The cache folder may be gs:// (paths.py); the model
-directory is local (the text tower loads from files). With several processes, process 0
+directory is local (the text tower loads from files). An 8B model's 16 GB of shards are hashed
+once per process (about 10-20 s at 1-2 GB/s; memoised on path, size and mtime). With several processes, process 0
 writes an entry and the others wait (precompute.embed_texts, paths.one_process_writes).
 """
 
@@ -67,9 +68,17 @@ def text_fingerprint(texts: Sequence[str]) -> str:
   return h.hexdigest()
 
 
-def cache_key(model_fp: str, text_fp: str, pooling: str, max_length: int, dtype: str) -> str:
+def cache_key(
+  model_fp: str,
+  text_fp: str,
+  pooling: str,
+  max_length: int,
+  dtype: str,
+  template: str = "",
+  layer: int = -1,
+) -> str:
   return hashlib.sha256(
-    f"{CACHE_FORMAT}|{model_fp}|{text_fp}|{pooling}|{max_length}|{dtype}".encode()
+    f"{CACHE_FORMAT}|{model_fp}|{text_fp}|{pooling}|{max_length}|{dtype}|{template}|{layer}".encode()
   ).hexdigest()[:32]
 
 

@@ -5,7 +5,8 @@ Texts are sorted by token count and grouped by bucketed length (`bucket_length`:
 padding stays small and so does the number of distinct shapes, hence of XLA
 compilations (at most two per bucket length). Rows are padded to a
 multiple of the local device count and sharded over a 1-D mesh (sharding.make_mesh) of all local
-devices; the parameters are replicated. Dispatch is asynchronous: the host packs the
+devices; a BERT's parameters are replicated, a Llama-family model's are split over the
+same devices (text/model.py). Dispatch is asynchronous: the host packs the
 next batch while the devices run the current one.
 """
 
@@ -19,7 +20,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from ecg_contrastive.models.bert import check_pooling, pool
+from ecg_contrastive.models.pooling import check_pooling, pool
 from ecg_contrastive.sharding import data_sharding, make_mesh, replicated
 
 
@@ -87,16 +88,22 @@ def _embed(
 
 
 class Encoder:
-  """Pooled embeddings of padded batches on all local devices (one process)."""
+  """Pooled embeddings of padded batches on all devices of `mesh` (default: this process's devices).
 
-  def __init__(self, module: nn.Module, params: dict, pooling: str):
+  params may be host arrays (replicated onto the mesh here: a BERT) or jax.Arrays already
+  placed on the mesh (a Llama-family model split over it, text/model.py), used as they are.
+  """
+
+  def __init__(self, module: nn.Module, params: dict, pooling: str, mesh=None):
     check_pooling(pooling, module.with_pooler)
     self.dim = module.config.hidden_size
     self._module, self._pooling = module, pooling
-    mesh = make_mesh(jax.local_devices())
+    mesh = mesh if mesh is not None else make_mesh(jax.local_devices())
     self.num_devices = mesh.devices.size
     self._rows = data_sharding(mesh)
-    self._params = jax.device_put(params, replicated(mesh))
+    self._params = jax.tree.map(
+      lambda p: p if isinstance(p, jax.Array) else jax.device_put(p, replicated(mesh)), params
+    )
 
   def __call__(self, input_ids: np.ndarray, mask: np.ndarray) -> jax.Array:
     """(rows, L) int32 each -> (rows, D) float32, computed asynchronously."""

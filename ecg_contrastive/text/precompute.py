@@ -20,13 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ecg_contrastive import paths
-from ecg_contrastive.models.bert import (
-  TextModelError,
-  check_pooling,
-  load_hf_encoder,
-  require_model_files,
-)
+from ecg_contrastive.models.bert import require_model_files
+from ecg_contrastive.models.pooling import check_pooling
+from ecg_contrastive.models.safetensors_io import TextModelError
+from ecg_contrastive.sharding import make_mesh
 from ecg_contrastive.text import cache
+from ecg_contrastive.text import model as text_model
 from ecg_contrastive.text.encode import Encoder, embed_token_ids
 from ecg_contrastive.text.tokenizer import check_texts, load_tokenizer, tokenize
 
@@ -72,12 +71,21 @@ class TextTable:
     return out
 
 
-def _check_options(pooling: str, max_length: int, batch_size: int, dtype: str) -> None:
+def _check_options(
+  pooling: str, max_length: int, batch_size: int, dtype: str, template: str
+) -> None:
   check_pooling(pooling, has_pooler=True)  # pooler weights are checked when the model loads
   if dtype not in DTYPES:
-    raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    raise TextModelError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
   if max_length < 2 or batch_size < 1:
-    raise ValueError(f"max_length ({max_length}) must be >= 2 and batch_size ({batch_size}) >= 1")
+    raise TextModelError(
+      f"max_length ({max_length}) must be >= 2 and batch_size ({batch_size}) >= 1"
+    )
+  if template and template.count("{}") != 1:
+    raise TextModelError(
+      f"template {template!r} must contain the placeholder '{{}}' exactly once (the text goes "
+      "there), or be '' for none"
+    )
 
 
 def _all_processes(value: np.ndarray) -> np.ndarray:
@@ -95,33 +103,42 @@ def _embed_share(
   batch_size: int,
   dtype: str,
   progress: bool,
+  template: str = "",
+  layer: int = -1,
 ) -> tuple[np.ndarray, dict]:
-  """Embeds this process's contiguous share of `unique` -> (N, D) table (all processes) and counts."""
-  module, params, config = load_hf_encoder(model_dir, dtype=DTYPES[dtype])
-  positions = config.max_position_embeddings - (
-    config.pad_token_id + 1 if config.family == "roberta" else 0
-  )
+  """Embeds this process's contiguous share of `unique` -> (N, D) table (all processes) and counts.
+
+  The model is placed on this process's devices (a Llama-family model split over them).
+  """
+  config = text_model.read_config(model_dir)
+  text_model.check_options(config, pooling, layer)
+  positions = text_model.max_tokens(config)
   if max_length > positions:
     raise TextModelError(
       f"config.text.max_length={max_length} exceeds the {positions} positions of {model_dir!r}; "
       "lower it"
     )
-  encoder = Encoder(module, params, pooling)
   tokenizer = load_tokenizer(model_dir)
   if len(tokenizer) > config.vocab_size:
     raise TextModelError(
       f"{model_dir!r}: the tokenizer has {len(tokenizer)} tokens but config.json has "
       f"vocab_size {config.vocab_size}; the tokenizer files belong to another model"
     )
+  mesh = make_mesh(jax.local_devices())
+  model = text_model.load_text_model(model_dir, dtype=dtype, mesh=mesh, layer=layer)
+  encoder = Encoder(model.module, model.params, pooling, mesh)
   count, index = jax.process_count(), jax.process_index()
   share = -(-len(unique) // count)
-  tokenized = tokenize(unique[index * share : (index + 1) * share], tokenizer, max_length)
+  texts = unique[index * share : (index + 1) * share]
+  tokenized = tokenize(
+    [template.replace("{}", t) for t in texts] if template else texts, tokenizer, max_length
+  )
   local, batching = embed_token_ids(
     encoder,
     tokenized.ids,
     batch_size=batch_size,
     max_length=max_length,
-    pad_id=tokenizer.pad_token_id,
+    pad_id=pad_id(tokenizer),
     progress=progress and index == 0,
   )
   counts = {**tokenized.counts(), **batching}
@@ -138,6 +155,15 @@ def _embed_share(
   }
 
 
+def pad_id(tokenizer) -> int:
+  """The id that fills padded positions (masked out, so any id works): the pad token, else EOS
+  (Llama-3's tokenizer has no pad token), else 0."""
+  for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+    if isinstance(token_id, int):
+      return token_id
+  return 0
+
+
 def embed_texts(
   texts: Sequence[str],
   model_dir: str,
@@ -148,21 +174,29 @@ def embed_texts(
   dtype: str = "float32",
   cache_dir: str | None = None,
   progress: bool = True,
+  template: str = "",
+  layer: int = -1,
 ) -> TextTable:
   """Embeds every distinct text once -> TextTable; duplicates share a row.
 
   texts: report texts or prompts (str; '' is allowed and counted as empty).
-  model_dir: local Hugging Face BERT/RoBERTa directory (config.json, model.safetensors, tokenizer).
-  pooling: 'mean' (mask-aware), 'cls' or 'pooler'. max_length: tokens kept per text,
-  special tokens included; longer texts are cut at the end and counted. batch_size: rows
-  per forward pass (rounded up to a multiple of the local device count). dtype: compute
-  dtype, 'float32' or 'bfloat16'. cache_dir: default $ECG_CONTRASTIVE_CACHE or
-  ~/.cache/ecg_contrastive/text.
+  model_dir: local Hugging Face directory of a BERT/RoBERTa encoder or a Llama-family decoder
+  (config.json, model.safetensors or its shards with model.safetensors.index.json, tokenizer).
+  pooling: 'mean' (mask-aware), 'last' (last attended token), 'cls' or 'pooler' (BERT only).
+  max_length: tokens kept per text, special tokens included; longer texts are cut at the end and counted.
+  batch_size: rows per forward pass (rounded up to a multiple of the local device count).
+  dtype: compute dtype, 'float32' or 'bfloat16' (a Llama-family model's weights too).
+  cache_dir: default $ECG_CONTRASTIVE_CACHE or ~/.cache/ecg_contrastive/text.
+  template: '' or a prompt with '{}' once, wrapped around each
+  text before tokenising (e.g. the PromptEOL style 'この心電図所見「{}」を一語で表すと：'); the
+  table stays keyed by the texts themselves. layer: which hidden states to pool
+  (transformers' hidden_states index; -1 the last; Llama family only).
   """
   start = time.perf_counter()
   texts = check_texts(texts)
-  _check_options(pooling, max_length, batch_size, dtype)
+  _check_options(pooling, max_length, batch_size, dtype, template)
   require_model_files(model_dir)
+  text_model.check_options(text_model.read_config(model_dir), pooling, layer)
   unique = sorted(set(texts))
   text_fp = cache.text_fingerprint(unique)
   multi = jax.process_count() > 1
@@ -174,17 +208,26 @@ def embed_texts(
         "pass the same texts (each embeds its share)"
       )
   cache_dir = cache_dir or cache.default_cache_dir()
-  key = cache.cache_key(cache.model_fingerprint(model_dir), text_fp, pooling, max_length, dtype)
+  key = cache.cache_key(
+    cache.model_fingerprint(model_dir), text_fp, pooling, max_length, dtype, template, layer
+  )
   hit = cache.load(cache_dir, key, len(unique))
   if multi and not _all_processes(np.array(hit is not None)).all():
     hit = None  # every process must take the same path: the miss path has collectives
-  settings = {"model_dir": model_dir, "pooling": pooling, "max_length": max_length, "dtype": dtype}
+  settings = {
+    "model_dir": model_dir,
+    "pooling": pooling,
+    "max_length": max_length,
+    "dtype": dtype,
+    "template": template,
+    "layer": layer,
+  }
   if hit is not None:
     embeddings, meta = hit
     counts = meta["summary"]
   else:
     embeddings, counts = _embed_share(
-      unique, model_dir, pooling, max_length, batch_size, dtype, progress
+      unique, model_dir, pooling, max_length, batch_size, dtype, progress, template, layer
     )
     counts = {
       **counts,

@@ -71,4 +71,6 @@ def _options(config) -> dict:
     dtype=config.text.dtype,
     cache_dir=config.text.cache_dir or None,
     progress=jax.process_index() == 0,
+    template=config.text.template,
+    layer=config.text.layer,
   )

@@ -179,3 +179,128 @@ def write_standin_model(
   )
   write_bytes(config_path, config_bytes)  # last: its presence marks a complete directory
   return directory
+
+
+LLAMA_SPECIAL_TOKENS = ["<unk>", "<|begin_of_text|>", "<|end_of_text|>"]
+
+
+def write_llama_tokenizer(directory: str) -> str:
+  """A character-level tokenizer in Llama-3's format (tokenizer.json; BOS added, no pad token).
+
+  Vocabulary: `<unk>`, `<|begin_of_text|>`, `<|end_of_text|>`, then the stand-in's
+  characters (standin_vocabulary); NFKC, whitespace dropped, one token per character.
+  """
+  from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+  from transformers import PreTrainedTokenizerFast
+
+  vocab = LLAMA_SPECIAL_TOKENS + standin_vocabulary()[len(SPECIAL_TOKENS) :]
+  tokenizer = Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab)}, unk_token="<unk>"))
+  tokenizer.normalizer = normalizers.NFKC()
+  tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+    [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex("."), behavior="isolated")]
+  )
+  tokenizer.post_processor = processors.TemplateProcessing(
+    single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 1)]
+  )
+  PreTrainedTokenizerFast(
+    tokenizer_object=tokenizer,
+    bos_token="<|begin_of_text|>",
+    eos_token="<|end_of_text|>",
+    unk_token="<unk>",
+    model_max_length=8192,
+  ).save_pretrained(directory)
+  return directory
+
+
+def llama_config(
+  *,
+  hidden_size: int = 64,
+  num_layers: int = 2,
+  num_heads: int = 8,
+  num_kv_heads: int = 2,
+  intermediate_size: int | None = None,
+  vocab_size: int | None = None,
+  max_positions: int = 2048,
+) -> dict:
+  """A Llama-3-style config.json (GQA, llama3 rope scaling at theta 500000) of the given size."""
+  return {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": vocab_size or len(LLAMA_SPECIAL_TOKENS) + len(standin_vocabulary()) - 5,
+    "hidden_size": hidden_size,
+    "intermediate_size": intermediate_size or 3 * hidden_size,
+    "num_hidden_layers": num_layers,
+    "num_attention_heads": num_heads,
+    "num_key_value_heads": num_kv_heads,
+    "hidden_act": "silu",
+    "max_position_embeddings": max_positions,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+      "rope_type": "llama3",
+      "factor": 8.0,
+      "low_freq_factor": 1.0,
+      "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 64,
+    },
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "torch_dtype": "float32",
+  }
+
+
+def write_random_llama(
+  directory: str, *, shards: int = 3, seed: int = 0, dtype: str = "float32", **sizes
+) -> str:
+  """A random-weight Llama-3-style model in `directory`: config.json, `shards` safetensors shards
+  with model.safetensors.index.json (names as LlamaForCausalLM saves them, lm_head included),
+  and the character tokenizer (write_llama_tokenizer). `sizes` go to llama_config. For tests and
+  benchmarks: it knows no language."""
+  import ml_dtypes
+  from safetensors.numpy import save
+
+  config = llama_config(**sizes)
+  rng = np.random.default_rng(seed)
+  h, kv = (
+    config["hidden_size"],
+    config["num_key_value_heads"] * (config["hidden_size"] // config["num_attention_heads"]),
+  )
+  out_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}[dtype]
+  normal = lambda *shape: (rng.standard_normal(shape) * 0.02).astype(out_dtype)
+  tensors = {"model.embed_tokens.weight": normal(config["vocab_size"], h)}
+  for n in range(config["num_hidden_layers"]):
+    p = f"model.layers.{n}"
+    for name, shape in (
+      ("self_attn.q_proj", (h, h)),
+      ("self_attn.k_proj", (kv, h)),
+      ("self_attn.v_proj", (kv, h)),
+      ("self_attn.o_proj", (h, h)),
+      ("mlp.gate_proj", (config["intermediate_size"], h)),
+      ("mlp.up_proj", (config["intermediate_size"], h)),
+      ("mlp.down_proj", (h, config["intermediate_size"])),
+    ):
+      tensors[f"{p}.{name}.weight"] = normal(*shape)
+    for name in ("input_layernorm", "post_attention_layernorm"):
+      tensors[f"{p}.{name}.weight"] = (1 + rng.standard_normal(h) * 0.1).astype(out_dtype)
+  tensors["model.norm.weight"] = np.ones(h, out_dtype)
+  tensors["lm_head.weight"] = normal(config["vocab_size"], h)
+  os.makedirs(directory, exist_ok=True)
+  names = list(tensors)
+  weight_map = {}
+  for s in range(shards):
+    shard = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+    part = {n: tensors[n] for n in names[s::shards]}
+    weight_map.update(dict.fromkeys(part, shard))
+    write_bytes(os.path.join(directory, shard), save(part, {"format": "pt"}))
+  index = {
+    "metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+    "weight_map": weight_map,
+  }
+  write_bytes(
+    os.path.join(directory, "model.safetensors.index.json"), json.dumps(index, indent=2).encode()
+  )
+  write_llama_tokenizer(directory)
+  config["torch_dtype"] = dtype
+  write_bytes(os.path.join(directory, "config.json"), json.dumps(config, indent=2).encode())
+  return directory

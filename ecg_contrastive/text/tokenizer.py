@@ -116,11 +116,20 @@ def tokenize(texts: Sequence[str], tokenizer, max_length: int) -> Tokenized:
       if texts
       else []
     )
+    # transformers 5's tokenizers-library backend (tokenizer.json: Llama, Qwen2, ...) has no
+    # build_inputs_with_special_tokens: it adds its special tokens and truncates in one call
+    with_special = (
+      None
+      if hasattr(tokenizer, "build_inputs_with_special_tokens") or not texts
+      else tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_length)[
+        "input_ids"
+      ]
+    )
   finally:
     hf_logging.set_verbosity(verbosity)
   unk = tokenizer.unk_token_id
   ids, truncated, unk_tokens, texts_with_unk, unk_examples = [], 0, 0, 0, []
-  for text, tokens in zip(texts, raw):
+  for i, (text, tokens) in enumerate(zip(texts, raw)):
     n_unk = sum(t == unk for t in tokens) if unk is not None else 0
     if n_unk:
       unk_tokens += n_unk
@@ -130,7 +139,14 @@ def tokenize(texts: Sequence[str], tokenizer, max_length: int) -> Tokenized:
     if len(tokens) > budget:
       truncated += 1
       tokens = tokens[:budget]
-    ids.append(np.asarray(tokenizer.build_inputs_with_special_tokens(tokens), np.int32))
+    ids.append(
+      np.asarray(
+        tokenizer.build_inputs_with_special_tokens(tokens)
+        if with_special is None
+        else with_special[i],
+        np.int32,
+      )
+    )
   return Tokenized(
     ids,
     empty=sum(1 for t in texts if not t.strip()),
