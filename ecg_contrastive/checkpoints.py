@@ -238,6 +238,11 @@ class Inference:
   label_text_embeddings: np.ndarray  # float32 (num_labels, text_dim)
 
 
+# Run-config keys added after runs were already saved, with the value that reproduces what those runs did: an
+# older workdir evaluates, exports and predicts as it trained (config_check requires every key of a new config).
+ADDED_LATER = {"text.template": "", "text.layer": -1, "model.lead_mask": False}
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config.json (local or gs://); a missing or damaged one is a one-line error."""
   path = paths.join(workdir, "config.json")
@@ -246,9 +251,15 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
       f"{path} not found: {workdir!r} is not a training workdir "
       "(run `python -m ecg_contrastive.main --workdir ...` first)"
     )
-  return ml_collections.ConfigDict(
-    _read_json(path, "rerun training with this --workdir to rewrite it")
-  )
+  config = _read_json(path, "rerun training with this --workdir to rewrite it")
+  for (
+    key,
+    value,
+  ) in ADDED_LATER.items():  # a run saved before the key existed was made with this value
+    section, name = key.split(".")
+    if isinstance(config.get(section), dict):
+      config[section].setdefault(name, value)
+  return ml_collections.ConfigDict(config)
 
 
 def _read_json(path: str, what_to_do: str) -> Any:

@@ -57,6 +57,8 @@ HEAVY_FILES_FIRST = (
   "test_tiled_loss.py",
   "test_bench.py",
   "test_sweep.py",
+  "test_llama.py",
+  "test_independent.py",
   "test_batch_norm.py",
   "test_text_precompute.py",
   "test_losses.py",

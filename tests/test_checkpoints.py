@@ -1,6 +1,7 @@
 """Checkpoint damage, write failures and keep_checkpoints, on a tiny saved workdir (no training)."""
 
 import errno
+import json
 import logging
 import os
 
@@ -180,3 +181,20 @@ def test_damaged_or_missing_run_files_are_one_line_errors(tmp_path, name, damage
   with pytest.raises(CheckpointError, match=message) as e:
     checkpoints.restore_inference(workdir)
   assert "\n" not in str(e.value) and "rerun training with this --workdir" in str(e.value)
+
+
+def test_a_run_saved_before_a_key_existed_reads_with_the_value_it_was_trained_with(tmp_path):
+  from configs import default
+  from ecg_contrastive.config_check import _check_required, check_values
+
+  config = default.get_config("tiny").to_dict()
+  for key in checkpoints.ADDED_LATER:
+    section, name = key.split(".")
+    del config[section][name]
+  config["text"]["pooling"] = "cls"  # what the run did stays as it was
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  read = checkpoints.read_config(str(tmp_path))
+  assert (read.text.template, read.text.layer, read.model.lead_mask) == ("", -1, False)
+  assert read.text.pooling == "cls"
+  _check_required(read)  # a new config's checks pass: --mode eval / export of the old run work
+  check_values(read)

@@ -46,7 +46,7 @@ BAD_VALUES = [
   ("ecg_leads", True, "12"),
   ("text.max_length", 0, "> 2"),
   ("text.batch_size", 0, "positive integer"),
-  ("text.pooling", "max", "('cls', 'mean', 'pooler')"),
+  ("text.pooling", "max", "('cls', 'mean', 'pooler', 'last')"),
   ("text.dtype", "float16", "('float32', 'bfloat16')"),
   ("train.dtype", "fp16", "('float32', 'bfloat16')"),
   ("train.temperature", 0.0, "(0, 1)"),
