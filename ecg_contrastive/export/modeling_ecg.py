@@ -20,7 +20,8 @@ Usage:
   emb = model(ecg)                               # ecg: float32 (B, 12, 5000) mV -> (B, embed_dim)
   top = model.zero_shot(ecg, k=5)                # per record: [{"ja", "en", ..., "score", "probability",
                                                  #   "ood_score", "ood_percentile", "ood_warning"}]
-  unusual = model.ood(ecg)                       # per record: {"score", "percentile", "unfamiliar", "warning"}
+  unusual = model.ood(ecg)                       # per record: {"score", "validation_records", "percentile",
+                                                 #   "unfamiliar", "warning"}
   checks = modeling_ecg.check_leads(ecg)         # per record: leads present, flat/clipped/noisy/implausible, warnings
 
 Input contract: 12 leads in the order of config.json "input.lead_order", 500 Hz, 10 s, millivolts,
@@ -221,8 +222,8 @@ class ECGEncoder(nn.Module):
 
   @torch.no_grad()
   def ood(self, ecg: torch.Tensor, percentile: float | None = None) -> list[dict]:
-    """float32 (B, 12, 5000) mV -> per record {"score", "percentile", "unfamiliar", "warning"} (see the module
-    docstring; percentile: the threshold, default ood.json's)."""
+    """float32 (B, 12, 5000) mV -> per record {"score", "validation_records", "percentile", "unfamiliar",
+    "warning"} (see the module docstring; percentile: the threshold, default ood.json's)."""
     return self.ood_of(self.features(ecg), percentile)
 
   @torch.no_grad()
@@ -235,7 +236,13 @@ class ECGEncoder(nn.Module):
           stacklevel=3,
         )
         self._said_no_reference = True
-      none = {"score": None, "percentile": None, "unfamiliar": None, "warning": None}
+      none = {
+        "score": None,
+        "validation_records": None,
+        "percentile": None,
+        "unfamiliar": None,
+        "warning": None,
+      }
       return [dict(none) for _ in range(features.shape[0])]
     ref = self.ood_reference
     threshold = ref["meta"]["percentile"] if percentile is None else percentile
@@ -244,15 +251,18 @@ class ECGEncoder(nn.Module):
     scores = torch.sqrt(squared / ref["mean"].shape[0])
     below = torch.searchsorted(ref["validation_scores"].to(torch.float64), scores, side="left")
     pcts = 100.0 * below.to(torch.float64) / len(ref["validation_scores"])
-    out = []
+    n, out = len(ref["validation_scores"]), []
     for s, p in zip(scores.tolist(), pcts.tolist()):
-      warning = (
-        f"this ECG is unlike the training data (OOD score {s:.2f}, above {p:.1f}% of validation "
-        "records): treat the findings with caution"
+      share = (
+        f"above all {n} validation records"
+        if p >= 100.0
+        else f"above {p:.1f}% of validation records"
       )
+      warning = f"this ECG is unlike the training data (OOD score {s:.2f}, {share}): treat the findings with caution"
       out.append(
         {
           "score": s,
+          "validation_records": n,
           "percentile": p,
           "unfamiliar": p > threshold,
           "warning": warning if p > threshold else None,

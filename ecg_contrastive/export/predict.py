@@ -57,7 +57,8 @@ class Scorer(Protocol):
     """(B, embed_dim) -> zero-shot scores (B, num_labels)."""
 
   def ood(self, features: np.ndarray, percentile: float | None = None) -> list[dict] | None:
-    """(B, 8 * width) -> per record {"score", "percentile", "unfamiliar", "warning"}; None: no OOD reference."""
+    """(B, 8 * width) -> per record {"score", "validation_records", "percentile", "unfamiliar", "warning"};
+    None: no OOD reference."""
 
 
 class JaxScorer(FlaxScorer):
@@ -173,8 +174,8 @@ def predict_with_ood(
   scorer: Scorer, ecgs: np.ndarray, k: int = 5, percentile: float | None = None
 ) -> tuple[list[list[dict]], list[dict] | None]:
   """float32 (B, 5000, 12) mV -> (per record the top-k findings, per record the OOD assessment
-  {"score", "percentile", "unfamiliar", "warning"} or None without an OOD reference); percentile: the threshold
-  (default the reference's)."""
+  {"score", "validation_records", "percentile", "unfamiliar", "warning"} or None without an OOD reference);
+  percentile: the threshold (default the reference's)."""
   encoded = [scorer.encode(ecgs[i : i + BATCH]) for i in range(0, len(ecgs), BATCH)]
   features = np.concatenate([f for f, _ in encoded])
   embeddings = np.concatenate([e for _, e in encoded])
@@ -223,9 +224,9 @@ def format_ood(assessment: dict | None) -> str | None:
   """The record's OOD line, or None without a reference."""
   if assessment is None:
     return None
-  return (
-    f"  OOD score {assessment['score']:.3f}: above {assessment['percentile']:.1f}% of validation records"
-    + ("  [unlike the training data: warning on stderr]" if assessment["unfamiliar"] else "")
+  share = ood.share_text(assessment["percentile"], assessment["validation_records"])
+  return f"  OOD score {assessment['score']:.3f}: {share}" + (
+    "  [unlike the training data: warning on stderr]" if assessment["unfamiliar"] else ""
   )
 
 

@@ -76,11 +76,18 @@ def percentile_of(scores: np.ndarray, validation_scores: np.ndarray) -> np.ndarr
   return 100.0 * below / len(validation_scores)
 
 
-def warning_text(score: float, percentile: float) -> str:
+def share_text(percentile: float, validation_records: int) -> str:
+  """'above 97.5% of validation records', or 'above all 2000 validation records'."""
+  if percentile >= 100.0:
+    return f"above all {validation_records} validation records"
+  return f"above {percentile:.1f}% of validation records"
+
+
+def warning_text(score: float, percentile: float, validation_records: int) -> str:
   """The plain warning of an unfamiliar ECG."""
   return (
-    f"this ECG is unlike the training data (OOD score {score:.2f}, above {percentile:.1f}% of validation "
-    "records): treat the findings with caution"
+    f"this ECG is unlike the training data (OOD score {score:.2f}, "
+    f"{share_text(percentile, validation_records)}): treat the findings with caution"
   )
 
 
@@ -98,17 +105,18 @@ class Reference:
     return mahalanobis_score(features, self.mean, self.precision)
 
   def assess(self, features: np.ndarray, percentile: float | None = None) -> list[dict]:
-    """(B, F) pooled features -> per record {"score", "percentile", "unfamiliar", "warning"} (warning None when
-    familiar); percentile: the threshold (default the reference's own, e.g. 99)."""
+    """(B, F) pooled features -> per record {"score", "validation_records", "percentile", "unfamiliar",
+    "warning"} (warning None when familiar); percentile: the threshold (default the reference's own, e.g. 99)."""
     threshold = self.meta["percentile"] if percentile is None else percentile
     scores = self.scores(features)
     pcts = percentile_of(scores, self.validation_scores)
     return [
       {
         "score": float(s),
+        "validation_records": len(self.validation_scores),
         "percentile": float(p),
         "unfamiliar": bool(p > threshold),
-        "warning": warning_text(s, p) if p > threshold else None,
+        "warning": warning_text(s, p, len(self.validation_scores)) if p > threshold else None,
       }
       for s, p in zip(scores, pcts)
     ]
