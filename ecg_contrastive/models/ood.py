@@ -13,7 +13,7 @@ Why these features and this distance: measured on a tiny model (configs/default.
 synthetic_ecg_ja/small; 64 test records, each made unfamiliar; share above the validation records' 99th
 percentile), the suggested 1 - mean cosine similarity to the 10 nearest training embeddings of the joint space
 flagged 0-12% of noise, baseline wander and random walks (the contrastive head maps them near some label's
-cluster), the Mahalanobis distance of the pooled features 67-100%; neither flagged one lead in a 12-lead frame or
+cluster), the Mahalanobis distance of the pooled features 55-75%; neither flagged one lead in a 12-lead frame or
 a time-reversed ECG (the lead checks name missing and flat leads). Numbers: docs/export.md.
 
 The reference is two files, in a training workdir (written at the end of training by evals/ood.py, or by
