@@ -232,7 +232,7 @@ def _train_and_evaluate(
   keep_best(results, state, batches.get_state())
   writer.close()
   if jax.process_index() == 0:
-    ood.write_for_run(config, workdir, num_steps, sources)
+    ood.write_for_run(config, workdir, num_steps, sources, state)
   return results
 
 

@@ -20,7 +20,7 @@ from ecg_contrastive.checkpoints import restore_inference
 from ecg_contrastive.data import pipeline
 from ecg_contrastive.ecg import signal
 from ecg_contrastive.errors import DataError
-from ecg_contrastive.models import ood
+from ecg_contrastive.models import ood, two_tower
 
 BATCH = 256
 log = logging.getLogger("ecg_contrastive")
@@ -44,13 +44,27 @@ def _subset(n: int, size: int, seed: int) -> np.ndarray:
   return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
+def host_variables(state: dict) -> dict:
+  """{"params", "batch_stats"} of a training state as numpy arrays on this host (replicated arrays: this host's
+  copy; no collective, so process 0 alone may call it)."""
+  return jax.tree_util.tree_map(
+    lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x),
+    {"params": state["params"], "batch_stats": state["batch_stats"]},
+  )
+
+
 def build(
-  config, workdir: str, step: int | None = None, sources: dict | None = None
+  config,
+  workdir: str,
+  step: int | None = None,
+  sources: dict | None = None,
+  variables: dict | None = None,
 ) -> ood.Reference:
   """The pooled features (float32, as the predictor and the export compute) of a fixed random subset of
   config.train_split (mean and covariance) and of config.ood.split (the calibration), with checkpoint `step`
   (default newest) of `workdir`. sources: already open {split: source} (training passes its own); others are
-  opened from config (dataset, data_dir, source_dir)."""
+  opened from config (dataset, data_dir, source_dir). variables: the model's {"params", "batch_stats"} of `step`
+  (training passes its final state, so nothing is restored), else restored from the checkpoint."""
   s = settings(config)
   sources = dict(sources or {})
   for split in (config.train_split, s["split"]):
@@ -58,8 +72,12 @@ def build(
       sources[split] = pipeline.open_source(
         config.dataset, split, config.data_dir or None, source_dir=config.get("source_dir") or None
       )
-  inference = restore_inference(workdir, step)
-  model = inference.model.clone(dtype=jnp.float32)  # the export computes in float32
+  if variables is None:
+    inference = restore_inference(workdir, step)
+    model, variables, step = inference.model, inference.variables, inference.step
+  else:
+    model = two_tower.from_config(config)
+  model = model.clone(dtype=jnp.float32)  # the export computes in float32
   encode = jax.jit(
     lambda variables, ecg: model.apply(variables, ecg, method=ood.features_and_embeddings)[0]
   )
@@ -67,9 +85,7 @@ def build(
   def features(source, rows: np.ndarray) -> np.ndarray:
     return np.concatenate(
       [
-        np.asarray(
-          encode(inference.variables, signal.to_millivolts(source.read(rows[i : i + BATCH])))
-        )
+        np.asarray(encode(variables, signal.to_millivolts(source.read(rows[i : i + BATCH]))))
         for i in range(0, len(rows), BATCH)
       ]
     )
@@ -81,7 +97,7 @@ def build(
     features(train, bank_rows),
     features(calibration, calibration_rows),
     s["percentile"],
-    step=inference.step,
+    step=int(step),
     dataset=config.dataset,
     bank_split=config.train_split,
     calibration_split=s["split"],
@@ -89,7 +105,7 @@ def build(
   log.info(
     "OOD reference of step %d: %d %s records fit the mean and covariance, %d %s records calibrate it; "
     "validation scores median %.3f, %g%% %.3f",
-    inference.step,
+    step,
     len(bank_rows),
     config.train_split,
     len(calibration_rows),
@@ -112,16 +128,23 @@ def save(folder: str, reference: ood.Reference) -> list[str]:
 
 
 def write_for_run(
-  config, workdir: str, step: int | None = None, sources: dict | None = None
+  config,
+  workdir: str,
+  step: int | None = None,
+  sources: dict | None = None,
+  state: dict | None = None,
 ) -> list[str]:
   """build + save into `workdir`; config.ood.bank_size 0 writes nothing. Returns the files written. sources
-  (training's own open splits): a dataset without the calibration split is a warning, not an error."""
+  (training's own open splits): a dataset without the calibration split is a warning, not an error; state: the
+  training state of `step` (its parameters are used instead of restoring the checkpoint)."""
   if settings(config)["bank_size"] == 0:
     return []
   if sources is None:  # --mode ood: a dataset without the split is the user's one-line error
     return _save_logged(workdir, build(config, workdir, step))
   try:  # at the end of training: a dataset without the calibration split must not fail the run
-    reference = build(config, workdir, step, sources)
+    reference = build(
+      config, workdir, step, sources, None if state is None else host_variables(state)
+    )
   except DataError as e:
     log.warning(
       "no OOD reference written (%s); name a split the dataset has with --config.ood.split and run "
