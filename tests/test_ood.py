@@ -105,6 +105,11 @@ def random_model_run(tmp_path_factory):
 def test_jax_and_pytorch_predictors_give_the_same_ood_score(random_model_run):
   workdir, folder = random_model_run
   assert sorted(f for f in os.listdir(folder) if f.startswith("ood")) == [ood.META, ood.WEIGHTS]
+  assert json.load(open(os.path.join(folder, "config.json")))["ood"] == {
+    "reference": ood.META,
+    "weights": ood.WEIGHTS,
+  }
+  assert "out-of-distribution score" in open(os.path.join(folder, "README.md")).read()
   ecgs = _random_ecgs(6, seed=2)
   ecgs[3] *= 8.0  # unlike the reference's records
   ecgs[4] = 0.0
@@ -146,6 +151,8 @@ def test_an_export_without_a_reference_works_and_says_so_once(random_model_run, 
     "OOD reference of" in caplog.text and "is of step 5, not the exported step 3" in caplog.text
   )
   assert not os.path.exists(os.path.join(folder, ood.META))
+  assert json.load(open(os.path.join(folder, "config.json")))["ood"] is None
+  assert "no out-of-distribution reference" in open(os.path.join(folder, "README.md")).read()
   module = to_torch.load_exported(folder)
   x = torch.from_numpy(np.ascontiguousarray(_random_ecgs(2, seed=4).transpose(0, 2, 1)))
   with pytest.warns(UserWarning, match="no OOD reference") as said:

@@ -307,8 +307,11 @@ def export(workdir: str, out: str, step: int | None = None, verify: bool | None 
     with open(os.path.join(partial, "labels.json"), "w", encoding="utf-8") as f:
       json.dump(inference.labels, f, ensure_ascii=False, indent=1)
     shutil.copyfile(MODELING_FILE, os.path.join(partial, "modeling_ecg.py"))
-    _copy_ood_reference(workdir, partial, inference.step)
+    has_ood = _copy_ood_reference(workdir, partial, inference.step)
     config = export_config(tower, len(inference.labels), workdir, inference.step)
+    config["ood"] = (  # modeling_ecg reads ood.json itself; this says whether the folder has one
+      {"reference": "ood.json", "weights": "ood.safetensors"} if has_ood else None
+    )
     _write_config(partial, config)  # modeling_ecg.load reads it
     if verify is None:
       verify = torch_available()
