@@ -113,6 +113,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.best_metric = ""
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
+  # ood: the out-of-distribution reference written at the end of training (ecg_contrastive/evals/ood.py): the
+  # pooled features of bank_size training records (0: none) fit a mean and covariance, calibration_size records
+  # of `split` calibrate the percentiles; the predictor warns above `percentile`
+  c.ood = dict(bank_size=4096, calibration_size=4096, percentile=99.0, split="validation")
 
   if arg == "tiny":  # seconds per step on any CPU: tests and smoke runs
     c.dataset = "synthetic_ecg_ja/tiny"

@@ -341,6 +341,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         + "; point it at a local Hugging Face BERT/RoBERTa or Llama-family directory (config.json, "
         "model.safetensors or its shards, tokenizer files), or leave it empty to use the built-in stand-in"
       )
+  _check_ood(config)
   _check_text_length(config)
   if not config.text.templates or any("{}" not in t for t in config.text.templates):
     raise ConfigError(
@@ -402,6 +403,38 @@ def check_augment(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(
         f"config.augment.{name}.low={given['low']!r} > high={given['high']!r}: set low <= high"
       )
+
+
+def _check_ood(config: ml_collections.ConfigDict) -> None:
+  """config.ood (optional: export/ood.py's defaults without it): sizes, percentile, calibration split."""
+  section = _get(config, "ood")
+  if section is _MISSING:
+    return
+  known = {"bank_size", "calibration_size", "percentile", "split"}
+  unknown = sorted(set(section) - known)
+  if unknown:
+    raise ConfigError(
+      f"config.ood.{unknown[0]}: unknown key; config.ood has {', '.join(sorted(known))}"
+    )
+  for key in ("bank_size", "calibration_size"):
+    value = section.get(key, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ConfigError(
+        f"config.ood.{key}={value!r}: give a whole number of records >= 0, e.g. 4096 (bank_size 0: no OOD "
+        "reference)"
+      )
+  pct = section.get("percentile", 99.0)
+  if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 <= pct < 100:
+    raise ConfigError(f"config.ood.percentile={pct!r}: give a percentile in [0, 100), e.g. 99.0")
+  if section.get("bank_size", 1) and section.get("calibration_size", 1) == 0:
+    raise ConfigError(
+      "config.ood.calibration_size=0 with bank_size > 0: the percentiles need validation records; "
+      "give e.g. 4096, or bank_size=0 for no OOD reference"
+    )
+  if not isinstance(section.get("split", "validation"), str) or not section.get(
+    "split", "validation"
+  ):
+    raise ConfigError(f"config.ood.split={section.get('split')!r}: name a split, e.g. 'validation'")
 
 
 def _check_text_length(config: ml_collections.ConfigDict) -> None:

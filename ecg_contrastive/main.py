@@ -7,6 +7,7 @@ r"""Command line: train + evaluate (default), evaluate a checkpoint, or export t
   python -m ecg_contrastive.main --workdir runs/demo --mode export --export_dir runs/demo/torch
   python -m ecg_contrastive.main --workdir runs/demo --mode label_set --export_dir runs/demo/torch \
       --config configs/default.py --config.eval.label_set=ptbxl_superclass
+  python -m ecg_contrastive.main --workdir runs/demo --mode ood --config configs/default.py   # then export again
 
 A user's mistake (errors.UserError: a bad config value or key, a missing or damaged file) is printed as one
 line `error: ...` on stderr with exit code 2; so is a full disk, a read-only or forbidden folder (the file and
@@ -44,11 +45,13 @@ flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl,
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "eval", "export", "label_set"],
+  ["train", "eval", "export", "label_set", "ood"],
   "train: train and evaluate (resumes if the workdir has a checkpoint). eval: evaluate the workdir's "
   "checkpoint (--step, default newest) on the config's dataset, eval_splits and eval.label_set. "
   "export: write a PyTorch folder from the workdir's checkpoint. label_set: write the label set(s) of "
-  "--config.eval.label_set into that folder (--export_dir, default WORKDIR/torch) for PyTorch-only scoring.",
+  "--config.eval.label_set into that folder (--export_dir, default WORKDIR/torch) for PyTorch-only scoring. "
+  "ood: (re)compute the workdir's OOD reference (ood.json) for its checkpoint (--step, default newest) from the "
+  "config's dataset and config.ood; export copies it.",
 )
 flags.DEFINE_string("export_dir", None, "Output folder for --mode export (default WORKDIR/torch).")
 flags.DEFINE_integer("step", None, "Checkpoint step to export or evaluate (default: latest).")
@@ -222,6 +225,17 @@ def run(argv):
     folder = FLAGS.export_dir or paths.join(FLAGS.workdir, "torch")
     for written in write_label_sets(FLAGS.config, FLAGS.workdir, folder, step=FLAGS.step):
       print(f"wrote {written}")
+    return
+  if FLAGS.mode == "ood":
+    from ecg_contrastive.evals import ood
+
+    written = ood.write_for_run(FLAGS.config, FLAGS.workdir, step=FLAGS.step)
+    if not written:
+      fail(
+        "--mode ood with config.ood.bank_size=0 writes nothing; give e.g. --config.ood.bank_size=4096"
+      )
+    for path in written:
+      print(f"wrote {path}")
     return
   from ecg_contrastive.train import train_and_evaluate
 

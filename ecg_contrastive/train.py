@@ -30,6 +30,7 @@ from ecg_contrastive import step as step_lib
 from ecg_contrastive.config_check import ConfigError, check_config
 from ecg_contrastive.data import pipeline, placement
 from ecg_contrastive.errors import UserError
+from ecg_contrastive.evals import ood
 from ecg_contrastive.evals.evaluate import Encoders, evaluate, prepare_label_sets
 from ecg_contrastive.evals.label_sets import load_label_sets
 from ecg_contrastive.metric_writer import MetricWriter
@@ -225,11 +226,13 @@ def _train_and_evaluate(
   # a signal during the final evaluation stops at once: the last checkpoint is written
   stop.armed = False
 
-  # 7. evaluation
+  # 7. evaluation; the OOD reference of the final checkpoint (evals/ood.py: what the predictor and export use)
   results = _first_label_set(evaluate_now(state=state))
   writer.write(num_steps, _headline(results))
   keep_best(results, state, batches.get_state())
   writer.close()
+  if jax.process_index() == 0:
+    ood.write_for_run(config, workdir, num_steps, sources, state)
   return results
 
 

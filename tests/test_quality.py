@@ -1,5 +1,6 @@
 """Honest answers on unfamiliar input (ecg/quality.py, the predictor): leads present, flat / clipped / noisy /
-implausible leads named, lead aliases mapped where standard, an unknown name a one-line error."""
+implausible leads named, lead aliases mapped where standard, an unknown name a one-line error, missing leads
+zero-filled and named."""
 
 import os
 
@@ -126,6 +127,23 @@ def test_clipping_is_found_in_the_recorded_samples(generated, tmp_path):
   assert record.leads.clipped == ["II"]
 
 
+class StubScorer:
+  """The predictor's model interface without a model (the model is not under test here): no OOD reference."""
+
+  labels = [dict(ja="洞調律", en="sinus rhythm", group_ja="調律", group_en="rhythm")]
+  lead_mask = False
+  no_reference = None
+
+  def encode(self, ecg_mv):
+    return np.zeros((len(ecg_mv), 4)), np.zeros((len(ecg_mv), 2))
+
+  def scores_of(self, embeddings):
+    return np.zeros((len(embeddings), 1))
+
+  def ood(self, features, percentile=None):
+    return None
+
+
 def test_predictor_prints_leads_and_warns_naming_them(generated, tmp_path, capsys, monkeypatch):
   ecg = generated[5].copy()
   ecg[:, 6:] = 0.0  # a limb-lead recording put in a 12-lead frame, chest leads zero
@@ -133,13 +151,7 @@ def test_predictor_prints_leads_and_warns_naming_them(generated, tmp_path, capsy
   np.save(path, ecg)
   record = preprocess.read_record(path, 500, "mV")
 
-  class Scorer:  # the model is not under test here
-    labels = [dict(ja="洞調律", en="sinus rhythm", group_ja="調律", group_en="rhythm")]
-
-    def scores(self, ecg_mv):
-      return np.zeros((len(ecg_mv), 1))
-
-  monkeypatch.setattr(predict, "open_scorer", lambda *a: (Scorer(), "stub"))
+  monkeypatch.setattr(predict, "open_scorer", lambda *a: (StubScorer(), "stub"))
   predict.main(["--workdir", "x", "--fs", "500", "--units", "mV", "--top-k", "1", path])
   out, err = capsys.readouterr()
   assert out.splitlines()[2] == (
@@ -172,3 +184,84 @@ def test_exported_module_checks_leads_as_the_predictor_does(generated):
       want.implausible
     )
     assert len(found["warnings"]) == len(want.warnings()) == 1
+
+
+def test_a_record_with_fewer_leads_goes_into_the_12_lead_frame_with_the_others_zero(
+  generated, tmp_path
+):
+  """MIT-BIH's layout (MLII and V1 at 360 Hz): II and V1 placed, the ten others zero and named as missing (not
+  derived: I is not there), not reported as flat; I, II and V2 (.npy): the limb leads derived, five chest leads
+  missing; no ECG lead at all: a one-line error."""
+  ecg = generated[2]
+  at_360 = signal.resample(ecg[:, [1, 6]], 500, 360)
+  record = predict.read_record(_wfdb(tmp_path, ["MLII", "V1"], at_360, rate=360))
+  missing = ["I", "III", "aVR", "aVL", "aVF", "V2", "V3", "V4", "V5", "V6"]
+  assert record.leads.missing == missing and record.leads.recorded == ["II", "V1"]
+  assert record.leads.present == ["II", "V1"] and record.leads.flat == []
+  assert not record.ecg[:, [0, 2, 3, 4, 5, 7, 8, 9, 10, 11]].any()
+  np.testing.assert_allclose(record.ecg[50:-50, [1, 6]], ecg[50:-50, [1, 6]], atol=0.02)
+  assert record.leads.summary() == (
+    "leads: 2 of 12 present (II, V1); read 'MLII' as II; missing I, III, aVR, aVL, aVF, V2, V3, V4, V5, V6 "
+    "(zero-filled)"
+  )
+  assert record.leads.warnings() == []  # the missing leads are said once, by the predictor's note
+  assert predict.missing_leads_note(record, lead_mask=False) == (
+    f"missing lead(s) {', '.join(missing)} zero-filled: the model was trained on 12 leads, so findings that "
+    "depend on the missing leads are guesses"
+  )
+  assert predict.missing_leads_note(record, lead_mask=True).endswith(
+    "the model's lead mask tells it which leads are present"
+  )
+  path = str(tmp_path / "three.npy")
+  np.save(path, ecg[:, [0, 1, 7]])
+  three = predict.read_record(path, 500, "mV", ["I", "II", "V2"])
+  assert three.leads.missing == ["V1", "V3", "V4", "V5", "V6"]
+  assert three.leads.derived == ["III", "aVR", "aVL", "aVF"] and three.leads.present == [
+    "I",
+    "II",
+    "III",
+    "aVR",
+    "aVL",
+    "aVF",
+    "V2",
+  ]
+  np.testing.assert_allclose(three.ecg[:, 2], ecg[:, 1] - ecg[:, 0], atol=2e-3)  # III = II - I
+  np.save(tmp_path / "full.npy", ecg)
+  full = predict.read_record(
+    str(tmp_path / "full.npy"), 500, "mV"
+  )  # 12 leads: exactly preprocess's record
+  np.testing.assert_array_equal(
+    full.ecg, preprocess.read_record(str(tmp_path / "full.npy"), 500, "mV").ecg
+  )
+  assert full.leads.missing == [] and full.leads.summary() == "leads: 12 of 12 present"
+  np.save(tmp_path / "resp.npy", ecg[:, :1])
+  with pytest.raises(preprocess.BadRecordError, match=r"bad lead name: .*'RESP'"):
+    predict.read_record(str(tmp_path / "resp.npy"), 500, "mV", ["RESP"])
+  with pytest.raises(preprocess.BadRecordError, match=r"no ECG lead: .*\['RESP'\]"):
+    predict.read_record(_wfdb(tmp_path, ["RESP"], ecg[:, :1]))
+
+
+def test_predictor_names_missing_leads_and_what_the_model_makes_of_them(
+  generated, tmp_path, capsys, monkeypatch
+):
+  path = str(tmp_path / "one.npy")
+  np.save(path, generated[1][:, 1:2])  # one lead, named with an alias
+  missing = "I, III, aVR, aVL, aVF, V1, V2, V3, V4, V5, V6"
+  for lead_mask, says in (
+    (
+      False,
+      "the model was trained on 12 leads, so findings that depend on the missing leads are guesses",
+    ),
+    (True, "the model's lead mask tells it which leads are present"),
+  ):
+    stub = StubScorer()
+    stub.lead_mask = lead_mask
+    monkeypatch.setattr(predict, "open_scorer", lambda *a, stub=stub: (stub, "stub"))
+    predict.main(
+      ["--workdir", "x", "--fs", "500", "--units", "mV", "--leads", "ML2", "--top-k", "1", path]
+    )
+    out, err = capsys.readouterr()
+    assert out.splitlines()[2] == (
+      f"  leads: 1 of 12 present (II); read 'ML2' as II; missing {missing} (zero-filled)"
+    )
+    assert err.splitlines() == [f"warning: {path}: missing lead(s) {missing} zero-filled: {says}"]

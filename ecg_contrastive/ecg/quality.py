@@ -45,11 +45,14 @@ class LeadReport:
   )  # lead -> peak-to-peak, mV
   renamed: dict[str, str] = dataclasses.field(default_factory=dict)  # file's name -> lead (aliases)
   ignored: list[str] = dataclasses.field(default_factory=list)  # file channels that are no ECG lead
+  missing: list[str] = dataclasses.field(
+    default_factory=list
+  )  # not in the file, not derivable: zero-filled
 
   @property
   def present(self) -> list[str]:
-    """Leads with a signal: recorded or derived, and not flat."""
-    return [lead for lead in signal.LEADS if lead not in self.flat]
+    """Leads with a signal: recorded or derived, and not flat (nor missing)."""
+    return [lead for lead in signal.LEADS if lead not in self.flat and lead not in self.missing]
 
   def summary(self) -> str:
     """One line: the leads present, and where they came from."""
@@ -60,6 +63,8 @@ class LeadReport:
       line += f"; {', '.join(self.derived)} derived from I and II"
     if self.renamed:
       line += "; read " + ", ".join(f"{k!r} as {v}" for k, v in self.renamed.items())
+    if self.missing:
+      line += f"; missing {', '.join(self.missing)} (zero-filled)"
     return line
 
   def warnings(self) -> list[str]:
@@ -90,6 +95,22 @@ class LeadReport:
     if self.ignored:
       out.append(f"channel(s) {', '.join(map(repr, self.ignored))} are no ECG lead; ignored")
     return out
+
+
+def missing_leads(names: list[str]) -> list[str]:
+  """The leads (LEADS order) that channels `names` neither hold (by name or alias) nor let us derive: III, aVR,
+  aVL and aVF are derived from I and II when both are there (signal.reorder_leads)."""
+  held = {signal.canonical_lead(name) for name in names} - {None}
+  derivable = {"III", "aVR", "aVL", "aVF"} if {"I", "II"} <= held else set()
+  return [lead for lead in signal.LEADS if lead not in held and lead not in derivable]
+
+
+def mark_missing(report: LeadReport, missing: list[str]) -> None:
+  """Records in `report` that the leads `missing` were zero-filled (not recorded, not flat: absent)."""
+  report.missing = [lead for lead in signal.LEADS if lead in missing]
+  report.recorded = [lead for lead in report.recorded if lead not in missing]
+  report.flat = [lead for lead in report.flat if lead not in missing]
+  report.clipped = [lead for lead in report.clipped if lead not in missing]
 
 
 def flat_leads(ecg_mv: np.ndarray) -> np.ndarray:

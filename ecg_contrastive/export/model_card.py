@@ -92,6 +92,17 @@ def render(run_config: Any, config: dict, labels: list[dict], results: list[dict
     "Zero-shot scores rank the labels in label_embeddings.safetensors (or a label set of label_sets/); "
     "probabilities are a softmax over that list only. Not a medical device."
   )
+  if config.get("ood"):
+    limits.append(
+      "Each prediction carries an out-of-distribution score (model.ood(ecg), zero_shot's ood_* keys; ood.json): "
+      "above the threshold percentile of validation records it warns that the ECG is unlike the training data. "
+      "A low score is no proof that an input is a normal 12-lead ECG."
+    )
+  else:
+    limits.append(
+      "This folder has no out-of-distribution reference (ood.json): predictions do not say when an ECG is "
+      "unlike the training data."
+    )
   return f"""---
 library_name: ecg_contrastive
 tags: [ecg, contrastive, zero-shot, japanese]

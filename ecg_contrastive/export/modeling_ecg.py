@@ -7,6 +7,9 @@ Needs only torch and safetensors (plus the standard library); this file is copie
   config.json                   architecture and input contract
   label_sets/<name>.json, .safetensors   optional further label sets (same formats), written by
                                 `python -m ecg_contrastive.main --mode label_set`; load(folder, label_set=name)
+  ood.safetensors, ood.json     optional OOD reference: "mean" (F,) and "precision" (F, F) float64 of training
+                                records' pooled features, "validation_scores" float32 (M,) sorted; the threshold
+                                percentile in ood.json (ecg_contrastive/export/ood.py writes them)
 
 Usage:
   import importlib.util, sys
@@ -15,7 +18,10 @@ Usage:
   model = modeling_ecg.load("EXPORT")            # eval mode, float32
   model = modeling_ecg.load("EXPORT", label_set="ptbxl_superclass")   # scores another label set
   emb = model(ecg)                               # ecg: float32 (B, 12, 5000) mV -> (B, embed_dim)
-  top = model.zero_shot(ecg, k=5)                # per record: [{"ja", "en", ..., "score", "probability"}]
+  top = model.zero_shot(ecg, k=5)                # per record: [{"ja", "en", ..., "score", "probability",
+                                                 #   "ood_score", "ood_percentile", "ood_warning"}]
+  unusual = model.ood(ecg)                       # per record: {"score", "validation_records", "percentile",
+                                                 #   "unfamiliar", "warning"}
   checks = modeling_ecg.check_leads(ecg)         # per record: leads present, flat/clipped/noisy/implausible, warnings
 
 Input contract: 12 leads in the order of config.json "input.lead_order", 500 Hz, 10 s, millivolts,
@@ -23,6 +29,12 @@ channels-first. The network is ResNet1d (MERL): optional average-pool of the inp
 Conv1d(k=7, stride 2, pad 3, no bias) + BatchNorm + ReLU, BasicBlock stages, global average pool. With
 config.json "architecture.lead_mask" true, 12 presence channels (1.0 where a lead has a non-zero sample, 0.0 for an
 all-zero lead) are appended to the leads before the stem: 24 input channels.
+
+OOD score (with ood.json): the Mahalanobis distance of a record's pooled features (the ResNet1d output, before the
+projection head) from the training records' mean, divided by sqrt(F): about 1 for a typical training ECG; its
+percentile is the share (%) of validation records scoring strictly below it; above the threshold percentile
+(ood.json "percentile", default 99) the record is "unfamiliar" and gets a plain warning. Without the files the
+scores are None and the first call says "no OOD reference" once.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 
 import torch
 from safetensors.torch import load_file
@@ -133,9 +146,21 @@ class ECGEncoder(nn.Module):
     self.register_buffer(
       "label_embeddings", torch.zeros(len(labels), arch["embed_dim"]), persistent=False
     )
+    self.ood_reference: dict | None = (
+      None  # {"mean", "precision", "validation_scores", "meta"} from ood.*; set by load
+    )
+    self._said_no_reference = False
 
   def forward(self, ecg: torch.Tensor) -> torch.Tensor:
     """float32 (B, 12, 5000) millivolts -> float32 (B, embed_dim) L2-normalised embeddings."""
+    return self.embed(self.features(ecg))
+
+  def embed(self, features: torch.Tensor) -> torch.Tensor:
+    """(B, 8 * width) pooled features -> (B, embed_dim) L2-normalised embeddings (the projection head)."""
+    return F.normalize(self.ecg_head(features), dim=-1, eps=L2_EPS)
+
+  def features(self, ecg: torch.Tensor) -> torch.Tensor:
+    """float32 (B, 12, 5000) millivolts -> float32 (B, 8 * width) pooled ResNet1d features."""
     if ecg.dim() != 3 or ecg.shape[1] != NUM_LEADS or ecg.shape[2] != NUM_SAMPLES:
       hint = (
         "; channels-last input? pass ecg.transpose(1, 2)"
@@ -154,8 +179,7 @@ class ECGEncoder(nn.Module):
     if self.lead_mask:  # 1.0 where a lead has a non-zero sample, 0.0 for an all-zero (absent) lead
       present = (ecg != 0).any(dim=2, keepdim=True).to(ecg.dtype)
       ecg = torch.cat([ecg, present.expand_as(ecg)], dim=1)
-    features = self.ecg(ecg)
-    return F.normalize(self.ecg_head(features), dim=-1, eps=L2_EPS)
+    return self.ecg(ecg)
 
   def scale(self) -> torch.Tensor:
     """exp(logit_scale), clamped to at most 100 (as in training)."""
@@ -166,21 +190,85 @@ class ECGEncoder(nn.Module):
     return self.scale() * self(ecg) @ self.label_embeddings.T
 
   @torch.no_grad()
-  def zero_shot(self, ecg: torch.Tensor, k: int = 5) -> list[list[dict]]:
-    """Top-k labels per record: [{"ja", "en", "group_ja", "group_en", "score", "probability"}] * k.
+  def zero_shot(
+    self, ecg: torch.Tensor, k: int = 5, ood_percentile: float | None = None
+  ) -> list[list[dict]]:
+    """Top-k labels per record: [{"ja", "en", "group_ja", "group_en", "score", "probability", "ood_score",
+    "ood_percentile", "ood_warning"}] * k.
 
-    score is scale * cosine similarity; probability is the softmax of the scores over all labels.
+    score is scale * cosine similarity; probability is the softmax of the scores over all labels; the ood_* keys
+    are the record's OOD score, its percentile among validation records and the warning above the threshold
+    percentile (ood_percentile, default ood.json's) or None (all None without an OOD reference).
     """
-    scores = self.scores(ecg)
+    features = self.features(ecg)
+    scores = self.scale() * self.embed(features) @ self.label_embeddings.T
     probs = torch.softmax(scores, dim=-1)
     top = torch.topk(scores, k, dim=-1)
+    unusual = self.ood_of(features, ood_percentile)
     return [
       [
-        dict(self.labels[j], score=float(scores[i, j]), probability=float(probs[i, j]))
+        dict(
+          self.labels[j],
+          score=float(scores[i, j]),
+          probability=float(probs[i, j]),
+          ood_score=unusual[i]["score"],
+          ood_percentile=unusual[i]["percentile"],
+          ood_warning=unusual[i]["warning"],
+        )
         for j in top.indices[i].tolist()
       ]
       for i in range(scores.shape[0])
     ]
+
+  @torch.no_grad()
+  def ood(self, ecg: torch.Tensor, percentile: float | None = None) -> list[dict]:
+    """float32 (B, 12, 5000) mV -> per record {"score", "validation_records", "percentile", "unfamiliar",
+    "warning"} (see the module docstring; percentile: the threshold, default ood.json's)."""
+    return self.ood_of(self.features(ecg), percentile)
+
+  @torch.no_grad()
+  def ood_of(self, features: torch.Tensor, percentile: float | None = None) -> list[dict]:
+    """ood() of (B, 8 * width) pooled features (self.features)."""
+    if self.ood_reference is None:
+      if not self._said_no_reference:
+        warnings.warn(
+          "no OOD reference (ood.json, ood.safetensors) in this export: predictions carry no OOD score",
+          stacklevel=3,
+        )
+        self._said_no_reference = True
+      none = {
+        "score": None,
+        "validation_records": None,
+        "percentile": None,
+        "unfamiliar": None,
+        "warning": None,
+      }
+      return [dict(none) for _ in range(features.shape[0])]
+    ref = self.ood_reference
+    threshold = ref["meta"]["percentile"] if percentile is None else percentile
+    d = features.to(torch.float64) - ref["mean"]
+    squared = torch.einsum("bi,ij,bj->b", d, ref["precision"], d).clamp(min=0.0)
+    scores = torch.sqrt(squared / ref["mean"].shape[0])
+    below = torch.searchsorted(ref["validation_scores"].to(torch.float64), scores, side="left")
+    pcts = 100.0 * below.to(torch.float64) / len(ref["validation_scores"])
+    n, out = len(ref["validation_scores"]), []
+    for s, p in zip(scores.tolist(), pcts.tolist()):
+      share = (
+        f"above all {n} validation records"
+        if p >= 100.0
+        else f"above {p:.1f}% of validation records"
+      )
+      warning = f"this ECG is unlike the training data (OOD score {s:.2f}, {share}): treat the findings with caution"
+      out.append(
+        {
+          "score": s,
+          "validation_records": n,
+          "percentile": p,
+          "unfamiliar": p > threshold,
+          "warning": warning if p > threshold else None,
+        }
+      )
+    return out
 
 
 # Lead checks, with the thresholds of ecg_contrastive/ecg/quality.py (the package's predictor uses that file)
@@ -279,4 +367,16 @@ def load(folder: str, label_set: str | None = None) -> ECGEncoder:
       f"config.json expect {tuple(model.label_embeddings.shape)}"
     )
   model.label_embeddings.copy_(label_emb)
+  if os.path.isfile(os.path.join(folder, "ood.json")) and os.path.isfile(
+    os.path.join(folder, "ood.safetensors")
+  ):
+    with open(os.path.join(folder, "ood.json"), encoding="utf-8") as f:
+      meta = json.load(f)
+    tensors = load_file(os.path.join(folder, "ood.safetensors"))
+    if tuple(tensors["mean"].shape) != (8 * config["architecture"]["width"],):
+      raise ValueError(
+        f"ood.safetensors holds a feature mean of shape {tuple(tensors['mean'].shape)}; this model's pooled "
+        f"features have {8 * config['architecture']['width']}: export the folder again"
+      )
+    model.ood_reference = dict(tensors, meta=meta)
   return model.eval()

@@ -17,6 +17,13 @@ flat signal, an unknown name in --leads. A record between 5 and 10 s is zero-pad
 Each record's printout says which leads were present (recorded, derived from I and II, read from an alias such as
 MLII); stderr warns, naming the leads, about flat, clipped, noisy or implausibly large leads and ignored channels
 (ecg/quality.py): the model saw 12 live leads, so such findings deserve less trust.
+Missing leads: a record with fewer leads (one 'MLII', or I, II, V2) goes into the 12-lead frame with the others
+zero (III, aVR, aVL, aVF are derived when I and II are there); the printout names the missing leads and stderr
+says the model was trained on 12 (or, for a lead_mask model, that its mask tells it which leads are present).
+OOD: each record gets an out-of-distribution score and its percentile among validation records (models/ood.py;
+the reference is the workdir's or export folder's ood.json, of the same checkpoint step); above the threshold
+percentile (--ood-percentile, default the reference's, 99) stderr warns that the ECG is unlike the training data.
+Without a reference the run says "no OOD reference" once and prints no score.
 """
 
 from __future__ import annotations
@@ -29,19 +36,52 @@ from typing import Protocol
 import numpy as np
 
 from ecg_contrastive.checkpoints import restore_inference
-from ecg_contrastive.ecg import preprocess
+from ecg_contrastive.ecg import preprocess, quality, signal
 from ecg_contrastive.errors import UserError, one_line, want_traceback
+from ecg_contrastive.export import ood as ood_files
 from ecg_contrastive.export.flax_scorer import FlaxScorer
 from ecg_contrastive.export.to_torch import load_exported
+from ecg_contrastive.models import ood
 
 BATCH = 32
 
 
 class Scorer(Protocol):
   labels: list[dict]
+  lead_mask: bool  # the model sees which leads are all zero
 
-  def scores(self, ecg_mv: np.ndarray) -> np.ndarray:
-    """float32 (B, 5000, 12) mV -> zero-shot scores (B, num_labels)."""
+  def encode(self, ecg_mv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (B, 5000, 12) mV -> (pooled features (B, 8 * width), unit-norm embeddings (B, embed_dim))."""
+
+  def scores_of(self, embeddings: np.ndarray) -> np.ndarray:
+    """(B, embed_dim) -> zero-shot scores (B, num_labels)."""
+
+  def ood(self, features: np.ndarray, percentile: float | None = None) -> list[dict] | None:
+    """(B, 8 * width) -> per record {"score", "validation_records", "percentile", "unfamiliar", "warning"};
+    None: no OOD reference."""
+
+
+class JaxScorer(FlaxScorer):
+  """A workdir's checkpoint (FlaxScorer) with the workdir's OOD reference when it is of the same step."""
+
+  def __init__(self, workdir: str, step: int | None = None):
+    inference = restore_inference(workdir, step)
+    super().__init__(inference)
+    self.step = inference.step
+    self.reference = ood_files.load(workdir)
+    self.no_reference = None
+    if self.reference is None:
+      self.no_reference = ood.no_reference_note(workdir)
+    elif self.reference.meta.get("step") != self.step:
+      self.no_reference = (
+        f"the OOD reference in {workdir} is of step {self.reference.meta.get('step')}, not of step "
+        f"{self.step}: no OOD score; compute it for this step with `python -m ecg_contrastive.main --mode ood "
+        f"--workdir {workdir} --step {self.step} --config CONFIG`"
+      )
+      self.reference = None
+
+  def ood(self, features: np.ndarray, percentile: float | None = None) -> list[dict] | None:
+    return None if self.reference is None else self.reference.assess(features, percentile)
 
 
 class TorchScorer:
@@ -55,14 +95,39 @@ class TorchScorer:
       )
     self.module = load_exported(folder, label_set)
     self.labels = self.module.labels
+    self.lead_mask = bool(getattr(self.module, "lead_mask", False))
+    self.has_features = hasattr(
+      self.module, "features"
+    )  # an export folder from before the OOD score: none
+    has_reference = getattr(self.module, "ood_reference", None) is not None
+    self.no_reference = None if has_reference else ood.no_reference_note(folder)
 
-  def scores(self, ecg_mv: np.ndarray) -> np.ndarray:
+  def encode(self, ecg_mv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     with torch.no_grad():
-      return self.module.scores(
-        torch.from_numpy(np.ascontiguousarray(ecg_mv.transpose(0, 2, 1)))
-      ).numpy()
+      ecg = torch.from_numpy(np.ascontiguousarray(ecg_mv.transpose(0, 2, 1)))
+      if not self.has_features:
+        return np.zeros((len(ecg_mv), 0), np.float32), self.module(ecg).numpy()
+      features = self.module.features(ecg)
+      return features.numpy(), self.module.embed(features).numpy()
+
+  def scores_of(self, embeddings: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+      emb = torch.from_numpy(np.ascontiguousarray(embeddings))
+      return (self.module.scale() * emb @ self.module.label_embeddings.T).numpy()
+
+  def scores(self, ecg_mv: np.ndarray) -> np.ndarray:
+    return self.scores_of(self.encode(ecg_mv)[1])
+
+  def ood(self, features: np.ndarray, percentile: float | None = None) -> list[dict] | None:
+    if self.no_reference is not None:
+      return None
+    import torch
+
+    return self.module.ood_of(torch.from_numpy(np.ascontiguousarray(features)), percentile)
 
 
 def open_scorer(
@@ -82,8 +147,8 @@ def open_scorer(
       "--config.eval.label_set=NAME`"
     )
   if workdir is not None:
-    inference = restore_inference(workdir, step)
-    return FlaxScorer(inference), f"JAX checkpoint {workdir} step {inference.step}"
+    scorer = JaxScorer(workdir, step)
+    return scorer, f"JAX checkpoint {workdir} step {scorer.step}"
   return TorchScorer(exported, label_set), f"PyTorch export {exported}" + (
     f", label set {label_set}" if label_set else ""
   )
@@ -102,12 +167,73 @@ def top_k(scores: np.ndarray, labels: list[dict], k: int) -> list[list[dict]]:
 
 def predict(scorer: Scorer, ecgs: np.ndarray, k: int = 5) -> list[list[dict]]:
   """float32 (B, 5000, 12) mV -> per record the top-k findings (see top_k)."""
-  scores = np.concatenate([scorer.scores(ecgs[i : i + BATCH]) for i in range(0, len(ecgs), BATCH)])
-  return top_k(scores, scorer.labels, k)
+  return predict_with_ood(scorer, ecgs, k)[0]
 
 
-def format_findings(path: str, record: preprocess.Record, findings: list[dict]) -> str:
-  """A readable block: the record, its rate and duration, then one line per finding."""
+def predict_with_ood(
+  scorer: Scorer, ecgs: np.ndarray, k: int = 5, percentile: float | None = None
+) -> tuple[list[list[dict]], list[dict] | None]:
+  """float32 (B, 5000, 12) mV -> (per record the top-k findings, per record the OOD assessment
+  {"score", "validation_records", "percentile", "unfamiliar", "warning"} or None without an OOD reference);
+  percentile: the threshold (default the reference's)."""
+  encoded = [scorer.encode(ecgs[i : i + BATCH]) for i in range(0, len(ecgs), BATCH)]
+  features = np.concatenate([f for f, _ in encoded])
+  embeddings = np.concatenate([e for _, e in encoded])
+  return top_k(scorer.scores_of(embeddings), scorer.labels, k), scorer.ood(features, percentile)
+
+
+def read_record(
+  path: str, rate: float | None = None, units: str | None = None, leads: list[str] | None = None
+) -> preprocess.Record:
+  """preprocess.read_record, but a record with fewer than 12 leads goes into the 12-lead frame with the missing
+  ones zero (III, aVR, aVL, aVF still derived when I and II are recorded); record.leads.missing names them."""
+  if path.endswith(".npy"):
+    if rate is None or units is None:
+      return preprocess.read_record(path, rate, units, leads)  # its one-line error
+    names = list(leads or signal.LEADS)
+    preprocess.check_lead_names(names, f"{path} (--leads)")
+    rate = preprocess.check_rate(rate, path, "--fs")
+    values = preprocess.load_npy(path, units, names)
+  else:
+    values, rate, names = preprocess.load_wfdb(path)
+  missing = quality.missing_leads(names)
+  if len(missing) == signal.NUM_LEADS:
+    raise preprocess.BadRecordError(
+      f"no ECG lead: {path}: its channels {names} hold none of {', '.join(signal.LEADS)} (or an alias such as "
+      "MLII); name the columns with --leads (.npy) or fix the header's signal names"
+    )
+  if missing:
+    values = np.concatenate([values, np.zeros((len(values), len(missing)))], axis=1)
+  record = preprocess.standardize(values, rate, list(names) + missing, what=path)
+  quality.mark_missing(record.leads, missing)
+  return record
+
+
+def missing_leads_note(record: preprocess.Record, lead_mask: bool) -> str | None:
+  """What the model makes of zero-filled leads, or None when all 12 are there."""
+  if record.leads is None or not record.leads.missing:
+    return None
+  return f"missing lead(s) {', '.join(record.leads.missing)} zero-filled: " + (
+    "the model's lead mask tells it which leads are present"
+    if lead_mask
+    else "the model was trained on 12 leads, so findings that depend on the missing leads are guesses"
+  )
+
+
+def format_ood(assessment: dict | None) -> str | None:
+  """The record's OOD line, or None without a reference."""
+  if assessment is None:
+    return None
+  share = ood.share_text(assessment["percentile"], assessment["validation_records"])
+  return f"  OOD score {assessment['score']:.3f}: {share}" + (
+    "  [unlike the training data: warning on stderr]" if assessment["unfamiliar"] else ""
+  )
+
+
+def format_findings(
+  path: str, record: preprocess.Record, findings: list[dict], assessment: dict | None = None
+) -> str:
+  """A readable block: the record, its rate and duration, its leads, its OOD score, then one line per finding."""
   note = (
     ""
     if record.duration_s == 10
@@ -119,6 +245,8 @@ def format_findings(path: str, record: preprocess.Record, findings: list[dict]) 
     lines.append(
       f"  {record.leads.summary()}" + (f"  [{problems} warning(s) on stderr]" if problems else "")
     )
+  if format_ood(assessment):
+    lines.append(format_ood(assessment))
   for rank, f in enumerate(findings, 1):
     lines.append(
       f"  {rank}. {f['ja']} / {f['en']}  [{f['group_ja']} / {f['group_en']}]  "
@@ -144,14 +272,25 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument(
     "--label-set", default=None, help="with --exported: a label set of the folder's label_sets/"
   )
+  parser.add_argument(
+    "--ood-percentile",
+    type=float,
+    default=None,
+    help="warn when a record's OOD score is above this percentile of validation records' (default: the "
+    "reference's, 99)",
+  )
   parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
   parser.add_argument("records", nargs="+", help="WFDB record paths or .npy files")
   args = parser.parse_args(argv)
   if args.top_k < 1:
     parser.error(f"--top-k {args.top_k}: give a positive number of findings per record, e.g. 5")
+  if args.ood_percentile is not None and not 0 <= args.ood_percentile < 100:
+    parser.error(
+      f"--ood-percentile {args.ood_percentile:g}: give a percentile in [0, 100), e.g. 99"
+    )
   leads = [name.strip() for name in args.leads.split(",")] if args.leads else None
   try:
-    records = [preprocess.read_record(path, args.fs, args.units, leads) for path in args.records]
+    records = [read_record(path, args.fs, args.units, leads) for path in args.records]
     for path, record in zip(args.records, records):
       if record.duration_s < preprocess.signal.DURATION_S:
         print(
@@ -169,10 +308,21 @@ def main(argv: list[str] | None = None) -> None:
   for path, record in zip(args.records, records):
     for warning in record.leads.warnings() if record.leads else []:
       print(f"warning: {path}: {warning}", file=sys.stderr)
-  findings = predict(scorer, np.stack([r.ecg for r in records]), args.top_k)
+    note = missing_leads_note(record, scorer.lead_mask)
+    if note:
+      print(f"warning: {path}: {note}", file=sys.stderr)
+  if scorer.no_reference:
+    print(f"note: {scorer.no_reference}", file=sys.stderr)
+  findings, assessments = predict_with_ood(
+    scorer, np.stack([r.ecg for r in records]), args.top_k, args.ood_percentile
+  )
+  assessments = assessments or [None] * len(records)
+  for path, assessment in zip(args.records, assessments):
+    if assessment and assessment["warning"]:
+      print(f"warning: {path}: {assessment['warning']}", file=sys.stderr)
   print(f"model: {description}")
-  for path, record, found in zip(args.records, records, findings):
-    print(format_findings(path, record, found))
+  for path, record, found, assessment in zip(args.records, records, findings, assessments):
+    print(format_findings(path, record, found, assessment))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
   python -m ecg_contrastive.export.to_torch --workdir DIR [--step N] --out DIR [--no-verify]
 
 Writes model.safetensors, label_embeddings.safetensors, labels.json, config.json and a verbatim
-copy of modeling_ecg.py (see its docstring). Writing needs no PyTorch. Where torch is installed (or with
+copy of modeling_ecg.py (see its docstring), plus the workdir's OOD reference (ood.safetensors, ood.json: see
+models/ood.py) when it belongs to the exported step (else the log says the export has none and how to make it).
+Writing needs no PyTorch. Where torch is installed (or with
 --verify), the written folder is loaded back (strict=True) and its embeddings and zero-shot scores on random
 ECGs are compared with the Flax model's; more than 1e-5 relative error fails the export. The measured errors
 go into config.json ("verified_parity": null when not verified, and the log says so).
@@ -41,6 +43,7 @@ from ecg_contrastive import checkpoints, paths
 from ecg_contrastive.ecg import signal
 from ecg_contrastive.errors import UserError
 from ecg_contrastive.export import model_card
+from ecg_contrastive.export import ood as ood_files
 from ecg_contrastive.export.flax_scorer import FlaxScorer
 from ecg_contrastive.models.resnet1d import stage_sizes
 from ecg_contrastive.models.two_tower import (
@@ -304,7 +307,11 @@ def export(workdir: str, out: str, step: int | None = None, verify: bool | None 
     with open(os.path.join(partial, "labels.json"), "w", encoding="utf-8") as f:
       json.dump(inference.labels, f, ensure_ascii=False, indent=1)
     shutil.copyfile(MODELING_FILE, os.path.join(partial, "modeling_ecg.py"))
+    has_ood = _copy_ood_reference(workdir, partial, inference.step)
     config = export_config(tower, len(inference.labels), workdir, inference.step)
+    config["ood"] = (  # modeling_ecg reads ood.json itself; this says whether the folder has one
+      {"reference": "ood.json", "weights": "ood.safetensors"} if has_ood else None
+    )
     _write_config(partial, config)  # modeling_ecg.load reads it
     if verify is None:
       verify = torch_available()
@@ -341,6 +348,32 @@ def export(workdir: str, out: str, step: int | None = None, verify: bool | None 
     shutil.rmtree(partial, ignore_errors=True)
     raise
   return out
+
+
+def _copy_ood_reference(workdir: str, folder: str, step: int) -> bool:
+  """Copies the workdir's OOD reference into the export folder if it is of `step`; else logs why not."""
+  reference = ood_files.load(workdir)
+  if reference is not None and reference.meta.get("step") == step:
+    ood_files.save(folder, reference)
+    return True
+  how = (
+    f"`python -m ecg_contrastive.main --mode ood --workdir {workdir} --step {step} --config CONFIG`, then "
+    "export again"
+  )
+  if reference is None:
+    log.warning(
+      "export: %s has no OOD reference: the export gives no OOD score; to add one: %s", workdir, how
+    )
+  else:
+    log.warning(
+      "export: the OOD reference of %s is of step %s, not the exported step %d: the export gives no OOD score; "
+      "to add one: %s",
+      workdir,
+      reference.meta.get("step"),
+      step,
+      how,
+    )
+  return False
 
 
 def _upload_folder(local: str, out: str) -> None:
