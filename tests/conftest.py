@@ -64,6 +64,7 @@ HEAVY_FILES_FIRST = (
   "test_losses.py",
   "test_real_data.py",
   "test_export.py",
+  "test_ood.py",
   "test_paths.py",
 )
 

@@ -79,7 +79,8 @@ LAYERS = (
   Rule("checkpoints", ("checkpoints",), ("models", "paths", "errors", "vocab")),
   Rule(
     "evals",
-    ("evals", "evals.*"),
+    # evals.independent's check and command sit above eval_job (their own rule below)
+    ("evals", "evals.[!i]*", "evals.independent", "evals.independent.simulate"),
     # checkpoints: evals/reduced_leads evaluates a workdir's saved model
     ("step", "models", "text", "sharding", "paths", "errors", "vocab", "checkpoints", "ecg")
     + _DATA,
@@ -90,6 +91,11 @@ LAYERS = (
   Rule("config_check", ("config_check",), AnyExcept(("train", "main", "evals", "export"))),
   Rule("train", ("train",), AnyExcept(("main", "export"))),
   Rule("eval_job", ("eval_job",), AnyExcept(("main", "export", "train", "sweep"))),
+  Rule(
+    "evals.independent.check",  # the independent check evaluates a workdir through --mode eval's own code
+    ("evals.independent.check", "evals.independent.__main__"),
+    AnyExcept(("main", "export", "train", "sweep")),
+  ),
   Rule("sweep", ("sweep",), AnyExcept(("export",))),
   Rule("main", ("main",), AnyExcept()),
 )
