@@ -332,7 +332,7 @@ def weight_name_map(module: LlamaEncoder, flat_paths) -> dict[str, tuple[list[st
 
 def param_sharding(path: str, shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
   """Each parameter split over all devices of the (one-axis) mesh along its heads / MLP axis
-  (`_SHARDED_AXIS`); replicated where that axis does not divide (or for RMSNorm scales)."""
+  (`_SHARDED_AXIS`); replicated where the devices cannot split that axis evenly (and for RMSNorm scales)."""
   axis = _SHARDED_AXIS.get(path)
   (name,) = mesh.axis_names
   if axis is None or shape[axis] % mesh.devices.size:
