@@ -52,6 +52,28 @@ def prologue(x: jax.Array, norm, relu: bool) -> jax.Array:
   return jnp.maximum(pre, 0.0) if relu else pre
 
 
+@jax.custom_vjp
+def batch_norm_apply(y: jax.Array, norm) -> jax.Array:
+  """(y - shift) * mult + bias in y's dtype (a BatchNorm's apply without ReLU, where no conv consumes it: the
+  residual add). Its backward keeps y (compute dtype), not the float32 y - shift that autodiff would keep."""
+  return prologue(y, norm, False).astype(y.dtype)
+
+
+def _apply_fwd(y, norm):
+  return batch_norm_apply(y, norm), (y, norm)
+
+
+def _apply_bwd(residuals, dz):
+  y, (shift, mult, _) = residuals
+  dz = dz.astype(jnp.float32)
+  d_bias = jnp.sum(dz, (0, 1))
+  d_mult = jnp.sum(dz * (y.astype(jnp.float32) - shift), (0, 1))
+  return (dz * mult).astype(y.dtype), (-mult * d_bias, d_mult, d_bias)
+
+
+batch_norm_apply.defvjp(_apply_fwd, _apply_bwd)
+
+
 def columns(h: jax.Array, kernel_size: int, stride: int) -> jax.Array:
   """(B, T, C) -> (B, T_out, k C): the k shifted, strided views of h zero-padded by k // 2, side by side, so that
   a Conv1d is columns(h) @ kernel.reshape(k C, D)."""

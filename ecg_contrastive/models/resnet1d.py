@@ -116,10 +116,10 @@ class BasicBlock(nn.Module):
 
     y1, y1_sum, y1_sq = conv("conv1", 3, self.stride, x)
     y2, y2_sum, y2_sq = conv("conv2", 3, 1, y1, fold("bn1", y1, y1_sum, y1_sq), relu=True)
-    z = fused_conv_lib.prologue(y2, fold("bn2", y2, y2_sum, y2_sq), False).astype(self.dtype)
+    z = fused_conv_lib.batch_norm_apply(y2, fold("bn2", y2, y2_sum, y2_sq))
     if self.stride != 1 or x.shape[-1] != self.features:
       s, s_sum, s_sq = conv("shortcut_conv", 1, self.stride, x)
-      x = fused_conv_lib.prologue(s, fold("shortcut_bn", s, s_sum, s_sq), False).astype(self.dtype)
+      x = fused_conv_lib.batch_norm_apply(s, fold("shortcut_bn", s, s_sum, s_sq))
     return nn.relu(x + z)
 
 
