@@ -178,19 +178,20 @@ def test_pallas_kernel_equals_lax_conv_at_the_other_stages(stage):
   ],
 )
 def test_pallas_tiles_cover_any_length(block_t, length):
-  """Lengths below, at and above a whole number of tiles: the statistics count each output step once."""
-  x = jax.random.normal(jax.random.PRNGKey(1), (3, length, 16)) + 1.0
-  w = jax.random.normal(jax.random.PRNGKey(2), (3, 16, 16))
-  zeros = jnp.zeros(16)
+  """Lengths below, at and above a whole number of tiles: the statistics count each output step once; 32
+  channels in and out in two 16-channel chunks each (the kernel's input-channel loop and output-channel grid)."""
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, length, 32)) + 1.0
+  w = jax.random.normal(jax.random.PRNGKey(2), (3, 32, 32))
+  norm = (jnp.full(32, 0.5), jnp.linspace(0.5, 1.5, 32), jnp.linspace(-0.2, 0.2, 32))
   for stride in (1, 2):
-    out = conv_stats(x, w, (zeros, zeros, zeros), stride, False, False, block_t=block_t)
-    ref = _reference(x, w, None, stride, False)
-    cotangents = (ref[0], zeros, zeros)  # unused: only the forward's magnitudes are read
-    m_y, m_sum, m_sq = _magnitudes(x, w, None, stride, False, cotangents, ref[0])[0]
+    out = conv_stats(x, w, norm, stride, True, True, block_t=block_t, block_d=16, block_c=16)
+    ref = _reference(x, w, norm, stride, True)
+    cotangents = (ref[0], norm[0], norm[0])  # unused: only the forward's magnitudes are read
+    m_y, m_sum, m_sq = _magnitudes(x, w, norm, stride, True, cotangents, ref[0])[0]
     n = 3 * ref[0].shape[1]
-    _assert_within("y", out[0], ref[0], m_y, 48)
-    _assert_within("sum of y", out[1], ref[1], m_sum, n + 48)
-    _assert_within("sum of y^2", out[2], ref[2], m_sq, n + 48)
+    _assert_within("y", out[0], ref[0], m_y, 96)
+    _assert_within("sum of y", out[1], ref[1], m_sum, n + 96)
+    _assert_within("sum of y^2", out[2], ref[2], m_sq, n + 96)
 
 
 def test_bad_shapes_are_refused():

@@ -2,8 +2,9 @@
 or 2) as k GEMMs over shifted time tiles, and the per-channel sum and sum of squares of its output (the next
 BatchNorm's statistics) in the epilogue. The backward pass stays fused_conv's (jnp GEMMs).
 
-Grid (batch, time tile, output-channel tile). A program reads, for each tap j, block_t input steps starting at
-its tile's first step + j (through the halo of k - 1 steps that tiles share), applies the prologue in float32
+Grid (batch, time tile, output-channel tile). A program reads, for each tap j and each chunk of block_c input
+channels, block_t input steps starting at its tile's first step + j (through the halo of k - 1 steps that
+tiles share), applies the prologue in float32
 (zero where the step is padding), rounds to the compute dtype and accumulates h @ kernel[j] in float32; it writes
 y (block_t, block_d) rounded to the compute dtype and the partial statistics of the rows inside the output
 (the last tile of a length that is not a multiple of block_t is partly outside: masked). The input is
@@ -12,12 +13,12 @@ zero-padded in time outside the kernel (k // 2 in front, up to whole tiles behin
 
 Verified: on CPU in Pallas' interpret mode (tests/test_fused_conv.py), against lax.conv and the plain
 BatchNorm, at the lengths of every ResNet1d-18 stage. NOT verified: compilation and speed on a GPU with
-Pallas' Triton backend. Written to what Triton compiles (block_t, block_d and the input width C powers of two
-and >= 16 for tl.dot; static loops over taps; no strided loads), but never compiled there: bench/gpu_run.sh
-runs it first on a card. The input block spans the whole padded time axis, of which each program loads only
-power-of-two slices; if Triton's lowering rejects that block shape, the fix is memory_space=pl.ANY for x.
-Under a sharded jit (several devices) a pallas_call is not partitioned by XLA: wrap it in shard_map and psum the
-statistics before using this on more than one device.
+Pallas' Triton backend. Written to what Triton compiles (block_t, block_d and block_c powers of two and >= 16
+for tl.dot; at most (64 x 128 + 128 x 128) bf16 operands per dot; static loops over taps and channel chunks;
+no strided loads), but never compiled there: bench/gpu_run.sh checks it first on a card. The input block spans
+the whole padded time axis, of which each program loads only power-of-two slices; if Triton's lowering rejects
+that block shape, the fix is memory_space=pl.ANY for x. Under a sharded jit (several devices) a pallas_call is
+not partitioned by XLA: wrap it in shard_map and psum the statistics before using it on more than one GPU.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ecg_contrastive.models.fused_conv import output_length
 
 BLOCK_T = 64  # output steps per program
 BLOCK_D = 128  # output channels per program
+BLOCK_C = 128  # input channels per GEMM operand load
 
 
 def _kernel(
@@ -45,6 +47,7 @@ def _kernel(
   k,
   stride,
   channels,
+  block_c,
   length,
   t_out,
   relu,
@@ -56,14 +59,18 @@ def _kernel(
   steps = jax.lax.broadcasted_iota(jnp.int32, (block_t, 1), 0)
   for j in range(k):
     row = i * block_t + j // stride  # in the (T / stride, stride C) view of the padded input
-    rows = x_ref[pl.ds(row, block_t), pl.ds((j % stride) * channels, channels)]
-    if prologue:
-      h = (rows.astype(jnp.float32) - norm_ref[0, :]) * norm_ref[1, :] + norm_ref[2, :]
-      if relu:
-        h = jnp.maximum(h, 0.0)
-      t_in = (row + steps) * stride + j % stride - k // 2  # the step of the unpadded input
-      rows = jnp.where((t_in >= 0) & (t_in < length), h, 0.0).astype(rows.dtype)
-    acc += jnp.dot(rows, w_ref[j].astype(rows.dtype), preferred_element_type=jnp.float32)
+    t_in = (row + steps) * stride + j % stride - k // 2  # the step of the unpadded input
+    for c in range(0, channels, block_c):  # input channels in chunks: operands that fit on chip
+      cols = pl.ds((j % stride) * channels + c, block_c)
+      rows = x_ref[pl.ds(row, block_t), cols]
+      if prologue:
+        part = pl.ds(c, block_c)
+        h = (rows.astype(jnp.float32) - norm_ref[0, part]) * norm_ref[1, part] + norm_ref[2, part]
+        if relu:
+          h = jnp.maximum(h, 0.0)
+        rows = jnp.where((t_in >= 0) & (t_in < length), h, 0.0).astype(rows.dtype)
+      w = w_ref[j, pl.ds(c, block_c), :].astype(rows.dtype)
+      acc += jnp.dot(rows, w, preferred_element_type=jnp.float32)
   y = acc.astype(y_ref.dtype)
   y_ref[...] = y
   y32 = jnp.where(i * block_t + steps < t_out, y.astype(jnp.float32), 0.0)
@@ -72,7 +79,7 @@ def _kernel(
 
 
 @functools.partial(
-  jax.jit, static_argnums=(3, 4, 5), static_argnames=("block_t", "block_d", "interpret")
+  jax.jit, static_argnums=(3, 4, 5), static_argnames=("block_t", "block_d", "block_c", "interpret")
 )
 def conv_stats(
   x: jax.Array,
@@ -84,6 +91,7 @@ def conv_stats(
   *,
   block_t: int = BLOCK_T,
   block_d: int = BLOCK_D,
+  block_c: int = BLOCK_C,
   interpret: bool | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """fused_conv's forward (y, sum of y, sum of y^2) by the Pallas kernel; interpret=None: interpret mode unless
@@ -94,9 +102,11 @@ def conv_stats(
   k, _, features = kernel.shape
   t_out = output_length(length, k, stride)
   n_t = pl.cdiv(t_out, block_t)
-  block_d = min(block_d, features)
-  if features % block_d:
-    raise ValueError(f"fused_conv_pallas: {features} output channels: use a multiple of {block_d}")
+  block_d, block_c = min(block_d, features), min(block_c, channels)
+  if features % block_d or channels % block_c:
+    raise ValueError(
+      f"fused_conv_pallas: {channels} -> {features} channels: use multiples of {block_c} -> {block_d}"
+    )
   rows = (
     n_t * block_t + (k - 1) // stride
   )  # steps of the (T / stride, stride C) view that the tiles read
@@ -110,6 +120,7 @@ def conv_stats(
     k=k,
     stride=stride,
     channels=channels,
+    block_c=block_c,
     length=length,
     t_out=t_out,
     relu=relu,
