@@ -11,7 +11,8 @@ where the shape changes. 5000 samples -> 2500 after the stem -> 313 steps at the
 `conv_impl` (config.train.conv_impl) chooses how the BasicBlocks' convolutions and BatchNorms run: "xla"
 (flax.linen.Conv, then BatchNorm) or "shifted_matmul" / "pallas" (models/fused_conv.py: each conv emits its
 BatchNorm's statistics and applies the previous BatchNorm + ReLU to its input, so bn1's output is never
-materialised). Same parameters, names and shapes, same mathematics (rounding aside); the stem stays "xla".
+materialised). Same parameters, names and shapes, same mathematics (rounding aside); the stem stays "xla"
+(and `bn_backward` then applies to the stem's BatchNorm only: the fused blocks have their own backward).
 
 `downsample` > 1 average-pools the input in time first (window = stride = downsample), so
 small CPU configs keep the 500 Hz x 5000 input contract while computing at e.g. 100 Hz.
