@@ -169,6 +169,29 @@ def test_pallas_kernel_equals_lax_conv_at_the_other_stages(stage):
   _check_against_reference(STAGES[stage], "pallas")
 
 
+PAPER_STAGES = {  # the paper's widths (64..512) at the stage lengths
+  name: (length, c * 4, d * 4, k, stride, p)
+  for name, (length, c, d, k, stride, p) in STAGES.items()
+}
+
+
+def test_pallas_kernel_lowers_to_triton_for_cuda_at_the_paper_shapes():
+  """Cross-lowered for CUDA on this CPU (no GPU needed): Pallas' Triton lowering accepts the kernel at every conv
+  of the paper's ResNet1d-18 in bf16 (power-of-two blocks, masked loads, tl.dot) and emits a Triton custom
+  call. Compiling that call to GPU code happens on the GPU only (bench/gpu_run.sh)."""
+  for name, (length, c, d, k, stride, with_prologue) in PAPER_STAGES.items():
+    x = jax.ShapeDtypeStruct((8, length, c), jnp.bfloat16)
+    w = jax.ShapeDtypeStruct((k, c, d), jnp.float32)
+    v = jax.ShapeDtypeStruct((c,), jnp.float32)
+    kernel = jax.jit(
+      lambda x, w, n: conv_stats(x, w, n, stride, with_prologue, with_prologue, interpret=False)
+    )
+    text = kernel.trace(x, w, (v, v, v)).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("__gpu$xla.gpu.triton") == 1, name
+    t_out = output_length(length, k, stride)
+    assert f"tensor<8x{t_out}x{d}xbf16>" in text, name  # y, in the compute dtype
+
+
 @pytest.mark.parametrize(
   "block_t,length",
   [

@@ -12,13 +12,13 @@ zero-padded in time outside the kernel (k // 2 in front, up to whole tiles behin
 (T / 2, 2 C) (a free reshape: a tap reads its phase's channel half) so that no load is strided.
 
 Verified: on CPU in Pallas' interpret mode (tests/test_fused_conv.py), against lax.conv and the plain
-BatchNorm, at the lengths of every ResNet1d-18 stage. NOT verified: compilation and speed on a GPU with
-Pallas' Triton backend. Written to what Triton compiles (block_t, block_d and block_c powers of two and >= 16
-for tl.dot; at most (64 x 128 + 128 x 128) bf16 operands per dot; static loops over taps and channel chunks;
-no strided loads), but never compiled there: bench/gpu_run.sh checks it first on a card. The input block spans
-the whole padded time axis, of which each program loads only power-of-two slices; if Triton's lowering rejects
-that block shape, the fix is memory_space=pl.ANY for x. Under a sharded jit (several devices) a pallas_call is
-not partitioned by XLA: wrap it in shard_map and psum the statistics before using it on more than one GPU.
+BatchNorm, at the lengths of every ResNet1d-18 stage; and cross-lowered for CUDA on the CPU at the paper's
+stage shapes in bf16 (the same test file): Pallas' Triton lowering accepts the kernel (block shapes, loads with
+their masks, tl.dot) and emits a Triton custom call. NOT verified: Triton's compilation of that IR for a GPU,
+its results there and its speed (bench/gpu_run.sh checks all three first on a card). Pallas' default GPU
+backend is Mosaic GPU, for which this kernel's shared-memory plan is too large: compiler_params select Triton.
+Under a sharded jit (several devices) a pallas_call is not partitioned by XLA: wrap it in shard_map and psum
+the statistics before using it on more than one GPU.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
 
 BLOCK_T = 64  # output steps per program
 BLOCK_D = 128  # output channels per program
@@ -141,6 +142,8 @@ def conv_stats(
     ],
     out_shape=[jax.ShapeDtypeStruct((b, t_out, features), x.dtype), stats, stats],
     interpret=interpret,
+    # Triton, not Pallas' default GPU backend (Mosaic GPU)
+    compiler_params=pl_triton.CompilerParams(num_warps=4),
     name="fused_conv1d",
   )(xp, norm, kernel)
   return y, jnp.sum(part_sum, (0, 1)), jnp.sum(part_sq, (0, 1))
