@@ -7,7 +7,8 @@ channels, block_t input steps starting at its tile's first step + j (through the
 tiles share), applies the prologue in float32
 (zero where the step is padding), rounds to the compute dtype and accumulates h @ kernel[j] in float32; it writes
 y (block_t, block_d) rounded to the compute dtype and the partial statistics of the rows inside the output
-(the last tile of a length that is not a multiple of block_t is partly outside: masked). The input is
+(the last tile of a length that is not a multiple of block_t is partly outside: its store and its statistics
+are masked; Pallas' Triton lowering masks no block by itself). The input is
 zero-padded in time outside the kernel (k // 2 in front, up to whole tiles behind) and, for stride 2, viewed as
 (T / 2, 2 C) (a free reshape: a tap reads its phase's channel half) so that no load is strided.
 
@@ -71,8 +72,12 @@ def _kernel(
       w = w_ref[j, pl.ds(c, block_c), :].astype(rows.dtype)
       acc += jnp.dot(rows, w, preferred_element_type=jnp.float32)
   y = acc.astype(y_ref.dtype)
-  y_ref[...] = y
-  y32 = jnp.where(i * block_t + steps < t_out, y.astype(jnp.float32), 0.0)
+  inside = (
+    i * block_t + steps < t_out
+  )  # the last tile of a length that is not a multiple of block_t
+  # A masked store: Triton writes a block as is, so the rows past t_out would land in the next ECG's rows.
+  pl_triton.store(y_ref, y, mask=jnp.broadcast_to(inside, y.shape))
+  y32 = jnp.where(inside, y.astype(jnp.float32), 0.0)
   sum_ref[...] = jnp.sum(y32, axis=0)
   sq_ref[...] = jnp.sum(y32 * y32, axis=0)
 
