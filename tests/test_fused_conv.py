@@ -277,7 +277,8 @@ def test_resnet18_train_step_values_equal_xla(impl):
 
   Tolerance: each of the 20 layers sums at most K = 2,000 terms (the statistics over 4 x 500 steps), within
   2 gamma_K of the plain path relative to the largest value of its output; the network's result adds up at most
-  20 such relative errors: rtol 20 x 2 gamma_2000 = 4.8e-3 of each tensor's largest magnitude (measured: ~2e-5).
+  20 such relative errors: rtol 20 x 2 gamma_2000 = 4.8e-3 of each tensor's largest magnitude (measured: 3.2e-6
+  shifted_matmul, 3.3e-6 pallas).
   """
   variables = _init("xla")
   ref, ref_grads, _ = _train_forward("xla", variables)
