@@ -54,9 +54,8 @@ class ProjectStep:
     config.train.conv_impl = conv_impl
     self.mesh = make_mesh()
     model = step_lib.make_model(config)
-    if (
-      getattr(model, "conv_impl", "xla") != conv_impl
-    ):  # a row must never time another step than it names
+    # a row must never time another step than the one it names
+    if getattr(model, "conv_impl", "xla") != conv_impl:
       raise ValueError(
         f"conv_impl {conv_impl!r}: this TwoTower ignores config.train.conv_impl; pass it to ResNet1d "
         "(models/two_tower.py)"
