@@ -145,12 +145,21 @@ def _step_args(p: argparse.ArgumentParser) -> None:
     "an A/B in one run",
   )
   p.add_argument(
+    "--conv-impl",
+    type=lambda t: [v for v in t.split(",") if v],
+    default=["xla"],
+    help="ours with each blocks' conv_impl, e.g. xla,shifted_matmul,pallas (config.train.conv_impl)",
+  )
+  p.add_argument(
     "--plan-only",
     action="store_true",
     help="compile ours only and report XLA's memory plan per device (what fits), without running",
   )
   p.add_argument(
-    "--torch", type=_modes, default=["eager", "compile"], help="'eager,compile', 'eager' or 'none'"
+    "--torch",
+    type=_modes,
+    default=["eager", "compile"],
+    help="PyTorch steps beside ours: any of eager,compile,max-autotune, or 'none'",
   )
   p.add_argument("--buffers", type=int, default=4, help="distinct input batches rotated through")
   p.add_argument(
@@ -199,6 +208,7 @@ def _step(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[list[dict[str
     plan_only=args.plan_only,
     hlo_path=args.dump_hlo,
     bn_backwards=args.bn_backward,
+    conv_impls=args.conv_impl,
     on_row=lambda rows: results.write_results(args.out, meta, rows, STEP_COLUMNS),
   )
   return rows, STEP_COLUMNS

@@ -27,11 +27,12 @@ log = logging.getLogger("bench")
 SCHEDULE_STEPS = 100_000  # length of the learning-rate schedule; speed does not depend on it
 
 
-def ours_impl(microbatches: int, bn_backward: str = "lean") -> str:
-  """The implementation name of our step's rows: "jax (ours)", or with its micro-batch count and/or its
-  BatchNorm backward where these are not the defaults."""
+def ours_impl(microbatches: int, bn_backward: str = "lean", conv_impl: str = "xla") -> str:
+  """The implementation name of our step's rows: "jax (ours)", or with its micro-batch count, its BatchNorm
+  backward and/or its blocks' conv_impl (config.train.conv_impl) where these are not the defaults."""
   parts = ["jax (ours)"] + ([f"{microbatches} micro-batches"] if microbatches > 1 else [])
-  return ", ".join(parts + ([f"{bn_backward} BN backward"] if bn_backward != "lean" else []))
+  parts += [f"{bn_backward} BN backward"] if bn_backward != "lean" else []
+  return ", ".join(parts + ([f"{conv_impl} conv"] if conv_impl != "xla" else []))
 
 
 class ProjectStep:
@@ -45,17 +46,27 @@ class ProjectStep:
     example_batch: dict[str, Any],
     microbatches: int = 1,
     bn_backward: str = "lean",
+    conv_impl: str = "xla",
   ):
     config = workload.config(batch_size)
     config.microbatches = microbatches
     config.train.bn_backward = bn_backward
+    config.train.conv_impl = conv_impl
     self.mesh = make_mesh()
     model = step_lib.make_model(config)
+    # a row must never time another step than the one it names
+    if getattr(model, "conv_impl", "xla") != conv_impl:
+      raise ValueError(
+        f"conv_impl {conv_impl!r}: this TwoTower ignores config.train.conv_impl; pass it to ResNet1d "
+        "(models/two_tower.py)"
+      )
     tx, schedule = step_lib.make_optimizer(config, SCHEDULE_STEPS)
     self.state = step_lib.init_state(config, model, tx, workload.text_dim, self.mesh)
     self.table = jax.device_put(table, replicated(self.mesh))
     step = step_lib.make_train_step(config, model, tx, schedule, self.mesh)
-    log.info("compiling %s at batch %d", ours_impl(microbatches, bn_backward), batch_size)
+    log.info(
+      "compiling %s at batch %d", ours_impl(microbatches, bn_backward, conv_impl), batch_size
+    )
     start = time.perf_counter()
     self.compiled = step.lower(self.state, self.put(example_batch), self.table).compile()
     log.info(
@@ -93,6 +104,7 @@ def bench_project_step(
   plan_only: bool = False,
   hlo_path: str | None = None,
   bn_backward: str = "lean",
+  conv_impl: str = "xla",
 ) -> dict[str, Any]:
   """One results row for the project's step on device-resident batches (rotated, never zeros).
 
@@ -102,8 +114,10 @@ def bench_project_step(
   With `hlo_path`, the compiled step's optimized HLO (XLA's fusions, as the profile names them) is written
   there, gzipped.
   """
-  step = ProjectStep(workload, batch_size, table, host_batches[0], microbatches, bn_backward)
-  impl = ours_impl(microbatches, bn_backward)
+  step = ProjectStep(
+    workload, batch_size, table, host_batches[0], microbatches, bn_backward, conv_impl
+  )
+  impl = ours_impl(microbatches, bn_backward, conv_impl)
   hlo_text = (
     step.compiled.as_text() if hlo_path or profile_dir else None
   )  # the module is large: print it once

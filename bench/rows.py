@@ -9,7 +9,11 @@ from bench.results import Column
 from bench.timing import Timing
 from bench.workload import Workload
 
-TORCH_MODES = ("eager", "compile")  # the PyTorch steps ours is compared with (bench/torch_step.py)
+TORCH_MODES = (
+  "eager",
+  "compile",
+  "max-autotune",
+)  # the PyTorch steps ours is compared with (bench/torch_step.py)
 
 
 def timed_columns(

@@ -8,6 +8,7 @@ already copied to the device, then each JAX row's speed-up over each PyTorch mod
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -44,6 +45,7 @@ def run(
   plan_only: bool = False,
   hlo_path: str | None = None,
   bn_backwards: Sequence[str] = ("lean",),
+  conv_impls: Sequence[str] = ("xla",),
   on_row: Callable[[list[dict[str, Any]]], None] = lambda rows: None,
 ) -> list[dict[str, Any]]:
   """Results rows: one per (implementation, batch size). `profile_dir`: trace ours at the largest batch;
@@ -52,6 +54,8 @@ def run(
   microbatches: ours once per count that divides the batch per device (gradient caching for k > 1).
   bn_backwards: and once per BatchNorm backward ("lean", "autodiff"; config.train.bn_backward), for A/B runs;
   the profile and the HLO are of the first.
+  conv_impls: and once per conv_impl ("xla", "shifted_matmul", "pallas"; config.train.conv_impl); with more than
+  one, each is profiled (profile_dir/<impl>/) and its HLO written (hlo_path with "_<impl>" before its suffixes).
   plan_only: compile ours and report XLA's memory plan per device, without running (no PyTorch rows).
 
   on_row(rows so far) after each row: a run cut short by a time limit still leaves its figures.
@@ -66,23 +70,33 @@ def run(
     kw = dict(warmup=warmup, windows=windows, steps=steps)
     profile_here = profile_dir if batch_size == max(batch_sizes) else None
     per_device = batch_size // jax.device_count()
-    variants = [(k, bn) for bn in bn_backwards for k in microbatches if per_device % k == 0]
-    for k, bn in variants:
-      first = (k, bn) == variants[0] and k == 1
+    variants = [
+      (k, bn, conv)
+      for conv in conv_impls
+      for bn in bn_backwards
+      for k in microbatches
+      if per_device % k == 0
+    ]
+    for k, bn, conv in variants:
+      first = k == 1 and (k, bn) == variants[0][:2]  # the first of its conv_impl
+      many = len(conv_impls) > 1
       rows.append(
         measured_row(
-          jax_step.ours_impl(k, bn),
+          jax_step.ours_impl(k, bn, conv),
           batch_size,
           lambda: jax_step.bench_project_step(
             workload,
             batch_size,
             host_batches,
             table,
-            profile_dir=profile_here if first else None,
-            hlo_path=hlo_path if first and batch_size == max(batch_sizes) else None,
+            profile_dir=_per_impl(profile_here, conv, many, folder=True) if first else None,
+            hlo_path=_per_impl(hlo_path, conv, many)
+            if first and batch_size == max(batch_sizes)
+            else None,
             microbatches=k,
             plan_only=plan_only,
             bn_backward=bn,
+            conv_impl=conv,
             **kw,
           ),
         )
@@ -101,6 +115,17 @@ def run(
       torch_step.release_memory()
       _done(rows, on_row)
   return rows
+
+
+def _per_impl(path: str | None, conv_impl: str, many: bool, folder: bool = False) -> str | None:
+  """path as given for a single conv_impl; with several, profile_dir/<impl> or file_<impl>.suffixes."""
+  if path is None or not many:
+    return path
+  if folder:
+    return os.path.join(path, conv_impl)
+  head, name = os.path.split(path)
+  stem, dot, suffixes = name.partition(".")
+  return os.path.join(head, f"{stem}_{conv_impl}{dot}{suffixes}")
 
 
 def measured_row(

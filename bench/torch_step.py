@@ -5,8 +5,9 @@ symmetric InfoNCE at the config's fixed temperature, AdamW with the config's hyp
 (weight decay on matrices and kernels only; fused on CUDA), autocast to bfloat16 when the
 workload computes in bfloat16. Inputs are the same int16 (B, 5000, 12) batches as the JAX side,
 already on the device, scaled and transposed to (B, 12, 5000) millivolts inside the step.
-Modes: "eager", and "compile" (torch.compile of forward + loss, default mode, static shapes: each
-batch size compiles its own graph; backward through AOTAutograd).
+Modes: "eager", "compile" (torch.compile of forward + loss, default mode, static shapes: each
+batch size compiles its own graph; backward through AOTAutograd) and "max-autotune" (the same with
+mode="max-autotune": Triton/cuBLAS autotuning and CUDA graphs on a GPU; long compiles).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def bench_torch_step(
   steps: int,
   seed: int = 0,
 ) -> dict[str, Any]:
-  """One results row for the PyTorch step in `mode` ("eager" | "compile") on device-resident batches."""
+  """One results row for the PyTorch step in `mode` (TORCH_MODES) on device-resident batches."""
   if mode not in TORCH_MODES:
     raise ValueError(f"unknown torch mode {mode!r}; use one of {TORCH_MODES}")
   device = torch_device()
@@ -88,7 +89,11 @@ def bench_torch_step(
   torch.backends.cudnn.benchmark = True
   model = TorchTwoTower(workload, config.train.temperature).to(device).train()
   opt = make_adamw(model, config.optimizer, device)
-  loss_fn = torch.compile(model, dynamic=False) if mode == "compile" else model
+  loss_fn = (
+    torch.compile(model, dynamic=False, mode="max-autotune" if mode == "max-autotune" else None)
+    if mode in ("compile", "max-autotune")
+    else model
+  )
   table_t = torch.from_numpy(table).to(device)
   batches = [
     (

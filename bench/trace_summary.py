@@ -28,6 +28,7 @@ from typing import Any
 import jax
 
 CATEGORIES = (  # first match wins; matched against the lower-case op and kernel names ("convert" removed)
+  ("fused conv kernel (Pallas: conv + BN statistics + previous BN/ReLU)", ("fused_conv1d",)),
   ("convolution", ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm")),
   ("collective", ("all-reduce", "all-gather", "reduce-scatter", "nccl", "collective")),
   ("matmul", ("gemm", "dot", "cublas", "matmul")),

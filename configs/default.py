@@ -65,6 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     dtype="float32",  # initial (fixed unless learn_temperature) tau; compute dtype
     logit_bias=config_dict.placeholder(float),  # the sigmoid loss's initial bias (SigLIP: -10.0)
     bn_backward="lean",
+    conv_impl="xla",  # the blocks' conv + BatchNorm: "xla" | "shifted_matmul" | "pallas" (fused passes, same math)
   )  # BatchNorm's backward: "lean" (keeps bf16 inputs only) | "autodiff" (as flax's)
   c.learn_temperature = False
   c.text_head_trainable = True

@@ -16,6 +16,7 @@ from ecg_contrastive.ecg import augment, signal
 from ecg_contrastive.errors import UserError
 from ecg_contrastive.models.batch_norm import BACKWARDS
 from ecg_contrastive.models.bert import POOLINGS
+from ecg_contrastive.models.fused_conv import IMPLS
 from ecg_contrastive.models.resnet1d import stage_sizes
 from ecg_contrastive.models.two_tower import split_config
 
@@ -316,6 +317,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
       f"config.train.bn_backward={training['bn_backward']!r}: use one of {BACKWARDS} (the same math; "
       "'lean' keeps less for the backward pass)"
+    )
+  if (conv_impl := dict(config.get("train") or {}).get("conv_impl", "xla")) not in IMPLS:
+    raise ConfigError(
+      f"config.train.conv_impl={conv_impl!r}: use one of {IMPLS} (the same math; the fused ones, "
+      "models/fused_conv.py, make fewer passes over the activations on a GPU)"
     )
   if (config.loss.name == "sigmoid") != (training.get("logit_bias") is not None):
     raise ConfigError(

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ecg_contrastive.models.batch_norm import BatchNorm
+from ecg_contrastive.models.batch_norm import BatchNorm, BatchNormFold
 from ecg_contrastive.models.resnet1d import ResNet1d
 from ecg_contrastive.sharding import data_sharding, make_mesh
 
@@ -201,3 +201,25 @@ def test_autodiff_backward_gives_the_same_model_and_keeps_float32_maps():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   assert jnp.dtype("float32") not in results["lean", "bfloat16"][4]
   assert jnp.dtype("float32") in results["autodiff", "bfloat16"][4]
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_fold_from_sums_equals_batch_norm(train):
+  """BatchNormFold (the fused convs' BatchNorm: statistics from the conv's sums, apply in the next conv) gives
+  BatchNorm's output as (x - shift) * mult + bias, the same running averages and the same variable names;
+  float32, the same operations but for the mean (sum / n instead of jnp.mean): within a few ulps."""
+  x = jax.random.normal(jax.random.PRNGKey(6), (4, 50, 6)) * 3 + 1
+  variables = {
+    "params": {"scale": SCALE, "bias": BIAS},
+    "batch_stats": {"mean": jnp.full(6, 0.2), "var": jnp.full(6, 2.0)},
+  }
+  y, new = BatchNorm().apply(variables, x, train, mutable=["batch_stats"])
+  sums = jnp.sum(x, (0, 1)), jnp.sum(x * x, (0, 1))
+  (shift, mult, bias), new_fold = BatchNormFold().apply(
+    variables, *sums, 200, train, mutable=["batch_stats"]
+  )
+  np.testing.assert_allclose((x - shift) * mult + bias, y, rtol=1e-5, atol=1e-5)
+  for name in ("mean", "var"):
+    np.testing.assert_allclose(new_fold["batch_stats"][name], new["batch_stats"][name], rtol=1e-6)
+  moved = float(jnp.max(jnp.abs(new_fold["batch_stats"]["var"] - 2.0)))
+  assert (moved > 0.1) == train  # running averages move in training only

@@ -126,3 +126,34 @@ class BatchNorm(nn.Module):
       ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
       ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(var)
     return y
+
+
+class BatchNormFold(nn.Module):
+  """BatchNorm's parameters and running statistics (the same names as BatchNorm's), for a layer whose statistics
+  come from the producing convolution and whose apply runs in the consuming one (models/fused_conv.py).
+
+  __call__(y_sum (C,), y_sq (C,), count, train) -> (shift, mult, bias), each (C,) float32, such that the layer's
+  output is (y - shift) * mult + bias: BatchNorm's, in the same order of operations. In training the statistics
+  are the batch's (mean = y_sum / count, biased variance y_sq / count - mean^2, as BatchNorm's fast variance),
+  the running averages move as BatchNorm's, and gradients flow through the sums; otherwise the running averages.
+  """
+
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, y_sum: jax.Array, y_sq: jax.Array, count: int, train: bool):
+    features = y_sum.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+    if not train:
+      return ra_mean.value, jax.lax.rsqrt(ra_var.value + self.epsilon) * scale, bias
+    mean = y_sum / count
+    var = jnp.maximum(0.0, y_sq / count - jnp.square(mean))
+    if not self.is_initializing():
+      m = self.momentum
+      ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
+      ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(var)
+    return mean, jax.lax.rsqrt(var + self.epsilon) * scale, bias

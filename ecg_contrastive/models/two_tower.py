@@ -22,7 +22,7 @@ MAX_LOGIT_SCALE = float(np.log(100.0))  # CLIP's clamp: temperature never below 
 # config.model: the architecture (what an export rebuilds); config.train: TwoTower settings of training only (the
 # initial temperature, the compute dtype, the sigmoid loss's initial bias, BatchNorm's backward pass).
 ARCHITECTURE_KEYS = ("depth", "width", "downsample", "embed_dim", "lead_mask")
-TRAINING_KEYS = ("temperature", "dtype", "logit_bias", "bn_backward")
+TRAINING_KEYS = ("temperature", "dtype", "logit_bias", "bn_backward", "conv_impl")
 
 
 def with_presence(ecg_mv: jnp.ndarray) -> jnp.ndarray:
@@ -54,9 +54,14 @@ class TwoTower(nn.Module):
   bn_backward: str = (
     "lean"  # BatchNorm's backward: "lean" | "autodiff" (same math, rounding aside; for A/B runs)
   )
+  # how the blocks' convolutions + BatchNorms run: "xla" | "shifted_matmul" | "pallas" (models/fused_conv.py;
+  # same parameters and mathematics, rounding aside)
+  conv_impl: str = "xla"
 
   def setup(self):
-    self.ecg = ResNet1d(self.depth, self.width, self.downsample, self.dtype, self.bn_backward)
+    self.ecg = ResNet1d(
+      self.depth, self.width, self.downsample, self.dtype, self.bn_backward, self.conv_impl
+    )
     self.ecg_head = nn.Dense(self.embed_dim, dtype=jnp.float32)
     self.txt_head = nn.Dense(self.embed_dim, dtype=jnp.float32)
     self.logit_scale = self.param(
