@@ -46,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_batch_size = 1024
   c.num_epochs = 50
   c.optimizer.update(lr=1e-3, weight_decay=1e-2, warmup_steps=500)
-  # c.augment stays as in default.py: every augmentation off (the paper has none)
+  default.plain_training(c)  # every augmentation off, no lead-presence channels: the paper has none
   c.log_every = 50
   c.checkpoint_every = 1000
   c.prefetch = 4

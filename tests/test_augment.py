@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from configs import default, paper
 from ecg_contrastive import step as step_lib
 from ecg_contrastive.config_check import ConfigError, check_augment
 from ecg_contrastive.ecg import augment
@@ -29,9 +29,16 @@ def _ecg(seed: int = 0) -> np.ndarray:
   return (lead * beats[None] + tone + 0.1).astype(np.float32)  # + 0.1 mV: no zero sample (ratios)
 
 
-def _only(name: str, **params) -> augment.Augment:
-  """An Augment with only `name` on (p = 1 unless given), the others at configs/default.py (off)."""
+def _plain():
+  """configs/default.py with every augmentation off (default.plain_training)."""
   config = default.get_config()
+  default.plain_training(config)
+  return config
+
+
+def _only(name: str, **params) -> augment.Augment:
+  """An Augment with only `name` on (p = 1 unless given), the others off."""
+  config = _plain()
   config.augment[name].p = 1.0
   for k, v in params.items():
     config.augment[name][k] = v
@@ -57,7 +64,10 @@ def _power(x: np.ndarray, low: float, high: float, window: bool = False) -> floa
 
 
 def test_off_is_identity_bitwise():
-  assert augment.from_config(default.get_config()) is None  # the reference config: all off
+  assert augment.from_config(paper.get_config()) is None  # the paper's config: all off
+  assert augment.from_config(default.get_config("tiny")) is None
+  demo = augment.from_config(default.get_config())  # the demo: on (README, "Robustness")
+  assert demo is not None and default.get_config().model.lead_mask is True
   ecg = _ecg()
   out, present = _run(None, ecg)
   assert out.tobytes() == ecg.tobytes() and present.all()
@@ -153,7 +163,7 @@ def test_lead_dropout_zeroes_exactly_the_chosen_leads():
 
 def test_probability_picks_records_and_same_key_same_result():
   ecg = _ecg()
-  config = default.get_config()
+  config = _plain()
   for name in augment.PARAMETERS:
     config.augment[name].p = 0.5
   setting = augment.from_config(config)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from export_helpers import TINY_MODEL, make_workdir
 
-from configs import default
+from configs import default, paper
 from ecg_contrastive.config_check import ConfigError, check_config
 from ecg_contrastive.export import predict, to_torch
 from ecg_contrastive.models.two_tower import TwoTower, with_presence
@@ -26,8 +26,12 @@ def test_presence_channels_mark_all_zero_leads():
   assert np.array_equal(out[:, :, 12:], np.broadcast_to(want[:, None, :], (2, 500, 12)))
 
 
-def test_lead_mask_is_off_by_default_and_widens_only_the_stem():
-  assert default.get_config().model.lead_mask is False
+def test_lead_mask_is_off_in_the_paper_config_and_widens_only_the_stem():
+  assert (
+    paper.get_config().model.lead_mask is False
+    and default.get_config("tiny").model.lead_mask is False
+  )
+  assert default.get_config().model.lead_mask is True  # the demo trains with lead dropout
   shapes = {}
   for mask in (False, True):
     model = TwoTower(**dict(TINY_MODEL, lead_mask=mask))
