@@ -37,7 +37,7 @@ export: $(BIN)/.core-installed
 test: $(BIN)/.dev-installed
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
-# test-fast: the loop while developing, 397 of 484 tests (serial; add -n 2 for two workers: 1 min 50 s on the 2-core VM).
+# test-fast: the loop while developing, 455 of 563 tests (serial; add -n 2 for two workers: 2 min 11 s on the 2-core VM).
 test-fast: $(BIN)/.dev-installed
 	$(BIN)/python -m pytest -q -m "not slow"
 
