@@ -32,7 +32,7 @@ from ecg_contrastive.models.safetensors_io import (
   Checkpoint,
   TextModelError,
   checkpoint_files,
-  read_param,
+  read_params,
 )
 
 log = logging.getLogger(__name__)
@@ -309,15 +309,5 @@ def load_hf_encoder(
   shapes = jax.eval_shape(
     module.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), jnp.int32)
   )["params"]
-  flat_params = {}
-  for path, shape in traverse_util.flatten_dict(shapes, sep="/").items():
-    hfs, transpose = names[path]
-    flat_params[path] = read_param(
-      checkpoint,
-      [stored[hf] for hf in hfs],
-      transpose,
-      stacked=path.startswith("layers/"),
-      shape=shape.shape,
-      dtype=np.float32,
-    )
-  return module, traverse_util.unflatten_dict(flat_params, sep="/"), config
+  flat_shapes = traverse_util.flatten_dict(shapes, sep="/")
+  return module, read_params(checkpoint, flat_shapes, names, stored, np.float32), config

@@ -40,7 +40,7 @@ from ecg_contrastive.models.safetensors_io import (
   Checkpoint,
   TextModelError,
   checkpoint_files,
-  read_param,
+  read_params,
 )
 
 log = logging.getLogger(__name__)
@@ -405,19 +405,8 @@ def load_llama(
       ", ".join(sorted(skipped)[:2] + sorted(unused)[:2])
       + (" ..." if len(skipped) + len(unused) > 4 else ""),
     )
-  flat = {}
-  for path, shape in shapes.items():
-    hfs, transpose = names[path]
-    flat[path] = read_param(
-      checkpoint,
-      [stored[hf] for hf in hfs],
-      transpose,
-      stacked=path.startswith("layers/"),
-      shape=shape.shape,
-      dtype=np.dtype(dtype),
-      sharding=param_sharding(path, shape.shape, mesh) if mesh is not None else None,
-    )
-  return module, traverse_util.unflatten_dict(flat, sep="/")
+  place = (lambda path, shape: param_sharding(path, shape, mesh)) if mesh is not None else None
+  return module, read_params(checkpoint, shapes, names, stored, np.dtype(dtype), place)
 
 
 def _layer_of(name: str) -> int:

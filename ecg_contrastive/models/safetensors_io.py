@@ -151,6 +151,34 @@ class Checkpoint:
     return self._file(name).entries[name]["dtype"]
 
 
+def read_params(
+  checkpoint: Checkpoint,
+  shapes: dict,
+  names: dict,
+  stored: dict[str, str],
+  dtype,
+  sharding_of=None,
+) -> dict:
+  """A module's parameter tree read from `checkpoint`: shapes maps "a/b/c" paths to their abstract arrays,
+  names each path to (canonical Hugging Face names, transpose), stored each canonical name to the file's own.
+  Paths under "layers/" are stacked over layers; sharding_of(path, shape) places a parameter (None: numpy)."""
+  from flax import traverse_util
+
+  flat = {}
+  for path, shape in shapes.items():
+    hfs, transpose = names[path]
+    flat[path] = read_param(
+      checkpoint,
+      [stored[hf] for hf in hfs],
+      transpose,
+      stacked=path.startswith("layers/"),
+      shape=shape.shape,
+      dtype=dtype,
+      sharding=sharding_of(path, shape.shape) if sharding_of is not None else None,
+    )
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
 def read_param(
   checkpoint: Checkpoint,
   names: list[str],
